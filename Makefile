@@ -1,0 +1,50 @@
+# Two commands set everything up on a fresh machine: `make demo` and `make test`.
+# The virtual environment is created on first use and re-synced when setup.py or the
+# constraints change (the stamp file below).
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+CONSTRAINTS := requirements/constraints.txt
+STAMP := $(VENV)/.fastrobust-installed
+# A cache for DeepSpeed's compiled C++ ops that survives between runs (first build ~1 min per op).
+export TORCH_EXTENSIONS_DIR ?= $(HOME)/.cache/fastrobust/torch_extensions
+export HF_HUB_OFFLINE ?= 1
+export HF_DATASETS_OFFLINE ?= 1
+PYTEST_ARGS ?=
+
+.PHONY: venv demo test test-fast bench lint format clean
+
+venv: $(STAMP)
+
+$(STAMP): setup.py $(CONSTRAINTS)
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --upgrade pip
+	# torch first and pinned: any other torch request pulls a multi-GB CUDA build here.
+	$(BIN)/python -m pip install -c $(CONSTRAINTS) torch==2.13.0
+	$(BIN)/python -m pip install -c $(CONSTRAINTS) -e '.[triton,deepspeed,dev]'
+	touch $(STAMP)
+
+demo: venv
+	$(BIN)/fastrobust train
+
+test: venv
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-fast: venv
+	$(BIN)/python -m pytest -m "not slow and not distributed" $(PYTEST_ARGS)
+
+bench: venv
+	$(BIN)/python -m pytest benchmarks --benchmark-enable --benchmark-only \
+		--benchmark-columns=median,iqr,min,max,rounds --benchmark-sort=name $(PYTEST_ARGS)
+
+lint: venv
+	$(BIN)/ruff check fastrobust kernels benchmarks tests setup.py
+	$(BIN)/ruff format --check fastrobust kernels benchmarks tests setup.py
+
+format: venv
+	$(BIN)/ruff check --fix fastrobust kernels benchmarks tests setup.py
+	$(BIN)/ruff format fastrobust kernels benchmarks tests setup.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .benchmarks

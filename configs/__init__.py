@@ -1,0 +1,1 @@
+"""Training recipes (YAML) and DeepSpeed configs, installed as ``fastrobust.configs``."""

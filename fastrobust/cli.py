@@ -1,0 +1,51 @@
+"""The ``fastrobust`` command: ``train``, ``evaluate``, ``certify``, ``augment``.
+
+Each subcommand lives next to the code it drives and exposes ``add_arguments(parser)``
+and ``run(args) -> int``. Bad input (``FastrobustError``, a missing file) prints one
+line ``fastrobust <cmd>: error: ...`` and exits with code 2, without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+SUBCOMMANDS = {
+    "train": ("fastrobust.train.cli", "fine-tune with baseline / AT / FreeLB / RS-RP / RS-DA and evaluate"),
+    "evaluate": ("fastrobust.evaluate.cli", "XLT and G-XLT report of a trained model directory"),
+    "certify": ("fastrobust.methods.certify_cli", "certified accuracy of the smoothed classifier per language"),
+    "augment": ("fastrobust.methods.augment_cli", "write synonym-augmented copies of a training file (RS-DA)"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fastrobust", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module, help_text) in SUBCOMMANDS.items():
+        sub_parser = sub.add_parser(name, help=help_text, description=help_text)
+        sub_parser.set_defaults(_module=module)
+        importlib.import_module(module).add_arguments(sub_parser)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from fastrobust.errors import FastrobustError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        return int(importlib.import_module(args._module).run(args) or 0)
+    except (FastrobustError, FileNotFoundError) as exc:
+        print(f"fastrobust {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"fastrobust {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,42 @@
+"""Typed configuration of fastrobust runs (pydantic schema, YAML files, ``--set`` overrides)."""
+
+from fastrobust.config.loader import apply_override, config_from_dict, load_config, packaged_config_path
+from fastrobust.config.methods import (
+    AdversarialConfig,
+    BaselineConfig,
+    MethodConfig,
+    NoiseConfig,
+    SynonymConfig,
+    method_label,
+)
+from fastrobust.config.schema import (
+    Config,
+    DeepSpeedSection,
+    EvalConfig,
+    ModelConfig,
+    OptimConfig,
+    OutputConfig,
+    SyntheticConfig,
+    TaskConfig,
+)
+
+__all__ = [
+    "AdversarialConfig",
+    "BaselineConfig",
+    "Config",
+    "DeepSpeedSection",
+    "EvalConfig",
+    "MethodConfig",
+    "ModelConfig",
+    "NoiseConfig",
+    "OptimConfig",
+    "OutputConfig",
+    "SynonymConfig",
+    "SyntheticConfig",
+    "TaskConfig",
+    "apply_override",
+    "config_from_dict",
+    "load_config",
+    "method_label",
+    "packaged_config_path",
+]

@@ -1,0 +1,79 @@
+"""Config of the robust-training methods (one section per method, selected by ``kind``).
+
+Scales (sigma, epsilon, step size) are either absolute, in the units of the
+model's input embeddings, or ``relative``: multiplied by the RMS of the model's
+input-embedding table. Embedding scales differ by orders of magnitude between
+models (an XLM-R row has RMS ~0.1, a randomly initialised table 0.02, others 1),
+so a relative sigma transfers between models and an absolute one rarely does.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field
+
+from fastrobust.config.base import StrictModel
+
+ScaleMode = Literal["absolute", "relative"]
+
+
+class BaselineConfig(StrictModel):
+    """Plain cross-entropy fine-tuning."""
+
+    kind: Literal["baseline"] = "baseline"
+    label: str | None = None
+
+
+class AdversarialConfig(StrictModel):
+    """PGD in the input-embedding space (``pgd``) or its FreeLB variant (``freelb``).
+
+    PGD: ``steps`` ascent steps on delta with gradients w.r.t. delta only, then the
+    training loss ``(1 - adv_weight) * clean + adv_weight * adversarial``.
+    FreeLB: every ascent step also back-propagates ``loss / steps`` into the parameters.
+    """
+
+    kind: Literal["pgd", "freelb"] = "pgd"
+    label: str | None = None
+    steps: int = Field(3, ge=1, description="K, the number of ascent steps")
+    norm: Literal["l2", "linf"] = "l2"
+    epsilon: float | None = Field(1.0, ge=0, description="radius of the per-example ball; null = unbounded")
+    step_size: float = Field(0.3, ge=0)
+    init_magnitude: float = Field(0.0, ge=0, description="radius of the random start (0 = start at delta=0)")
+    scale_mode: ScaleMode = "relative"
+    adv_weight: float = Field(1.0, ge=0, le=1, description="weight of the adversarial loss (pgd only)")
+
+
+class NoiseConfig(StrictModel):
+    """RS-RP: random noise added to the embeddings of real tokens.
+
+    ``sigma_mode``: ``absolute`` (sigma as given), ``relative`` (sigma * RMS of the
+    embedding table) or ``neftune`` (per example alpha / sqrt(L * H), with L the real
+    length of that sequence and alpha = sigma).
+    """
+
+    kind: Literal["rs-rp"] = "rs-rp"
+    label: str | None = None
+    sigma: float = Field(0.5, ge=0)
+    sigma_mode: Literal["absolute", "relative", "neftune"] = "relative"
+    distribution: Literal["gaussian", "uniform"] = "gaussian"
+
+
+class SynonymConfig(StrictModel):
+    """RS-DA: every word with synonyms is replaced by a uniform draw from {itself} + synonyms,
+    each sentence of a pair independently, fresh at every epoch."""
+
+    kind: Literal["rs-da"] = "rs-da"
+    label: str | None = None
+    synonyms: str | None = Field(None, description="JSON word -> [synonyms]; null = the task's own table")
+
+
+MethodConfig = Annotated[
+    BaselineConfig | AdversarialConfig | NoiseConfig | SynonymConfig,
+    Field(discriminator="kind"),
+]
+
+
+def method_label(cfg: BaselineConfig | AdversarialConfig | NoiseConfig | SynonymConfig) -> str:
+    """The name a method's run is reported under (its ``label`` or its ``kind``)."""
+    return cfg.label or cfg.kind

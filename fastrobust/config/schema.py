@@ -1,0 +1,107 @@
+"""The typed schema of a fastrobust run (one YAML file, ``--set`` overrides on top)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from fastrobust.config.base import StrictModel
+from fastrobust.config.methods import MethodConfig, method_label
+
+
+class ModelConfig(StrictModel):
+    name_or_path: str | None = Field(
+        None, description="HF hub name or local folder; null only for task 'synthetic', which builds its own"
+    )
+    max_length: int = Field(128, ge=8)
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+
+
+class SyntheticConfig(StrictModel):
+    """The synthetic cross-lingual benchmark (the embedded default). See fastrobust.data.synthetic."""
+
+    languages: list[str] = Field(default_factory=lambda: ["en", "xa", "xb", "xc"], min_length=2)
+    misalignment: float = Field(0.6, ge=0, description="0 = every language embeds exactly like English")
+    concepts: int = Field(200, ge=8)
+    synonyms_per_concept: int = Field(2, ge=1)
+    sentence_length: int = Field(8, ge=3)
+    train_size: int = Field(4000, ge=8)
+    dev_size: int = Field(400, ge=8)
+    test_size: int = Field(400, ge=8)
+    hidden_size: int = Field(64, ge=8)
+    layers: int = Field(2, ge=1)
+    heads: int = Field(2, ge=1)
+    pretrain_steps: int = Field(300, ge=0)
+    seed: int = 0
+    cache_dir: str | None = Field(None, description="where the built benchmark is cached; null = ~/.cache")
+
+
+class TaskConfig(StrictModel):
+    name: Literal["pawsx", "xnli", "synthetic"] = "synthetic"
+    source: Literal["auto", "hub", "local"] = "auto"
+    path: str | None = Field(None, description="local folder in the XTREME layout (or JSONL)")
+    format: Literal["tsv", "jsonl"] = "tsv"
+    languages: list[str] | None = Field(None, description="null = every language of the task")
+    train_language: str = "en"
+    gxlt: bool = True
+    max_train_examples: int | None = Field(None, ge=1)
+    max_eval_examples: int | None = Field(None, ge=1)
+    synonyms: str | None = Field(None, description="JSON word -> [synonyms] table for RS-DA")
+    synthetic: SyntheticConfig = Field(default_factory=SyntheticConfig)
+
+
+class OptimConfig(StrictModel):
+    learning_rate: float = Field(2e-5, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    adam_epsilon: float = Field(1e-8, gt=0)
+    epochs: float = Field(3.0, gt=0)
+    max_steps: int | None = Field(None, ge=1, description="optimizer steps; overrides epochs")
+    batch_size: int = Field(32, ge=1, description="effective (global) batch size per optimizer step")
+    micro_batch_size: int | None = Field(
+        None, ge=1, description="per device and forward; null = batch_size / world size (no accumulation)"
+    )
+    scheduler: str = "linear"
+    warmup_ratio: float = Field(0.0, ge=0, lt=1)
+    max_grad_norm: float | None = Field(1.0, gt=0)
+
+
+class EvalConfig(StrictModel):
+    every_steps: int | None = Field(None, ge=1, description="dev evaluation cadence; null = every epoch")
+    batch_size: int = Field(64, ge=1)
+    gxlt: bool = True
+
+
+class OutputConfig(StrictModel):
+    dir: str = "runs/fastrobust"
+    save_model: bool = True
+    checkpoint_every: int | None = Field(None, ge=1, description="steps between checkpoints; null = end only")
+    keep_checkpoints: int = Field(2, ge=1)
+    log_every: int = Field(10, ge=1)
+    tensorboard: bool = True
+
+
+class DeepSpeedSection(StrictModel):
+    config: str | None = Field(None, description="DeepSpeed JSON; its 'auto' fields are filled from optim")
+
+
+class Config(StrictModel):
+    name: str = "fastrobust"
+    seed: int = 0
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    task: TaskConfig = Field(default_factory=TaskConfig)
+    methods: list[MethodConfig] = Field(default_factory=lambda: [{"kind": "baseline"}], min_length=1)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    output: OutputConfig = Field(default_factory=OutputConfig)
+    deepspeed: DeepSpeedSection = Field(default_factory=DeepSpeedSection)
+
+    @model_validator(mode="after")
+    def _check(self) -> Config:
+        labels = [method_label(m) for m in self.methods]
+        dup = sorted({x for x in labels if labels.count(x) > 1})
+        if dup:
+            raise ValueError(f"methods: labels must be unique, {dup} appear twice (set 'label')")
+        if self.task.name != "synthetic" and self.model.name_or_path is None:
+            raise ValueError("model.name_or_path: required unless task.name is 'synthetic'")
+        return self
