@@ -21,6 +21,9 @@ SUBCOMMANDS = {
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fastrobust", description=__doc__.splitlines()[0])
+    # The deepspeed launcher inserts --local_rank=N right after the script/module name, i.e.
+    # before the subcommand; the rank is also in the LOCAL_RANK environment variable, which we use.
+    parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module, help_text) in SUBCOMMANDS.items():
         sub_parser = sub.add_parser(name, help=help_text, description=help_text)
