@@ -1,0 +1,73 @@
+"""Generalized cross-lingual transfer (G-XLT) pair sets.
+
+G-XLT tests a model on pairs whose two sentences are in different languages: for an ordered pair
+of languages (A, B), example i is ``(sentence1 of test[A][i], sentence2 of test[B][i], label i)``.
+This is valid because the XNLI and PAWS-X test sets are translations of the same examples in the
+same order, so example i has the same label in every language. :func:`build_gxlt_pairs` checks
+that (same size, same label sequence) and refuses non-parallel sets, naming both languages and the
+first index where they differ. For A == B the pair set is test[A] itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import datasets
+
+from fastrobust.data.xtreme import column, pairs_dataset
+from fastrobust.errors import DataError
+
+
+def check_parallel(a: str, first: datasets.Dataset, b: str, second: datasets.Dataset) -> None:
+    """Raise DataError unless the test sets of languages ``a`` and ``b`` are parallel.
+
+    Parallel means len(first) == len(second) and first["label"][i] == second["label"][i] for all i.
+    """
+    if len(first) != len(second):
+        raise DataError(
+            f"G-XLT: test sets of {a!r} ({len(first)} examples) and {b!r} ({len(second)} examples) "
+            "are not parallel: sizes differ"
+        )
+    la, lb = column(first, "label"), column(second, "label")
+    for i, (x, y) in enumerate(zip(la, lb)):
+        if x != y:
+            raise DataError(
+                f"G-XLT: test sets of {a!r} and {b!r} are not parallel: labels differ first at index {i} "
+                f"({a}: {x}, {b}: {y})"
+            )
+
+
+def join_pair(a: str, first: datasets.Dataset, b: str, second: datasets.Dataset) -> datasets.Dataset:
+    """The (a, b) G-XLT set: sentence1 from ``first`` (language a), sentence2 from ``second`` (language b).
+
+    Shapes: both inputs have N rows; the result has N rows with the shared labels.
+    """
+    check_parallel(a, first, b, second)
+    if a == b:
+        return first
+    return pairs_dataset(column(first, "sentence1"), column(second, "sentence2"), column(first, "label"))
+
+
+def build_gxlt_pairs(
+    test: Mapping[str, datasets.Dataset],
+    languages: Sequence[str],
+    ready_made: Mapping[tuple[str, str], datasets.Dataset] | None = None,
+) -> dict[tuple[str, str], datasets.Dataset]:
+    """Every ordered pair (A, B) of ``languages`` -> its G-XLT test set (len(languages)**2 entries).
+
+    A ready-made set (from a ``test-A-B`` file) is used as is when given for a pair; the other pairs
+    are joined from the parallel per-language ``test`` sets, which must contain every language
+    that needs joining.
+    """
+    ready_made = dict(ready_made or {})
+    pairs: dict[tuple[str, str], datasets.Dataset] = {}
+    for a in languages:
+        for b in languages:
+            if (a, b) in ready_made:
+                pairs[(a, b)] = ready_made[(a, b)]
+                continue
+            missing = [x for x in (a, b) if x not in test]
+            if missing:
+                raise DataError(f"G-XLT: no test set for language(s) {missing} to build the ({a}, {b}) pairs")
+            pairs[(a, b)] = join_pair(a, test[a], b, test[b])
+    return pairs

@@ -1,0 +1,164 @@
+"""``load_task``: one TaskConfig -> train / dev / test / G-XLT datasets of one task.
+
+Sources (``task.source``): ``hub`` reads ``datasets.load_dataset(<hub id or task.path>, <lang>)``;
+``local`` reads a folder in the XTREME layout (``task.format`` tsv or jsonl, see
+:mod:`fastrobust.data.xtreme`); ``auto`` is local when ``task.path`` is given, hub otherwise.
+Task ``synthetic`` builds (or reuses from its cache) the synthetic benchmark and reads its folder
+with the local TSV loader, taking the synonym table the benchmark ships.
+
+Truncation is deterministic: ``max_train_examples`` keeps the first N training rows,
+``max_eval_examples`` the first N rows of each dev and test set (test sets stay parallel, so G-XLT
+pairs are built from the truncated sets).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import datasets
+
+from fastrobust.data.gxlt import build_gxlt_pairs
+from fastrobust.data.tasks import TaskSpec, get_spec, resolve_languages, synthetic_spec
+from fastrobust.data.xtreme import gxlt_files, read_split, split_file
+from fastrobust.errors import DataError
+
+if TYPE_CHECKING:
+    from fastrobust.config import TaskConfig
+
+
+@dataclass
+class TaskData:
+    """Everything one run needs from a task.
+
+    ``train``, every ``dev`` / ``test`` set and every ``gxlt`` set have the columns sentence1 (str),
+    sentence2 (str), label (int, index into ``label_names``). ``languages`` lists the evaluation
+    languages, train language first; ``gxlt`` maps (language of sentence1, language of sentence2)
+    to its pair set (empty when G-XLT is off).
+    """
+
+    name: str
+    label_names: list[str]
+    train_language: str
+    languages: list[str]
+    train: datasets.Dataset
+    dev: dict[str, datasets.Dataset]
+    test: dict[str, datasets.Dataset]
+    gxlt: dict[tuple[str, str], datasets.Dataset]
+    synonyms: dict[str, list[str]] | None = None
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.label_names)
+
+
+def load_synonyms(path: str | Path) -> dict[str, list[str]]:
+    """Read a JSON synonym table ``{word: [synonym, ...]}``; DataError naming the file when malformed."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: synonym file not found")
+    try:
+        table = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path}: invalid JSON at line {exc.lineno} ({exc.msg})") from None
+    if not isinstance(table, dict):
+        raise DataError(f"{path}: expected a JSON object word -> list of synonyms")
+    for word, syns in table.items():
+        if not isinstance(syns, list) or not all(isinstance(s, str) for s in syns):
+            raise DataError(f"{path}: entry {word!r} must be a list of strings")
+    return table
+
+
+def _head(ds: datasets.Dataset, n: int | None) -> datasets.Dataset:
+    return ds if n is None or len(ds) <= n else ds.select(range(n))
+
+
+def _load_local(cfg: TaskConfig, spec: TaskSpec, folder: Path, languages: list[str]):
+    if not folder.is_dir():
+        raise DataError(
+            f"task.path: {folder} is not a folder (expected the XTREME layout: train-en.tsv, ...)"
+        )
+    fmt = cfg.format
+    train = read_split(split_file(folder, "train", cfg.train_language, fmt), spec, fmt)
+    dev = {}
+    for lang in languages:
+        path = split_file(folder, "dev", lang, fmt)
+        # only the train language's dev set is required (it selects the checkpoint)
+        if path.is_file() or lang == cfg.train_language:
+            dev[lang] = read_split(path, spec, fmt)
+    test = {lang: read_split(split_file(folder, "test", lang, fmt), spec, fmt) for lang in languages}
+    ready = {}
+    if cfg.gxlt:
+        ready = {
+            pair: read_split(path, spec, fmt) for pair, path in gxlt_files(folder, languages, fmt).items()
+        }
+    return train, dev, test, ready
+
+
+def _load_hub(cfg: TaskConfig, spec: TaskSpec, languages: list[str]):
+    from fastrobust.data.hub import load_hub_split
+
+    train = load_hub_split(spec, cfg.train_language, "train", path=cfg.path)
+    dev = {lang: load_hub_split(spec, lang, "dev", path=cfg.path) for lang in languages}
+    test = {lang: load_hub_split(spec, lang, "test", path=cfg.path) for lang in languages}
+    return train, dev, test, {}
+
+
+def load_task(cfg: TaskConfig) -> TaskData:
+    """Load the task described by ``cfg`` (a :class:`fastrobust.config.TaskConfig`).
+
+    Returns TaskData with the train set of ``cfg.train_language``, dev sets (the train language's
+    is required; other languages' when available), test sets of every evaluation language and,
+    when ``cfg.gxlt``, the len(languages)**2 G-XLT pair sets. Raises DataError for a missing file,
+    a malformed row, an unknown label or language, an empty split or non-parallel test sets.
+    """
+    synonyms_path = Path(cfg.synonyms) if cfg.synonyms else None
+    if cfg.name == "synthetic":
+        # imported here: building the benchmark pulls in tokenizers/transformers, not needed otherwise
+        from fastrobust.data.synthetic import prepare_synthetic
+
+        artifacts = prepare_synthetic(cfg.synthetic)
+        spec = synthetic_spec(cfg.synthetic.languages)
+        languages = resolve_languages(spec, cfg.languages, cfg.train_language)
+        folder = Path(artifacts.data_dir)
+        if cfg.format != "tsv":
+            raise DataError(f"task.format: the synthetic benchmark is written as tsv, not {cfg.format!r}")
+        train, dev, test, ready = _load_local(cfg, spec, folder, languages)
+        if synonyms_path is None and (folder / "synonyms.json").is_file():
+            synonyms_path = folder / "synonyms.json"
+    else:
+        spec = get_spec(cfg.name)
+        languages = resolve_languages(spec, cfg.languages, cfg.train_language)
+        source = cfg.source
+        if source == "auto":
+            source = "local" if cfg.path else "hub"
+        if source == "local":
+            if not cfg.path:
+                raise DataError("task.path: required when task.source is 'local'")
+            folder = Path(cfg.path).expanduser()
+            train, dev, test, ready = _load_local(cfg, spec, folder, languages)
+            if synonyms_path is None and (folder / "synonyms.json").is_file():
+                synonyms_path = folder / "synonyms.json"
+        else:
+            train, dev, test, ready = _load_hub(cfg, spec, languages)
+
+    train = _head(train, cfg.max_train_examples)
+    n_eval = cfg.max_eval_examples
+    dev = {k: _head(v, n_eval) for k, v in dev.items()}
+    test = {k: _head(v, n_eval) for k, v in test.items()}
+    gxlt = {}
+    if cfg.gxlt:
+        gxlt = build_gxlt_pairs(test, languages, {k: _head(v, n_eval) for k, v in ready.items()})
+    return TaskData(
+        name=spec.name,
+        label_names=list(spec.label_names),
+        train_language=cfg.train_language,
+        languages=languages,
+        train=train,
+        dev=dev,
+        test=test,
+        gxlt=gxlt,
+        synonyms=load_synonyms(synonyms_path) if synonyms_path is not None else None,
+    )

@@ -1,0 +1,151 @@
+"""Local pair-classification files in the XTREME layout (TSV) or the same layout as JSONL.
+
+Layout of a task folder (what XTREME's ``utils_preprocess.py`` writes for PAWS-X and XNLI, and what
+the synthetic benchmark writes)::
+
+    train-en.tsv            training set (train language; other train-<lang>.tsv files are allowed)
+    dev-<lang>.tsv          development set per language
+    test-<lang>.tsv         test set per language (parallel across languages)
+    test-<A>-<B>.tsv        optional ready-made G-XLT pairs: sentence1 in A, sentence2 in B
+    synonyms.json           optional RS-DA synonym table {word: [synonyms]}
+
+Each TSV line is ``sentence1<TAB>sentence2<TAB>label`` with no quoting (XTREME writes with
+``csv.QUOTE_NONE``, so a ``"`` is an ordinary character) and no header. A first line whose label
+field reads ``label`` / ``gold_label`` is taken as a header and skipped, so the raw PAWS-X-style
+files with a header row also load. Blank lines are ignored. Labels are mapped with
+:func:`fastrobust.data.tasks.parse_label` (PAWS-X ``0``/``1``; XNLI words, ``contradictory`` ->
+``contradiction``).
+
+JSONL files use the same names with ``.jsonl``; each line is an object with ``sentence1``,
+``sentence2`` (or the hub's ``premise`` / ``hypothesis``) and ``label`` (id or name).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import datasets
+
+from fastrobust.data.tasks import TaskSpec, parse_label
+from fastrobust.errors import DataError
+
+PAIR_FEATURES = datasets.Features(
+    {
+        "sentence1": datasets.Value("string"),
+        "sentence2": datasets.Value("string"),
+        "label": datasets.Value("int64"),
+    }
+)
+EXTENSIONS = {"tsv": "tsv", "jsonl": "jsonl"}
+_HEADER_LABELS = {"label", "gold_label"}
+
+
+def column(dataset: datasets.Dataset, name: str) -> list:
+    """Column ``name`` of ``dataset`` as a Python list (fast, through Arrow; honours select/shuffle).
+
+    ``dataset[name]`` in datasets >= 4 is a lazy Column object whose iteration is slow, so Arrow is used.
+    """
+    return dataset.with_format("arrow")[name].to_pylist()
+
+
+def pairs_dataset(sentence1: list[str], sentence2: list[str], labels: list[int]) -> datasets.Dataset:
+    """A ``datasets.Dataset`` with the project's columns: sentence1, sentence2 (str), label (int64)."""
+    return datasets.Dataset.from_dict(
+        {"sentence1": sentence1, "sentence2": sentence2, "label": labels}, features=PAIR_FEATURES
+    )
+
+
+def read_tsv(path: str | Path, spec: TaskSpec) -> datasets.Dataset:
+    """Read one XTREME-layout TSV of sentence pairs; every row and label is validated.
+
+    Returns a Dataset of N rows (sentence1, sentence2, label). Errors name the file and line:
+    a row without exactly 3 tab-separated fields, an unknown label, a missing or empty file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    s1: list[str] = []
+    s2: list[str] = []
+    labels: list[int] = []
+    # newline="" keeps "\r" inside a field visible to us instead of translating it; we strip line ends ourselves
+    with path.open("r", encoding="utf-8", newline="") as handle:
+        for lineno, line in enumerate(handle, start=1):
+            line = line.rstrip("\r\n")
+            if not line.strip():
+                continue
+            fields = line.split("\t")
+            if len(fields) != 3:
+                hint = " (a test file without labels cannot be evaluated)" if len(fields) == 2 else ""
+                raise DataError(
+                    f"{path}:{lineno}: expected 3 tab-separated fields (sentence1, sentence2, label), "
+                    f"found {len(fields)}{hint}"
+                )
+            if lineno == 1 and fields[2].strip().lower() in _HEADER_LABELS:
+                continue  # a header row (raw PAWS-X / MultiNLI style), not an example
+            s1.append(fields[0].strip())
+            s2.append(fields[1].strip())
+            labels.append(parse_label(spec, fields[2], f"{path}:{lineno}"))
+    if not labels:
+        raise DataError(f"{path}: no examples (empty split)")
+    return pairs_dataset(s1, s2, labels)
+
+
+def read_jsonl(path: str | Path, spec: TaskSpec) -> datasets.Dataset:
+    """Read one JSONL file of sentence pairs (fields sentence1/sentence2 or premise/hypothesis, label).
+
+    Returns a Dataset of N rows (sentence1, sentence2, label); errors name the file and line.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    s1: list[str] = []
+    s2: list[str] = []
+    labels: list[int] = []
+    with path.open("r", encoding="utf-8") as handle:
+        for lineno, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            where = f"{path}:{lineno}"
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DataError(f"{where}: invalid JSON ({exc.msg})") from None
+            if not isinstance(row, dict):
+                raise DataError(f"{where}: expected a JSON object, found {type(row).__name__}")
+            a = row.get("sentence1", row.get("premise"))
+            b = row.get("sentence2", row.get("hypothesis"))
+            if not isinstance(a, str) or not isinstance(b, str) or "label" not in row:
+                raise DataError(
+                    f"{where}: expected string fields 'sentence1' and 'sentence2' (or 'premise' and "
+                    f"'hypothesis') and a 'label'; found keys {sorted(row)}"
+                )
+            s1.append(a)
+            s2.append(b)
+            labels.append(parse_label(spec, row["label"], where))
+    if not labels:
+        raise DataError(f"{path}: no examples (empty split)")
+    return pairs_dataset(s1, s2, labels)
+
+
+def split_file(folder: str | Path, split: str, lang: str, fmt: str = "tsv") -> Path:
+    """Path of ``<split>-<lang>.<ext>`` in ``folder`` (split in train/dev/test, or ``test`` + ``A-B``)."""
+    if fmt not in EXTENSIONS:
+        raise DataError(f"task.format: unknown format {fmt!r}; valid: {sorted(EXTENSIONS)}")
+    return Path(folder) / f"{split}-{lang}.{EXTENSIONS[fmt]}"
+
+
+def read_split(path: Path, spec: TaskSpec, fmt: str) -> datasets.Dataset:
+    """Read one split file in ``fmt`` ('tsv' or 'jsonl')."""
+    return read_jsonl(path, spec) if fmt == "jsonl" else read_tsv(path, spec)
+
+
+def gxlt_files(folder: str | Path, languages: list[str], fmt: str = "tsv") -> dict[tuple[str, str], Path]:
+    """Ready-made G-XLT files ``test-<A>-<B>.<ext>`` present in ``folder`` for ordered pairs of ``languages``."""
+    found = {}
+    for a in languages:
+        for b in languages:
+            path = split_file(folder, "test", f"{a}-{b}", fmt)
+            if path.is_file():
+                found[(a, b)] = path
+    return found
