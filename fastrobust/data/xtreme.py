@@ -68,8 +68,9 @@ def read_tsv(path: str | Path, spec: TaskSpec) -> datasets.Dataset:
     s1: list[str] = []
     s2: list[str] = []
     labels: list[int] = []
-    # newline="" keeps "\r" inside a field visible to us instead of translating it; we strip line ends ourselves
-    with path.open("r", encoding="utf-8", newline="") as handle:
+    # newline="\n": split lines on "\n" only (a stray "\r" inside a sentence must not start a new row);
+    # a CRLF line end is stripped below
+    with path.open("r", encoding="utf-8", newline="\n") as handle:
         for lineno, line in enumerate(handle, start=1):
             line = line.rstrip("\r\n")
             if not line.strip():
@@ -141,7 +142,7 @@ def read_split(path: Path, spec: TaskSpec, fmt: str) -> datasets.Dataset:
 
 
 def gxlt_files(folder: str | Path, languages: list[str], fmt: str = "tsv") -> dict[tuple[str, str], Path]:
-    """Ready-made G-XLT files ``test-<A>-<B>.<ext>`` present in ``folder`` for ordered pairs of ``languages``."""
+    """Ready-made G-XLT files ``test-<A>-<B>.<ext>`` in ``folder``, for ordered pairs of ``languages``."""
     found = {}
     for a in languages:
         for b in languages:
