@@ -1,0 +1,255 @@
+"""Adversarial training in the input-embedding space: PGD-AT and FreeLB.
+
+Both perturb the word embeddings e = E[input_ids] (B, L, H) by a per-example delta in
+the ball ||delta|| <= eps (L2 or Linf over the example's real-token entries):
+
+PGD-AT (Madry et al. 2018)::
+
+    delta_0 = 0 or a random start
+    for k < K: delta_{k+1} = Proj(delta_k + a * dir(grad_delta L(e + delta_k)))
+    loss = (1 - w) * L(e) + w * L(e + delta_K)        (one backward)
+
+The K inner gradients are taken with respect to delta only (``torch.autograd.grad``),
+so the inner passes neither pay for nor touch parameter gradients; the next input
+``e + delta_{k+1}`` comes out of the fused ``pgd_step`` in the same pass as delta.
+
+FreeLB (Zhu et al. 2020)::
+
+    for t < K: backward(L(e + delta_t) / K);  delta_{t+1} = Proj(delta_t + a * dir(grad_delta))
+
+Each ascent step's backward accumulates parameter gradients (so the optimizer step uses
+the average over the K perturbed inputs) and yields the delta gradient from the same pass.
+
+``dir`` is g/||g|| per example for L2 and sign(g) for Linf (see ``fastrobust.ops.pgd_step``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+import torch
+from torch import Tensor, nn
+
+from fastrobust import ops
+from fastrobust.config.methods import AdversarialConfig
+from fastrobust.errors import FastrobustError
+from fastrobust.methods.base import Backward, RobustMethod, require_labels
+from fastrobust.methods.embeddings import (
+    classification_loss,
+    embed_inputs,
+    embedding_rms,
+    forward_from_embeds,
+)
+from fastrobust.timing import NULL_TIMER, SectionTimer
+
+
+def _check_pgd_args(steps, epsilon, step_size, init_magnitude, norm, adv_weight) -> None:
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise FastrobustError(f"steps: must be an integer >= 1, got {steps!r}")
+    for name, value in (("step_size", step_size), ("init_magnitude", init_magnitude)):
+        if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+            raise FastrobustError(f"{name}: must be a finite number >= 0, got {value!r}")
+    if epsilon is not None and (not isinstance(epsilon, (int, float)) or not epsilon >= 0):
+        raise FastrobustError(f"epsilon: must be a number >= 0 or None (unbounded), got {epsilon!r}")
+    if norm not in ("l2", "linf"):
+        raise FastrobustError(f"norm: must be 'l2' or 'linf', got {norm!r}")
+    if not isinstance(adv_weight, (int, float)) or not 0 <= adv_weight <= 1:
+        raise FastrobustError(f"adv_weight: must be in [0, 1], got {adv_weight!r}")
+
+
+def _initial_delta(
+    base: Tensor, init_magnitude: float, epsilon: float | None, norm: str, mask: Tensor
+) -> Tensor:
+    """delta_0: zeros, or ``pgd_init`` in the ball of radius init_magnitude (capped at epsilon)."""
+    if init_magnitude <= 0:
+        return torch.zeros_like(base)
+    radius = init_magnitude if epsilon is None else min(init_magnitude, epsilon)
+    return ops.pgd_init(base, radius, norm=norm, mask=mask)
+
+
+def adversarial_step(
+    model: nn.Module,
+    batch: Mapping[str, Tensor],
+    backward: Backward,
+    *,
+    steps: int = 3,
+    epsilon: float | None = 1.0,
+    step_size: float = 0.3,
+    norm: str = "l2",
+    init_magnitude: float = 0.0,
+    adv_weight: float = 1.0,
+    timer: SectionTimer = NULL_TIMER,
+) -> Tensor:
+    """One PGD adversarial-training step on a batch; calls ``backward(loss)`` exactly once.
+
+    model: an HF sequence classifier (or a DeepSpeed engine around one). batch: input_ids
+    (B, L), attention_mask (B, L), [token_type_ids], labels (B,). Scales are absolute, in
+    the units of the input embeddings (multiply by ``embedding_rms(model)`` for relative ones).
+
+    Runs ``steps`` inner ascent steps on delta (B, L, H) — gradients w.r.t. delta only —
+    then ``loss = (1 - adv_weight) * CE(f(e)) + adv_weight * CE(f(e + delta))`` and
+    ``backward(loss)``; the clean forward is skipped when adv_weight == 1. The embedding
+    lookup e keeps its graph, so the embedding table is trained too. Padding positions of
+    delta are zero. Returns the detached loss.
+
+    Usage in a plain loop::
+
+        loss = adversarial_step(model, batch, lambda l: l.backward(), epsilon=0.05, step_size=0.02)
+        optimizer.step(); optimizer.zero_grad()
+    """
+    _check_pgd_args(steps, epsilon, step_size, init_magnitude, norm, adv_weight)
+    labels = require_labels(batch)
+    mask = batch["attention_mask"]
+    with timer.section("forward"):
+        embeds = embed_inputs(model, batch)
+    base = embeds.detach()
+    with timer.section("perturbation"):
+        delta = _initial_delta(base, init_magnitude, epsilon, norm, mask)
+        x = base + delta if init_magnitude > 0 else base
+    for k in range(steps):
+        # A leaf on the detached input: grad w.r.t. x is grad w.r.t. delta (x = e + delta),
+        # and autograd.grad computes only what leads to it (no parameter gradients).
+        x = x.detach().requires_grad_(True)
+        with timer.section("forward"):
+            inner_loss = classification_loss(forward_from_embeds(model, batch, x), labels)
+        with timer.section("backward"):
+            (grad,) = torch.autograd.grad(inner_loss, x)
+        with timer.section("perturbation"):
+            if k < steps - 1:
+                # fused: the new delta and the next forward's input e + delta in one pass
+                delta, x = ops.pgd_step(
+                    delta, grad, step_size=step_size, epsilon=epsilon, norm=norm, mask=mask, embeds=base
+                )
+            else:
+                delta = ops.pgd_step(delta, grad, step_size=step_size, epsilon=epsilon, norm=norm, mask=mask)
+        del inner_loss, grad
+    with timer.section("forward"):
+        # e (with graph) + the constant delta: the embedding table gets its gradient here.
+        loss = adv_weight * classification_loss(forward_from_embeds(model, batch, embeds + delta), labels)
+        if adv_weight < 1:
+            loss = loss + (1 - adv_weight) * classification_loss(
+                forward_from_embeds(model, batch, embeds), labels
+            )
+    with timer.section("backward"):
+        backward(loss)
+    return loss.detach()
+
+
+def freelb_step(
+    model: nn.Module,
+    batch: Mapping[str, Tensor],
+    backward: Backward,
+    *,
+    steps: int = 3,
+    epsilon: float | None = 1.0,
+    step_size: float = 0.3,
+    norm: str = "l2",
+    init_magnitude: float = 0.0,
+    timer: SectionTimer = NULL_TIMER,
+) -> Tensor:
+    """One FreeLB step on a batch; calls ``backward(loss_t / steps)`` once per ascent step.
+
+    For t = 0..steps-1: ``loss_t = CE(f(e + delta_t))``, ``backward(loss_t / steps)`` —
+    which accumulates the parameter gradients (1/K) sum_t grad_theta loss_t and, in the
+    same pass, the gradient w.r.t. delta_t — then ``delta_{t+1} = pgd_step(delta_t, ...)``.
+    The optimizer step that follows uses the average over the K perturbed inputs. The
+    embedding lookup e is recomputed at every step (a cheap gather) because each
+    backward frees its graph. Scales are absolute (see ``adversarial_step``).
+    Returns the detached mean of the K losses.
+    """
+    _check_pgd_args(steps, epsilon, step_size, init_magnitude, norm, 1.0)
+    labels = require_labels(batch)
+    mask = batch["attention_mask"]
+    total = None
+    delta = None
+    for t in range(steps):
+        with timer.section("forward"):
+            embeds = embed_inputs(model, batch)
+        if delta is None:
+            with timer.section("perturbation"):
+                delta = _initial_delta(embeds.detach(), init_magnitude, epsilon, norm, mask)
+        delta_leaf = delta.detach().requires_grad_(True)
+        with timer.section("forward"):
+            loss = classification_loss(forward_from_embeds(model, batch, embeds + delta_leaf), labels) / steps
+        with timer.section("backward"):
+            backward(loss)
+        total = loss.detach() if total is None else total + loss.detach()
+        if t < steps - 1:
+            grad = delta_leaf.grad
+            if grad is None:
+                raise FastrobustError(
+                    "freelb: backward() did not propagate a gradient to the embeddings "
+                    "(does the backward callable call loss.backward() / engine.backward(loss)?)"
+                )
+            with timer.section("perturbation"):
+                delta = ops.pgd_step(delta, grad, step_size=step_size, epsilon=epsilon, norm=norm, mask=mask)
+    return total
+
+
+class _AdversarialBase(RobustMethod):
+    """Resolves the configured scales (absolute, or relative to the embedding-table RMS)."""
+
+    cfg: AdversarialConfig
+
+    def __init__(self, cfg: AdversarialConfig) -> None:
+        super().__init__(cfg)
+        _check_pgd_args(cfg.steps, cfg.epsilon, cfg.step_size, cfg.init_magnitude, cfg.norm, cfg.adv_weight)
+        self._scale: float | None = 1.0 if cfg.scale_mode == "absolute" else None
+
+    def setup(self, model: nn.Module) -> None:
+        if self.cfg.scale_mode == "relative":
+            self.embedding_rms = embedding_rms(model)
+            self._scale = self.embedding_rms
+
+    def scales(self) -> dict[str, float | None]:
+        """epsilon, step_size and init_magnitude in embedding units (after ``setup``)."""
+        if self._scale is None:
+            raise FastrobustError(
+                f"{self.label}: scale_mode 'relative' needs setup(model) before training_step "
+                "(it measures the RMS of the embedding table)"
+            )
+        s = self._scale
+        eps = self.cfg.epsilon
+        return {
+            "epsilon": None if eps is None else eps * s,
+            "step_size": self.cfg.step_size * s,
+            "init_magnitude": self.cfg.init_magnitude * s,
+        }
+
+
+class PGD(_AdversarialBase):
+    """PGD adversarial training (config kind ``pgd``); see :func:`adversarial_step`."""
+
+    def training_step(
+        self,
+        model: nn.Module,
+        batch: Mapping[str, Tensor],
+        backward: Backward,
+        timer: SectionTimer = NULL_TIMER,
+    ) -> Tensor:
+        return adversarial_step(
+            model,
+            batch,
+            backward,
+            steps=self.cfg.steps,
+            norm=self.cfg.norm,
+            adv_weight=self.cfg.adv_weight,
+            timer=timer,
+            **self.scales(),
+        )
+
+
+class FreeLB(_AdversarialBase):
+    """FreeLB (config kind ``freelb``); see :func:`freelb_step`. ``adv_weight`` does not apply."""
+
+    def training_step(
+        self,
+        model: nn.Module,
+        batch: Mapping[str, Tensor],
+        backward: Backward,
+        timer: SectionTimer = NULL_TIMER,
+    ) -> Tensor:
+        return freelb_step(
+            model, batch, backward, steps=self.cfg.steps, norm=self.cfg.norm, timer=timer, **self.scales()
+        )

@@ -1,0 +1,72 @@
+"""The interface between the trainer and a robust-training method."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import datasets
+from torch import Tensor, nn
+
+from fastrobust.timing import NULL_TIMER, SectionTimer
+
+Backward = Callable[[Tensor], None]
+
+
+class RobustMethod:
+    """One robust-training method, as the trainer drives it.
+
+    Life cycle: ``build_method(cfg)`` -> ``setup(model)`` once after the model is built
+    (resolves scales relative to the embedding table) -> per epoch
+    ``epoch_train_dataset(train, epoch, seed)`` (RS-DA substitutes words there; the others
+    return the dataset unchanged) -> per micro-batch ``training_step(model, batch, backward)``.
+
+    ``training_step`` owns the forward passes and the perturbation; ``backward(loss)``,
+    supplied by the trainer (``engine.backward`` under DeepSpeed, else ``(loss / accum).backward()``),
+    is the only thing that puts gradients into parameters. The trainer clips, steps the
+    optimizer and scheduler, and zeroes gradients.
+    """
+
+    label: str = "method"
+    kind: str = "method"
+
+    def __init__(self, cfg: Any = None) -> None:
+        self.cfg = cfg
+        if cfg is not None:
+            self.kind = cfg.kind
+            self.label = cfg.label or cfg.kind
+        self.embedding_rms: float | None = None
+
+    def setup(self, model: nn.Module) -> None:
+        """Called once with the built model (or DeepSpeed engine). Default: nothing to resolve."""
+
+    def epoch_train_dataset(self, dataset: datasets.Dataset, epoch: int, seed: int) -> datasets.Dataset:
+        """The training set of ``epoch`` (columns sentence1, sentence2, label). Default: unchanged."""
+        return dataset
+
+    def training_step(
+        self,
+        model: nn.Module,
+        batch: Mapping[str, Tensor],
+        backward: Backward,
+        timer: SectionTimer = NULL_TIMER,
+    ) -> Tensor:
+        """Forward, perturbation and ``backward`` on one micro-batch; returns the detached loss.
+
+        batch: input_ids (B, L), attention_mask (B, L), [token_type_ids (B, L)], labels (B,),
+        right-padded and on the model's device.
+        """
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(label={self.label!r}, cfg={self.cfg!r})"
+
+
+def require_labels(batch: Mapping[str, Tensor]) -> Tensor:
+    """``batch["labels"]`` (B,) with a clear error when the collator did not provide it."""
+    labels = batch.get("labels")
+    if labels is None:
+        from fastrobust.errors import FastrobustError
+
+        raise FastrobustError("batch: missing 'labels' (training batches need integer class labels)")
+    return labels
