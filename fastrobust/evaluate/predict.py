@@ -1,0 +1,102 @@
+"""Prediction loop: a classifier, a tokenizer and pair datasets -> predicted labels and accuracies."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import datasets
+import numpy as np
+import torch
+
+from fastrobust.data import TaskData, encode_dataset, make_collator
+from fastrobust.data.xtreme import column
+from fastrobust.evaluate.metrics import EvalReport, accuracy
+
+
+@torch.no_grad()
+def predict(
+    model: Any,
+    tokenizer: Any,
+    dataset: datasets.Dataset,
+    *,
+    max_length: int,
+    batch_size: int,
+    device: str | torch.device,
+) -> np.ndarray:
+    """argmax_c logits[i, c] for every pair of ``dataset`` -> int64 array of shape (N,).
+
+    The model runs in eval mode (dropout off) without gradients on batches of ``batch_size`` pairs
+    right-padded to their longest member; its previous train/eval mode is restored afterwards.
+    ``model`` is an HF sequence classifier (or a DeepSpeed engine wrapping one) already on ``device``.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    encoded = encode_dataset(dataset, tokenizer, max_length)
+    collate = make_collator(tokenizer)
+    loader = torch.utils.data.DataLoader(encoded, batch_size=batch_size, shuffle=False, collate_fn=collate)
+    was_training = bool(getattr(model, "training", False))
+    model.eval()
+    out = []
+    try:
+        for batch in loader:
+            batch.pop("labels")  # not passed: the model would compute a loss we do not need
+            batch = {k: v.to(device) for k, v in batch.items()}
+            logits = model(**batch).logits  # (B, C)
+            out.append(logits.argmax(dim=-1).cpu())
+    finally:
+        if was_training:
+            model.train()
+    return torch.cat(out).numpy().astype(np.int64) if out else np.zeros(0, dtype=np.int64)
+
+
+def evaluate_dev(
+    model: Any,
+    tokenizer: Any,
+    dataset: datasets.Dataset,
+    *,
+    max_length: int,
+    batch_size: int,
+    device: str | torch.device,
+) -> float:
+    """Accuracy of ``model`` on one pair dataset (columns sentence1, sentence2, label)."""
+    preds = predict(model, tokenizer, dataset, max_length=max_length, batch_size=batch_size, device=device)
+    return accuracy(preds, column(dataset, "label"))
+
+
+def evaluate_task(
+    model: Any,
+    tokenizer: Any,
+    task: TaskData,
+    *,
+    max_length: int,
+    batch_size: int,
+    device: str | torch.device,
+    gxlt: bool = True,
+) -> EvalReport:
+    """XLT accuracy on every test language and (``gxlt=True``) the G-XLT accuracy of every pair set.
+
+    Diagonal G-XLT sets that are the language's own test set are not predicted twice.
+    """
+    xlt: dict[str, float] = {}
+    sizes: dict[str, int] = {}
+    done: dict[int, float] = {}  # id(dataset) -> accuracy, to reuse the XLT result on the G-XLT diagonal
+    kw = {"max_length": max_length, "batch_size": batch_size, "device": device}
+    for lang in task.languages:
+        ds = task.test[lang]
+        xlt[lang] = done[id(ds)] = evaluate_dev(model, tokenizer, ds, **kw)
+        sizes[lang] = len(ds)
+    gx: dict[tuple[str, str], float] = {}
+    gx_sizes: dict[tuple[str, str], int] = {}
+    if gxlt:
+        for pair, ds in task.gxlt.items():
+            gx[pair] = done[id(ds)] if id(ds) in done else evaluate_dev(model, tokenizer, ds, **kw)
+            gx_sizes[pair] = len(ds)
+    return EvalReport(
+        task=task.name,
+        languages=list(task.languages),
+        xlt=xlt,
+        xlt_sizes=sizes,
+        gxlt=gx,
+        gxlt_sizes=gx_sizes,
+        train_language=task.train_language,
+    )
