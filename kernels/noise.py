@@ -1,0 +1,196 @@
+"""Fused embedding noise: out = x + sigma * z * mask in one pass, z drawn in registers.
+
+Layers: ``_noise_kernel`` (the jit kernel), ``noise_forward`` (launcher: allocates the
+output, picks block sizes and warps). The autograd wrapper and dispatch live in
+``fastrobust.ops``; the pure-torch twin in ``fastrobust.reference``.
+
+Why it pays: eager PyTorch writes the noise tensor, reads it back to scale and mask it and
+reads it again to add it (>= 4 passes over (B, L, H) plus the RNG's own); here the noise
+never touches memory, so the kernel moves the floor: read x once, write out once.
+
+The random stream (what the bit-exact NumPy reference in the tests re-implements).
+Rows are r = (c * B + b) * L + l for copy c, and every row of H columns is cut into four
+quarters of Q = ceil(H / 4) columns. Element (c, b, l, h) takes output k = h // Q of Philox
+(10 rounds, key = seed) at counter r * Q + h % Q, through ``tl.randn4x`` (Box-Muller on
+(u1, u2) and (u3, u4)) or ``tl.rand4x`` (noise = 2u - 1) — one Philox evaluation feeds four
+elements. The stream does not depend on block sizes or the device, and copy c's counters
+are those of copy 0 shifted by c * B * L * Q, so the copies are independent and copy 0 is
+``add_noise``'s output for the same seed.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from fastrobust.kernels.common import INTERPRETED, next_pow2, pick_quarter_block, warps_for
+
+
+@triton.jit
+def _scale_add_store(x_ptr, out_ptr, in_row, out_row, col, ok, scale, z, HAS_X: tl.constexpr):
+    """out[row, col] = x[row, col] + scale[row] * z (or scale * z without x), in fp32."""
+    y = scale[:, None] * z
+    if HAS_X:
+        x = tl.load(x_ptr + in_row[:, None] + col[None, :], mask=ok, other=0.0).to(tl.float32)
+        y = x + y
+    tl.store(out_ptr + out_row[:, None] + col[None, :], y.to(out_ptr.dtype.element_ty), mask=ok)
+
+
+@triton.jit(do_not_specialize=["seed"])
+def _noise_kernel(
+    x_ptr,
+    out_ptr,
+    sigma_ptr,
+    mask_ptr,
+    sigma,
+    seed,
+    n_rows,
+    seq_len,
+    hidden,
+    quarter,
+    stride_b,
+    stride_l,
+    HAS_X: tl.constexpr,
+    SIGMA_PER_EXAMPLE: tl.constexpr,
+    HAS_MASK: tl.constexpr,
+    GAUSSIAN: tl.constexpr,
+    WIDE_COUNTER: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+    BLOCK_Q: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    copy = tl.program_id(1)
+    rows = pid * BLOCK_R + tl.arange(0, BLOCK_R)
+    row_ok = rows < n_rows
+    b = rows // seq_len
+    pos = rows - b * seq_len
+    if SIGMA_PER_EXAMPLE:
+        scale = tl.load(sigma_ptr + b, mask=row_ok, other=0.0).to(tl.float32)
+    else:
+        scale = tl.zeros([BLOCK_R], dtype=tl.float32) + sigma
+    if HAS_MASK:
+        keep = tl.load(mask_ptr + rows, mask=row_ok, other=0) != 0
+        scale = tl.where(keep, scale, 0.0)
+    in_row = b.to(tl.int64) * stride_b + pos.to(tl.int64) * stride_l
+    global_row = copy.to(tl.int64) * n_rows + rows
+    out_row = global_row * hidden
+    if WIDE_COUNTER:
+        counter_row = global_row * quarter
+    else:
+        counter_row = global_row.to(tl.int32) * quarter
+    for q0 in range(0, quarter, BLOCK_Q):
+        j = q0 + tl.arange(0, BLOCK_Q)
+        counter = counter_row[:, None] + j[None, :]
+        if GAUSSIAN:
+            z0, z1, z2, z3 = tl.randn4x(seed, counter)
+        else:
+            u0, u1, u2, u3 = tl.rand4x(seed, counter)
+            z0 = 2.0 * u0 - 1.0
+            z1 = 2.0 * u1 - 1.0
+            z2 = 2.0 * u2 - 1.0
+            z3 = 2.0 * u3 - 1.0
+        base_ok = row_ok[:, None] & (j < quarter)[None, :]
+        col = j
+        _scale_add_store(
+            x_ptr, out_ptr, in_row, out_row, col, base_ok & (col < hidden)[None, :], scale, z0, HAS_X
+        )
+        col = j + quarter
+        _scale_add_store(
+            x_ptr, out_ptr, in_row, out_row, col, base_ok & (col < hidden)[None, :], scale, z1, HAS_X
+        )
+        col = j + 2 * quarter
+        _scale_add_store(
+            x_ptr, out_ptr, in_row, out_row, col, base_ok & (col < hidden)[None, :], scale, z2, HAS_X
+        )
+        col = j + 3 * quarter
+        _scale_add_store(
+            x_ptr, out_ptr, in_row, out_row, col, base_ok & (col < hidden)[None, :], scale, z3, HAS_X
+        )
+
+
+def _rows_view(x: Tensor) -> tuple[Tensor, int, int]:
+    """x itself when its last dim is unit-stride (any batch/sequence strides are passed to
+    the kernel), else a contiguous copy; and its (B, L) strides in elements."""
+    if x.stride(2) != 1:
+        x = x.contiguous()
+    return x, x.stride(0), x.stride(1)
+
+
+def launch_noise(
+    x: Tensor | None,
+    shape: tuple[int, int, int],
+    out: Tensor,
+    sigma: float | Tensor,
+    seed: int,
+    gaussian: bool,
+    mask: Tensor | None,
+    copies: int,
+) -> Tensor:
+    """Launch ``_noise_kernel``: out[c] = x + sigma * z_c * mask (x=None: just sigma * z_c * mask).
+
+    out must be contiguous with ``copies * B * L * H`` elements. sigma: float or (B,) tensor.
+    """
+    batch, seq_len, hidden = shape
+    n_rows = batch * seq_len
+    if n_rows == 0 or hidden == 0:
+        return out
+    quarter = (hidden + 3) // 4
+    if x is None:
+        x_arg, stride_b, stride_l = out, 0, 0
+    else:
+        x_arg, stride_b, stride_l = _rows_view(x)
+    per_example = isinstance(sigma, Tensor)
+    sigma_arg = sigma.contiguous() if per_example else out
+    mask_arg = mask.contiguous() if mask is not None else out
+    block_q = pick_quarter_block(quarter)
+    # One program: BLOCK_R rows x 4 * BLOCK_Q columns per loop trip. The interpreter pays per
+    # program and per op, not per element, so it gets big tiles; a GPU gets ~2-4K elements.
+    target = 1 << 16 if INTERPRETED else 2048
+    block_r = max(1, min(next_pow2(n_rows), target // (4 * block_q)))
+    wide = copies * n_rows * quarter >= 2**31 - 1
+    grid = (triton.cdiv(n_rows, block_r), copies)
+    _noise_kernel[grid](
+        x_arg,
+        out,
+        sigma_arg,
+        mask_arg,
+        0.0 if per_example else float(sigma),
+        seed,
+        n_rows,
+        seq_len,
+        hidden,
+        quarter,
+        stride_b,
+        stride_l,
+        HAS_X=x is not None,
+        SIGMA_PER_EXAMPLE=per_example,
+        HAS_MASK=mask is not None,
+        GAUSSIAN=gaussian,
+        WIDE_COUNTER=wide,
+        BLOCK_R=block_r,
+        BLOCK_Q=block_q,
+        num_warps=warps_for(block_r * 4 * block_q),
+    )
+    return out
+
+
+def noise_forward(
+    embeds: Tensor,
+    sigma: float | Tensor,
+    seed: int,
+    distribution: str,
+    mask: Tensor | None,
+    copies: int | None,
+) -> Tensor:
+    """embeds + sigma * z * mask, shape (B, L, H), or (copies, B, L, H) when copies is given.
+
+    Arguments are already validated by ``fastrobust.ops``; the output is contiguous, in
+    embeds' dtype, computed in fp32.
+    """
+    shape = tuple(embeds.shape)
+    n = 1 if copies is None else copies
+    out_shape = shape if copies is None else (copies, *shape)
+    out = torch.empty(out_shape, device=embeds.device, dtype=embeds.dtype)
+    return launch_noise(embeds, shape, out, sigma, seed, distribution == "gaussian", mask, n)
