@@ -81,14 +81,31 @@ def _load_local(cfg: TaskConfig, spec: TaskSpec, folder: Path, languages: list[s
             f"task.path: {folder} is not a folder (expected the XTREME layout: train-en.tsv, ...)"
         )
     fmt = cfg.format
-    train = read_split(split_file(folder, "train", cfg.train_language, fmt), spec, fmt)
+
+    def need(path: Path, what: str) -> Path:
+        if not path.is_file():
+            raise DataError(
+                f"{path}: file not found ({what}; set task.languages to the languages the folder has, "
+                f"task.format is {fmt!r})"
+            )
+        return path
+
+    train_path = need(
+        split_file(folder, "train", cfg.train_language, fmt), "training set of task.train_language"
+    )
+    train = read_split(train_path, spec, fmt)
     dev = {}
     for lang in languages:
         path = split_file(folder, "dev", lang, fmt)
         # only the train language's dev set is required (it selects the checkpoint)
         if path.is_file() or lang == cfg.train_language:
-            dev[lang] = read_split(path, spec, fmt)
-    test = {lang: read_split(split_file(folder, "test", lang, fmt), spec, fmt) for lang in languages}
+            dev[lang] = read_split(
+                need(path, "dev set of task.train_language, used to select checkpoints"), spec, fmt
+            )
+    test = {
+        lang: read_split(need(split_file(folder, "test", lang, fmt), f"test set of {lang!r}"), spec, fmt)
+        for lang in languages
+    }
     ready = {}
     if cfg.gxlt:
         ready = {

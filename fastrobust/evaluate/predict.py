@@ -31,7 +31,14 @@ def predict(
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    encoded = encode_dataset(dataset, tokenizer, max_length)
+    quiet = datasets.is_progress_bar_enabled()
+    if quiet:  # one tokenize bar per language pair (225 for XNLI G-XLT) would flood the log
+        datasets.disable_progress_bars()
+    try:
+        encoded = encode_dataset(dataset, tokenizer, max_length)
+    finally:
+        if quiet:
+            datasets.enable_progress_bars()
     collate = make_collator(tokenizer)
     loader = torch.utils.data.DataLoader(encoded, batch_size=batch_size, shuffle=False, collate_fn=collate)
     was_training = bool(getattr(model, "training", False))

@@ -1,0 +1,107 @@
+"""``fastrobust evaluate MODEL_DIR``: XLT and G-XLT report of a trained model folder.
+
+MODEL_DIR is a Hugging Face model folder (config, weights, tokenizer) as the trainer saves it, with
+``fastrobust.json`` = ``{"task": <task section>, "max_length": int}``. The task comes from that
+file, or from ``--config`` (its ``task`` section); ``--set task.key=value`` overrides either.
+The sequence length is the one the model was trained with unless ``--set model.max_length=N``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from fastrobust.errors import ConfigError, DataError
+
+META_FILE = "fastrobust.json"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "model_dir", metavar="MODEL_DIR", help="trained HF model folder (with fastrobust.json)"
+    )
+    parser.add_argument("--config", default=None, help="YAML config whose task section to evaluate on")
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a key"
+    )
+    parser.add_argument("--out", default=None, help="report folder (default: MODEL_DIR/../evaluation)")
+    parser.add_argument(
+        "--batch-size", type=int, default=None, help="evaluation batch size (default: eval.batch_size)"
+    )
+    parser.add_argument(
+        "--device", default=None, help="torch device (default: cuda when available, else cpu)"
+    )
+    parser.add_argument("--no-gxlt", action="store_true", help="skip the G-XLT pairs")
+
+
+def _read_meta(model_dir: Path) -> dict | None:
+    path = model_dir / META_FILE
+    if not path.is_file():
+        return None
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path}: invalid JSON at line {exc.lineno} ({exc.msg})") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("task"), dict):
+        raise DataError(f"{path}: expected an object with a 'task' section")
+    return meta
+
+
+def resolve(args: argparse.Namespace):
+    """(Config, max_length, out_dir) from MODEL_DIR/fastrobust.json, --config and --set."""
+    from fastrobust.config import apply_override, config_from_dict, load_config
+
+    model_dir = Path(args.model_dir)
+    if not model_dir.is_dir():
+        raise DataError(f"MODEL_DIR: {model_dir} is not a folder")
+    meta = _read_meta(model_dir)
+    if args.config is not None:
+        cfg = load_config(args.config, args.overrides)
+    elif meta is not None:
+        data = {"task": meta["task"], "model": {"name_or_path": str(model_dir)}}
+        for override in args.overrides:
+            apply_override(data, override)
+        cfg = config_from_dict(data, source=str(model_dir / META_FILE))
+    else:
+        raise ConfigError(
+            f"{model_dir / META_FILE}: not found; give --config to say which task to evaluate on"
+        )
+    max_length = cfg.model.max_length
+    overridden = any(o.split("=", 1)[0].strip() == "model.max_length" for o in args.overrides)
+    if meta is not None and "max_length" in meta and not overridden:
+        max_length = int(meta["max_length"])
+    out = Path(args.out) if args.out else model_dir.resolve().parent / "evaluation"
+    return cfg, max_length, out
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from fastrobust.data import load_task
+    from fastrobust.evaluate import evaluate_task, gxlt_markdown, write_report, xlt_markdown
+
+    cfg, max_length, out = resolve(args)
+    batch_size = args.batch_size or cfg.eval.batch_size
+    if batch_size < 1:
+        raise ConfigError(f"--batch-size: must be >= 1, got {batch_size}")
+    gxlt = cfg.task.gxlt and cfg.eval.gxlt and not args.no_gxlt
+    task = load_task(cfg.task.model_copy(update={"gxlt": gxlt}))
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    tokenizer = AutoTokenizer.from_pretrained(args.model_dir)
+    model = AutoModelForSequenceClassification.from_pretrained(args.model_dir).to(device)
+    if model.config.num_labels != task.num_labels:
+        raise DataError(
+            f"MODEL_DIR: the model has {model.config.num_labels} labels but task {task.name} has "
+            f"{task.num_labels} ({', '.join(task.label_names)})"
+        )
+    report = evaluate_task(
+        model, tokenizer, task, max_length=max_length, batch_size=batch_size, device=device, gxlt=gxlt
+    )
+    write_report(report, out, title=f"{task.name}: {Path(args.model_dir).name}")
+    print("XLT accuracy (%)\n" + xlt_markdown(report))
+    if gxlt:
+        print("\nG-XLT accuracy (%)\n" + gxlt_markdown(report))
+    print(f"\nreport written to {out}")
+    return 0
