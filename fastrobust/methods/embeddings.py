@@ -139,14 +139,22 @@ def forward_from_embeds(model: nn.Module, batch: Mapping[str, Tensor], embeds: T
     # n*B rows = n stacked copies of the batch (smoothed prediction): tile the other inputs
     repeat = embeds.shape[0] // batch_size
     out = model(inputs_embeds=embeds, **model_inputs(model, batch, repeat=repeat))
-    return out.logits if hasattr(out, "logits") else out[0]
+    return _logits(out)
 
 
 def forward_from_ids(model: nn.Module, batch: Mapping[str, Tensor]) -> Tensor:
     """Logits (B, C) of the plain forward on ``batch["input_ids"]`` (the baseline path)."""
     inputs = {k: batch[k] for k in ("input_ids", *_FORWARD_KEYS) if k in batch and batch[k] is not None}
     out = model(**inputs)
-    return out.logits if hasattr(out, "logits") else out[0]
+    return _logits(out)
+
+
+def _logits(out: object) -> Tensor:
+    # HF models return a ModelOutput with .logits; plain modules may return the tensor or a tuple
+    if isinstance(out, Tensor):
+        return out
+    logits = getattr(out, "logits", None)
+    return logits if logits is not None else out[0]
 
 
 def classification_loss(logits: Tensor, labels: Tensor) -> Tensor:
