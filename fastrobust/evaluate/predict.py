@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import datasets
@@ -70,33 +71,30 @@ def evaluate_dev(
     return accuracy(preds, column(dataset, "label"))
 
 
-def evaluate_task(
-    model: Any,
-    tokenizer: Any,
+def evaluate_predictions(
     task: TaskData,
+    predict_fn: Callable[[datasets.Dataset], Sequence[int] | np.ndarray],
     *,
-    max_length: int,
-    batch_size: int,
-    device: str | torch.device,
     gxlt: bool = True,
 ) -> EvalReport:
-    """XLT accuracy on every test language and (``gxlt=True``) the G-XLT accuracy of every pair set.
+    """XLT and G-XLT accuracies of any predictor: ``predict_fn(dataset) -> (N,)`` predicted label ids.
 
-    Diagonal G-XLT sets that are the language's own test set are not predicted twice.
+    xlt[l] = accuracy(predict_fn(test[l]), labels); gxlt[(a, b)] = accuracy on the (a, b) pair set.
+    A G-XLT set that is the very same object as a test set (the diagonal built by joining) reuses
+    the XLT accuracy instead of predicting twice.
     """
     xlt: dict[str, float] = {}
     sizes: dict[str, int] = {}
-    done: dict[int, float] = {}  # id(dataset) -> accuracy, to reuse the XLT result on the G-XLT diagonal
-    kw = {"max_length": max_length, "batch_size": batch_size, "device": device}
+    done: dict[int, float] = {}  # id(dataset) -> accuracy
     for lang in task.languages:
         ds = task.test[lang]
-        xlt[lang] = done[id(ds)] = evaluate_dev(model, tokenizer, ds, **kw)
+        xlt[lang] = done[id(ds)] = accuracy(predict_fn(ds), column(ds, "label"))
         sizes[lang] = len(ds)
     gx: dict[tuple[str, str], float] = {}
     gx_sizes: dict[tuple[str, str], int] = {}
     if gxlt:
         for pair, ds in task.gxlt.items():
-            gx[pair] = done[id(ds)] if id(ds) in done else evaluate_dev(model, tokenizer, ds, **kw)
+            gx[pair] = done[id(ds)] if id(ds) in done else accuracy(predict_fn(ds), column(ds, "label"))
             gx_sizes[pair] = len(ds)
     return EvalReport(
         task=task.name,
@@ -107,3 +105,21 @@ def evaluate_task(
         gxlt_sizes=gx_sizes,
         train_language=task.train_language,
     )
+
+
+def evaluate_task(
+    model: Any,
+    tokenizer: Any,
+    task: TaskData,
+    *,
+    max_length: int,
+    batch_size: int,
+    device: str | torch.device,
+    gxlt: bool = True,
+) -> EvalReport:
+    """XLT accuracy of ``model`` on every test language and (``gxlt=True``) on every G-XLT pair set."""
+
+    def predict_fn(ds: datasets.Dataset) -> np.ndarray:
+        return predict(model, tokenizer, ds, max_length=max_length, batch_size=batch_size, device=device)
+
+    return evaluate_predictions(task, predict_fn, gxlt=gxlt)
