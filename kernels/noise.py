@@ -127,10 +127,17 @@ def launch_noise(
     gaussian: bool,
     mask: Tensor | None,
     copies: int,
+    *,
+    block_r: int | None = None,
+    block_q: int | None = None,
+    force_wide: bool = False,
 ) -> Tensor:
     """Launch ``_noise_kernel``: out[c] = x + sigma * z_c * mask (x=None: just sigma * z_c * mask).
 
     out must be contiguous with ``copies * B * L * H`` elements. sigma: float or (B,) tensor.
+    block_r / block_q / force_wide override the tuning so that tests can drive the GPU's
+    tiling (several column trips, int64 counters) through the interpreter; the stream does
+    not depend on them.
     """
     batch, seq_len, hidden = shape
     n_rows = batch * seq_len
@@ -144,12 +151,14 @@ def launch_noise(
     per_example = isinstance(sigma, Tensor)
     sigma_arg = sigma.contiguous() if per_example else out
     mask_arg = mask.contiguous() if mask is not None else out
-    block_q = pick_quarter_block(quarter)
-    # One program: BLOCK_R rows x 4 * BLOCK_Q columns per loop trip. The interpreter pays per
-    # program and per op, not per element, so it gets big tiles; a GPU gets ~2-4K elements.
-    target = 1 << 16 if INTERPRETED else 2048
-    block_r = max(1, min(next_pow2(n_rows), target // (4 * block_q)))
-    wide = copies * n_rows * quarter >= 2**31 - 1
+    if block_q is None:
+        block_q = pick_quarter_block(quarter)
+    if block_r is None:
+        # One program: BLOCK_R rows x 4 * BLOCK_Q columns per loop trip. The interpreter pays
+        # per program and per op, not per element, so it gets big tiles; a GPU gets ~2K.
+        target = 1 << 16 if INTERPRETED else 2048
+        block_r = max(1, min(next_pow2(n_rows), target // (4 * block_q)))
+    wide = force_wide or copies * n_rows * quarter >= 2**31 - 1
     grid = (triton.cdiv(n_rows, block_r), copies)
     _noise_kernel[grid](
         x_arg,

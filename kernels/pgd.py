@@ -209,10 +209,16 @@ def pgd_step_forward(
     norm: str,
     mask: Tensor | None,
     embeds: Tensor | None,
+    *,
+    n_split: int | None = None,
+    block_r: int | None = None,
+    block_h: int | None = None,
 ) -> Tensor | tuple[Tensor, Tensor]:
     """Launch the fused PGD step (arguments validated by ``fastrobust.ops.pgd_step``).
 
     Returns d' (contiguous, delta's dtype) or (d', embeds + d') (the second in embeds' dtype).
+    n_split / block_r / block_h override the tuning (tests use them to run the GPU's tiling
+    — several programs per example, several column trips — through the interpreter).
     """
     batch, seq_len, hidden = delta.shape
     n_rows = batch * seq_len
@@ -228,15 +234,24 @@ def pgd_step_forward(
     mask_arg = mask.contiguous() if mask is not None else delta
     linf = norm == "linf"
 
-    block_h = pick_column_block(hidden, cap=256 if not INTERPRETED else 4096)
+    if block_h is None:
+        block_h = pick_column_block(hidden, cap=256)
     target = 1 << 16 if INTERPRETED else 2048
-    block_r = max(1, min(next_pow2(n_rows), target // block_h))
+    if block_r is None:
+        block_r = max(1, min(next_pow2(n_rows), target // block_h))
 
-    n_split, split_p2 = 1, 1
+    split_p2 = 1
+    if linf:
+        n_split = 1
     partial = delta  # unused placeholder pointer for Linf
     if not linf:
         red_block_r = max(1, min(next_pow2(seq_len), target // block_h))
-        n_split, rows_per_split = _split_rows(delta, batch, seq_len, red_block_r)
+        if n_split is None:
+            n_split, rows_per_split = _split_rows(delta, batch, seq_len, red_block_r)
+        else:
+            rows_per_split = triton.cdiv(seq_len, n_split)
+            red_block_r = min(red_block_r, next_pow2(rows_per_split))
+            n_split = triton.cdiv(seq_len, rows_per_split)
         split_p2 = next_pow2(n_split)
         partial = torch.empty((batch, 3, n_split), device=delta.device, dtype=torch.float32)
         _pgd_reduce_kernel[(batch, n_split)](
