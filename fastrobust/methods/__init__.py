@@ -34,6 +34,7 @@ _LAZY = {
     "FreeLB": "fastrobust.methods.adversarial",
     "adversarial_step": "fastrobust.methods.adversarial",
     "freelb_step": "fastrobust.methods.adversarial",
+    "find_perturbation": "fastrobust.methods.adversarial",
     "RandomPerturbation": "fastrobust.methods.noise",
     "noisy_embedding_step": "fastrobust.methods.noise",
     "neftune_sigma": "fastrobust.methods.noise",

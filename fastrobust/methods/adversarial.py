@@ -68,41 +68,33 @@ def _initial_delta(
     return ops.pgd_init(base, radius, norm=norm, mask=mask)
 
 
-def adversarial_step(
+def find_perturbation(
     model: nn.Module,
     batch: Mapping[str, Tensor],
-    backward: Backward,
     *,
     steps: int = 3,
     epsilon: float | None = 1.0,
     step_size: float = 0.3,
     norm: str = "l2",
     init_magnitude: float = 0.0,
-    adv_weight: float = 1.0,
+    embeds: Tensor | None = None,
     timer: SectionTimer = NULL_TIMER,
 ) -> Tensor:
-    """One PGD adversarial-training step on a batch; calls ``backward(loss)`` exactly once.
+    """The PGD perturbation delta (B, L, H) of the word embeddings after ``steps`` ascent steps.
 
-    model: an HF sequence classifier (or a DeepSpeed engine around one). batch: input_ids
-    (B, L), attention_mask (B, L), [token_type_ids], labels (B,). Scales are absolute, in
-    the units of the input embeddings (multiply by ``embedding_rms(model)`` for relative ones).
-
-    Runs ``steps`` inner ascent steps on delta (B, L, H) — gradients w.r.t. delta only —
-    then ``loss = (1 - adv_weight) * CE(f(e)) + adv_weight * CE(f(e + delta))`` and
-    ``backward(loss)``; the clean forward is skipped when adv_weight == 1. The embedding
-    lookup e keeps its graph, so the embedding table is trained too. Padding positions of
-    delta are zero. Returns the detached loss.
-
-    Usage in a plain loop::
-
-        loss = adversarial_step(model, batch, lambda l: l.backward(), epsilon=0.05, step_size=0.02)
-        optimizer.step(); optimizer.zero_grad()
+    delta_0 = 0 (or ``pgd_init`` with radius init_magnitude); then
+    ``delta_{k+1} = pgd_step(delta_k, grad_delta CE(f(e + delta_k), y))``. Gradients are taken
+    w.r.t. delta only (``torch.autograd.grad``): parameter ``.grad`` is never touched and
+    parameter gradients are not computed. Per example ||delta|| <= epsilon (L2 or Linf over
+    real tokens); padding positions are 0. Returns a tensor that does not require grad, in
+    the dtype of the embeddings. ``embeds``: the lookup e if the caller already has it.
     """
-    _check_pgd_args(steps, epsilon, step_size, init_magnitude, norm, adv_weight)
+    _check_pgd_args(steps, epsilon, step_size, init_magnitude, norm, 1.0)
     labels = require_labels(batch)
     mask = batch["attention_mask"]
-    with timer.section("forward"):
-        embeds = embed_inputs(model, batch)
+    if embeds is None:
+        with timer.section("forward"):
+            embeds = embed_inputs(model, batch)
     base = embeds.detach()
     with timer.section("perturbation"):
         delta = _initial_delta(base, init_magnitude, epsilon, norm, mask)
@@ -124,13 +116,62 @@ def adversarial_step(
             else:
                 delta = ops.pgd_step(delta, grad, step_size=step_size, epsilon=epsilon, norm=norm, mask=mask)
         del inner_loss, grad
+    return delta
+
+
+def adversarial_step(
+    model: nn.Module,
+    batch: Mapping[str, Tensor],
+    backward: Backward,
+    *,
+    steps: int = 3,
+    epsilon: float | None = 1.0,
+    step_size: float = 0.3,
+    norm: str = "l2",
+    init_magnitude: float = 0.0,
+    adv_weight: float = 1.0,
+    timer: SectionTimer = NULL_TIMER,
+) -> Tensor:
+    """One PGD adversarial-training step on a batch; calls ``backward(loss)`` exactly once.
+
+    model: an HF sequence classifier (or a DeepSpeed engine around one). batch: input_ids
+    (B, L), attention_mask (B, L), [token_type_ids], labels (B,). Scales are absolute, in
+    the units of the input embeddings (multiply by ``embedding_rms(model)`` for relative ones).
+
+    Finds delta (B, L, H) with :func:`find_perturbation` (``steps`` ascent steps, gradients
+    w.r.t. delta only), then ``loss = (1 - adv_weight) * CE(f(e)) + adv_weight * CE(f(e + delta))``
+    and ``backward(loss)``; the clean forward is skipped when adv_weight == 1. The embedding
+    lookup e keeps its graph, so the embedding table is trained too. Returns the detached loss.
+
+    Usage in a plain loop::
+
+        loss = adversarial_step(model, batch, lambda l: l.backward(), epsilon=0.05, step_size=0.02)
+        optimizer.step(); optimizer.zero_grad()
+    """
+    _check_pgd_args(steps, epsilon, step_size, init_magnitude, norm, adv_weight)
+    labels = require_labels(batch)
     with timer.section("forward"):
-        # e (with graph) + the constant delta: the embedding table gets its gradient here.
-        loss = adv_weight * classification_loss(forward_from_embeds(model, batch, embeds + delta), labels)
-        if adv_weight < 1:
-            loss = loss + (1 - adv_weight) * classification_loss(
-                forward_from_embeds(model, batch, embeds), labels
-            )
+        embeds = embed_inputs(model, batch)
+    loss = None
+    if adv_weight > 0:
+        delta = find_perturbation(
+            model,
+            batch,
+            steps=steps,
+            epsilon=epsilon,
+            step_size=step_size,
+            norm=norm,
+            init_magnitude=init_magnitude,
+            embeds=embeds,
+            timer=timer,
+        )
+        with timer.section("forward"):
+            # e (with graph) + the constant delta: the embedding table gets its gradient here.
+            loss = adv_weight * classification_loss(forward_from_embeds(model, batch, embeds + delta), labels)
+    if adv_weight < 1:
+        with timer.section("forward"):
+            clean = (1 - adv_weight) * classification_loss(forward_from_embeds(model, batch, embeds), labels)
+        loss = clean if loss is None else loss + clean
     with timer.section("backward"):
         backward(loss)
     return loss.detach()
