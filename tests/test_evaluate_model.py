@@ -1,0 +1,66 @@
+"""The prediction loop on tiny BERT / XLM-R classifiers: batching and padding do not change predictions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from fixtures.tiny_models import tiny_classifier, word_tokenizer
+
+from fastrobust.config import TaskConfig
+from fastrobust.data import load_task
+from fastrobust.data.xtreme import column
+from fastrobust.evaluate import accuracy, evaluate_dev, evaluate_task, predict
+
+FIX = Path(__file__).parent / "fixtures"
+
+
+@pytest.fixture(scope="module")
+def task():
+    return load_task(TaskConfig(name="pawsx", path=str(FIX / "pawsx"), languages=["en", "de", "ja"]))
+
+
+def one_by_one(model, tok, ds, max_length):
+    """Reference: each pair alone, unpadded, straight through the model."""
+    out = []
+    with torch.no_grad():
+        for s1, s2 in zip(column(ds, "sentence1"), column(ds, "sentence2")):
+            enc = tok(s1, s2, truncation="longest_first", max_length=max_length, return_tensors="pt")
+            out.append(int(model(**enc).logits.argmax(-1)))
+    return np.array(out)
+
+
+@pytest.mark.parametrize("style", ["bert", "xlmr"])
+def test_batched_predictions_equal_single_examples(task, style):
+    tok = word_tokenizer(style)
+    model = tiny_classifier(tok, style, seed=3)
+    ds = task.gxlt[("de", "ja")]
+    ref = one_by_one(model, tok, ds, 24)
+    got = predict(model, tok, ds, max_length=24, batch_size=4, device="cpu")
+    assert got.shape == (6,) and got.dtype == np.int64
+    np.testing.assert_array_equal(got, ref)
+    # and the logits themselves, through the padded batch, match (padding is masked out)
+    assert evaluate_dev(model, tok, ds, max_length=24, batch_size=5, device="cpu") == accuracy(
+        ref, column(ds, "label")
+    )
+
+
+def test_evaluate_task_uses_eval_mode_and_restores_training(task):
+    tok = word_tokenizer("bert")
+    model = tiny_classifier(tok, "bert", seed=1)
+    model.train()  # dropout (p=0.1) is active in this mode
+    report = evaluate_task(model, tok, task, max_length=32, batch_size=4, device="cpu")
+    assert model.training  # restored
+    again = evaluate_task(model, tok, task, max_length=32, batch_size=3, device="cpu")
+    assert report == again  # deterministic: dropout is off during evaluation
+    assert set(report.xlt) == {"en", "de", "ja"} and len(report.gxlt) == 9
+    model.eval()
+    for lang in task.languages:
+        ref = one_by_one(model, tok, task.test[lang], 32)
+        assert report.xlt[lang] == accuracy(ref, column(task.test[lang], "label"))
+        assert report.xlt_sizes[lang] == 6
+    ref = one_by_one(model, tok, task.gxlt[("ja", "en")], 32)
+    assert report.gxlt[("ja", "en")] == accuracy(ref, column(task.gxlt[("ja", "en")], "label"))
+    assert evaluate_task(model, tok, task, max_length=32, batch_size=4, device="cpu", gxlt=False).gxlt == {}
