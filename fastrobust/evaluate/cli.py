@@ -59,7 +59,12 @@ def resolve(args: argparse.Namespace):
     if args.config is not None:
         cfg = load_config(args.config, args.overrides)
     elif meta is not None:
-        data = {"task": meta["task"], "model": {"name_or_path": str(model_dir)}}
+        # methods are irrelevant to evaluation; given explicitly so the Config validator sees a parsed list
+        data = {
+            "task": meta["task"],
+            "model": {"name_or_path": str(model_dir)},
+            "methods": [{"kind": "baseline"}],
+        }
         for override in args.overrides:
             apply_override(data, override)
         cfg = config_from_dict(data, source=str(model_dir / META_FILE))
