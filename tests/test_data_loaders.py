@@ -205,3 +205,30 @@ def test_synonym_table(tmp_path):
     assert task.synonyms == {"Hund": ["Köter"]}
     with pytest.raises(DataError, match=r"bad_synonyms\.json: entry 'bad' must be a list of strings"):
         load_synonyms(FIX / "broken" / "bad_synonyms.json")
+
+
+# ---- synthetic dispatch -----------------------------------------------------------------------------
+def test_synthetic_task_reads_the_generated_folder(tmp_path):
+    from fastrobust.config import SyntheticConfig
+
+    syn = SyntheticConfig(
+        languages=["en", "xa", "xb"],
+        concepts=48,
+        topics=2,
+        train_size=16,
+        dev_size=8,
+        test_size=8,
+        pretrain_steps=0,
+        cache_dir=str(tmp_path),
+    )
+    task = load_task(TaskConfig(name="synthetic", synthetic=syn, max_train_examples=10))
+    assert task.name == "synthetic" and task.languages == ["en", "xa", "xb"]
+    assert task.label_names == ["not_paraphrase", "paraphrase"]
+    assert len(task.train) == 10 and set(task.dev) == {"en", "xa", "xb"}
+    assert len(task.gxlt) == 9 and all(len(d) == 8 for d in task.gxlt.values())
+    # the synonym table shipped in the benchmark folder: word -> list of words
+    assert task.synonyms and all(isinstance(v, list) for v in task.synonyms.values())
+    with pytest.raises(
+        DataError, match=r"task\.languages: unknown language 'zz' for task synthetic; valid: en xa xb"
+    ):
+        load_task(TaskConfig(name="synthetic", synthetic=syn, languages=["zz"]))

@@ -136,12 +136,12 @@ def load_task(cfg: TaskConfig) -> TaskData:
         # imported here: building the benchmark pulls in tokenizers/transformers, not needed otherwise
         from fastrobust.data.synthetic import prepare_synthetic
 
-        artifacts = prepare_synthetic(cfg.synthetic)
         spec = synthetic_spec(cfg.synthetic.languages)
+        # checked before building: a wrong language should not cost a benchmark build
         languages = resolve_languages(spec, cfg.languages, cfg.train_language)
-        folder = Path(artifacts.data_dir)
         if cfg.format != "tsv":
             raise DataError(f"task.format: the synthetic benchmark is written as tsv, not {cfg.format!r}")
+        folder = Path(prepare_synthetic(cfg.synthetic).data_dir)
         train, dev, test, ready = _load_local(cfg, spec, folder, languages)
         if synonyms_path is None and (folder / "synonyms.json").is_file():
             synonyms_path = folder / "synonyms.json"
