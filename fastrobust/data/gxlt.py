@@ -18,23 +18,30 @@ from fastrobust.data.xtreme import column, pairs_dataset
 from fastrobust.errors import DataError
 
 
+def _first_difference(a: str, la: list[int], b: str, lb: list[int]) -> str | None:
+    """None when the label sequences are equal, else a message naming both languages and the index."""
+    if len(la) != len(lb):
+        return (
+            f"G-XLT: test sets of {a!r} ({len(la)} examples) and {b!r} ({len(lb)} examples) "
+            "are not parallel: sizes differ"
+        )
+    if la == lb:
+        return None
+    i = next(i for i, (x, y) in enumerate(zip(la, lb)) if x != y)
+    return (
+        f"G-XLT: test sets of {a!r} and {b!r} are not parallel: labels differ first at index {i} "
+        f"({a}: {la[i]}, {b}: {lb[i]})"
+    )
+
+
 def check_parallel(a: str, first: datasets.Dataset, b: str, second: datasets.Dataset) -> None:
     """Raise DataError unless the test sets of languages ``a`` and ``b`` are parallel.
 
     Parallel means len(first) == len(second) and first["label"][i] == second["label"][i] for all i.
     """
-    if len(first) != len(second):
-        raise DataError(
-            f"G-XLT: test sets of {a!r} ({len(first)} examples) and {b!r} ({len(second)} examples) "
-            "are not parallel: sizes differ"
-        )
-    la, lb = column(first, "label"), column(second, "label")
-    for i, (x, y) in enumerate(zip(la, lb)):
-        if x != y:
-            raise DataError(
-                f"G-XLT: test sets of {a!r} and {b!r} are not parallel: labels differ first at index {i} "
-                f"({a}: {x}, {b}: {y})"
-            )
+    problem = _first_difference(a, column(first, "label"), b, column(second, "label"))
+    if problem:
+        raise DataError(problem)
 
 
 def join_pair(a: str, first: datasets.Dataset, b: str, second: datasets.Dataset) -> datasets.Dataset:
@@ -60,14 +67,26 @@ def build_gxlt_pairs(
     that needs joining.
     """
     ready_made = dict(ready_made or {})
+    cols: dict[str, dict[str, list]] = {}  # lang -> column lists, read once (225 pairs for XNLI)
+
+    def columns(lang: str) -> dict[str, list]:
+        if lang not in cols:
+            if lang not in test:
+                raise DataError(f"G-XLT: no test set for language(s) [{lang!r}] to build the pairs")
+            cols[lang] = {c: column(test[lang], c) for c in ("sentence1", "sentence2", "label")}
+        return cols[lang]
+
     pairs: dict[tuple[str, str], datasets.Dataset] = {}
     for a in languages:
         for b in languages:
             if (a, b) in ready_made:
                 pairs[(a, b)] = ready_made[(a, b)]
                 continue
-            missing = [x for x in (a, b) if x not in test]
-            if missing:
-                raise DataError(f"G-XLT: no test set for language(s) {missing} to build the ({a}, {b}) pairs")
-            pairs[(a, b)] = join_pair(a, test[a], b, test[b])
+            ca, cb = columns(a), columns(b)
+            problem = _first_difference(a, ca["label"], b, cb["label"])
+            if problem:
+                raise DataError(problem)
+            pairs[(a, b)] = (
+                test[a] if a == b else pairs_dataset(ca["sentence1"], cb["sentence2"], ca["label"])
+            )
     return pairs
