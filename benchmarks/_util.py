@@ -1,0 +1,170 @@
+"""Helpers shared by the benchmark files: device facts, synchronised timing through
+pytest-benchmark, the copy-bandwidth yardstick, peak memory, and the Markdown summary.
+
+``python benchmarks/_util.py RESULTS.json`` prints the Markdown table of a
+``pytest benchmarks --benchmark-json=RESULTS.json`` run (what BENCHMARKS.md quotes).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+SMOKE = os.environ.get("FASTROBUST_BENCH_SMOKE") == "1"
+
+
+def bench_device() -> torch.device:
+    """CUDA when present (never the Triton interpreter: its timings mean nothing)."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return f"{line.split(':', 1)[1].strip()} ({torch.get_num_threads()} threads)"
+    except OSError:
+        pass
+    return f"{platform.processor() or platform.machine()} ({torch.get_num_threads()} threads)"
+
+
+def versions() -> dict[str, str]:
+    out = {"torch": torch.__version__, "python": platform.python_version()}
+    try:
+        import triton
+
+        out["triton"] = triton.__version__
+    except ImportError:
+        out["triton"] = "absent"
+    return out
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _seconds_per_call(fn: Callable[[], object], device: torch.device, calls: int = 3) -> float:
+    sync(device)
+    start = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    sync(device)
+    return (time.perf_counter() - start) / calls
+
+
+def timed(benchmark, fn: Callable[[], object], device: torch.device, *, budget_s: float = 1.5):
+    """Time ``fn`` with pytest-benchmark so that every reported duration covers finished work.
+
+    On CUDA a round runs ``iterations`` calls back to back and synchronises after the last
+    one (the wrapper counts calls), so launches overlap as in a training loop and the mean
+    per call is exact. Rounds and iterations are sized from a probe to fit ``budget_s``.
+    """
+    fn()  # warm-up: compiles kernels / torch.compile graphs outside the timings
+    sync(device)
+    if SMOKE or getattr(benchmark, "disabled", False):
+        return benchmark.pedantic(fn, rounds=1, iterations=1)
+    per_call = max(_seconds_per_call(fn, device), 1e-7)
+    iterations = 1 if device.type == "cpu" else max(1, min(1000, int(2e-3 / per_call)))
+    rounds = max(3, min(30, int(budget_s / (per_call * iterations))))
+    counter = {"n": 0}
+
+    def target():
+        fn()
+        counter["n"] += 1
+        if counter["n"] % iterations == 0:
+            sync(device)
+
+    return benchmark.pedantic(target, rounds=rounds, iterations=iterations, warmup_rounds=1)
+
+
+def peak_memory_mb(fn: Callable[[], object], device: torch.device) -> float | None:
+    """Peak extra CUDA memory of one call (MiB) above what was allocated before it."""
+    if device.type != "cuda":
+        return None
+    sync(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    before = torch.cuda.memory_allocated(device)
+    fn()
+    sync(device)
+    return (torch.cuda.max_memory_allocated(device) - before) / 2**20
+
+
+def copy_bandwidth_gbps(device: torch.device, nbytes: int | None = None) -> float:
+    """Median device-copy bandwidth in GB/s, counting bytes read plus bytes written."""
+    if nbytes is None:
+        nbytes = 2**20 if SMOKE else (512 * 2**20 if device.type == "cuda" else 64 * 2**20)
+    src = torch.empty(nbytes // 4, dtype=torch.float32, device=device).uniform_()
+    dst = torch.empty_like(src)
+    dst.copy_(src)
+    sync(device)
+    times = []
+    for _ in range(3 if SMOKE else 15):
+        times.append(
+            _seconds_per_call(lambda: dst.copy_(src), device, calls=1 if device.type == "cpu" else 10)
+        )
+    return 2 * nbytes / statistics.median(times) / 1e9
+
+
+def record(benchmark, *, device: torch.device, nbytes: int, copy_gbps: float, **info) -> None:
+    """Attach what the summary needs (bytes floor, GB/s, ratio to copy, device) to the result."""
+    benchmark.extra_info.update(info)
+    benchmark.extra_info.update(
+        device=device_name(device), bytes_floor=int(nbytes), copy_gbps=round(copy_gbps, 2), **versions()
+    )
+    if hasattr(os, "getloadavg"):
+        # On a shared CPU machine other processes skew timings: keep the 1-min load with them.
+        benchmark.extra_info["load_avg_1min"] = round(os.getloadavg()[0], 2)
+    stats = getattr(benchmark, "stats", None)
+    if stats is not None and getattr(stats, "stats", None) is not None:
+        median = stats.stats.median
+        benchmark.extra_info["gbps"] = round(nbytes / median / 1e9, 2)
+        benchmark.extra_info["fraction_of_copy"] = round(nbytes / median / 1e9 / copy_gbps, 3)
+
+
+def summarize(path: str | Path) -> str:
+    """Markdown table (one row per op/shape/dtype, one column group per provider)."""
+    data = json.loads(Path(path).read_text())
+    rows: dict[tuple, dict[str, dict]] = {}
+    providers: list[str] = []
+    for bench in data["benchmarks"]:
+        info = bench["extra_info"]
+        if "op" not in info:
+            continue
+        key = (info["op"], info["shape"], info["dtype"])
+        rows.setdefault(key, {})[info["provider"]] = {"median": bench["stats"]["median"], **info}
+        if info["provider"] not in providers:
+            providers.append(info["provider"])
+    header = "| op | B x L x H | dtype | MB floor | " + " | ".join(f"{p} ms (GB/s)" for p in providers)
+    if "torch" in providers:
+        header += " | " + " | ".join(f"{p} speed-up vs eager" for p in providers if p != "torch")
+    lines = [header + " |", "|" + " --- |" * header.count("|")]
+    for (op, shape, dtype), by_provider in sorted(rows.items()):
+        first = next(iter(by_provider.values()))
+        cells = [op, shape, dtype, f"{first['bytes_floor'] / 1e6:.1f}"]
+        for p in providers:
+            r = by_provider.get(p)
+            cells.append("—" if r is None else f"{r['median'] * 1e3:.3f} ({r.get('gbps', float('nan')):.1f})")
+        if "torch" in providers:
+            base = by_provider.get("torch")
+            for p in providers:
+                if p == "torch":
+                    continue
+                r = by_provider.get(p)
+                cells.append("—" if r is None or base is None else f"{base['median'] / r['median']:.2f}x")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(summarize(sys.argv[1]))
