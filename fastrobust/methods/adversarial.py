@@ -40,6 +40,7 @@ from fastrobust.methods.embeddings import (
     embed_inputs,
     embedding_rms,
     forward_from_embeds,
+    unwrap_model,
 )
 from fastrobust.timing import NULL_TIMER, SectionTimer
 
@@ -104,7 +105,10 @@ def find_perturbation(
         # and autograd.grad computes only what leads to it (no parameter gradients).
         x = x.detach().requires_grad_(True)
         with timer.section("forward"):
-            inner_loss = classification_loss(forward_from_embeds(model, batch, x), labels)
+            # Through the unwrapped module: a DeepSpeed engine's forward hooks its output so that any
+            # backward through it runs the engine's gradient reduction, which must happen only in
+            # the trainer's backward (the delta-only grads here would trip ZeRO's bucket state).
+            inner_loss = classification_loss(forward_from_embeds(unwrap_model(model), batch, x), labels)
         with timer.section("backward"):
             (grad,) = torch.autograd.grad(inner_loss, x)
         with timer.section("perturbation"):
