@@ -47,6 +47,7 @@ def _noise_kernel(
     sigma,
     seed,
     n_rows,
+    n_row_blocks,
     seq_len,
     hidden,
     quarter,
@@ -60,9 +61,10 @@ def _noise_kernel(
     BLOCK_R: tl.constexpr,
     BLOCK_Q: tl.constexpr,
 ):
+    # A 1-D grid (copies x row blocks): the y/z grid axes stop at 65535, n may not.
     pid = tl.program_id(0)
-    copy = tl.program_id(1)
-    rows = pid * BLOCK_R + tl.arange(0, BLOCK_R)
+    copy = pid // n_row_blocks
+    rows = (pid - copy * n_row_blocks) * BLOCK_R + tl.arange(0, BLOCK_R)
     row_ok = rows < n_rows
     b = rows // seq_len
     pos = rows - b * seq_len
@@ -159,8 +161,8 @@ def launch_noise(
         target = 1 << 16 if INTERPRETED else 2048
         block_r = max(1, min(next_pow2(n_rows), target // (4 * block_q)))
     wide = force_wide or copies * n_rows * quarter >= 2**31 - 1
-    grid = (triton.cdiv(n_rows, block_r), copies)
-    _noise_kernel[grid](
+    n_row_blocks = triton.cdiv(n_rows, block_r)
+    _noise_kernel[(n_row_blocks * copies,)](
         x_arg,
         out,
         sigma_arg,
@@ -168,6 +170,7 @@ def launch_noise(
         0.0 if per_example else float(sigma),
         seed,
         n_rows,
+        n_row_blocks,
         seq_len,
         hidden,
         quarter,
