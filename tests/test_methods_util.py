@@ -19,14 +19,20 @@ VOCAB = 64
 
 
 def tiny_model(
-    arch: str = "bert", *, dropout: float = 0.0, seed: int = 0, num_labels: int = 2, hidden: int = 32
+    arch: str = "bert",
+    *,
+    dropout: float = 0.0,
+    seed: int = 0,
+    num_labels: int = 2,
+    hidden: int = 32,
+    layers: int = 2,
 ):
-    """A randomly initialised 2-layer classifier with hidden size ``hidden`` (eval mode)."""
+    """A randomly initialised classifier, ``layers`` layers of size ``hidden``, in eval mode."""
     torch.manual_seed(seed)
     common = dict(
         vocab_size=VOCAB,
         hidden_size=hidden,
-        num_hidden_layers=2,
+        num_hidden_layers=layers,
         num_attention_heads=2,
         intermediate_size=2 * hidden,
         max_position_embeddings=48,
