@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from fastrobust.config.base import StrictModel
-from fastrobust.config.methods import MethodConfig, method_label
+from fastrobust.config.methods import BaselineConfig, MethodConfig, method_label
 
 
 class ModelConfig(StrictModel):
@@ -90,7 +90,7 @@ class Config(StrictModel):
     seed: int = 0
     model: ModelConfig = Field(default_factory=ModelConfig)
     task: TaskConfig = Field(default_factory=TaskConfig)
-    methods: list[MethodConfig] = Field(default_factory=lambda: [{"kind": "baseline"}], min_length=1)
+    methods: list[MethodConfig] = Field(default_factory=lambda: [BaselineConfig()], min_length=1)
     optim: OptimConfig = Field(default_factory=OptimConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
