@@ -12,7 +12,7 @@ from fixtures.tiny_models import tiny_classifier, word_tokenizer
 from fastrobust.config import TaskConfig
 from fastrobust.data import load_task
 from fastrobust.data.xtreme import column
-from fastrobust.evaluate import accuracy, evaluate_dev, evaluate_task, predict
+from fastrobust.evaluate import accuracy, evaluate_dev, evaluate_task, predict, predict_logits
 
 FIX = Path(__file__).parent / "fixtures"
 
@@ -22,26 +22,36 @@ def task():
     return load_task(TaskConfig(name="pawsx", path=str(FIX / "pawsx"), languages=["en", "de", "ja"]))
 
 
-def one_by_one(model, tok, ds, max_length):
-    """Reference: each pair alone, unpadded, straight through the model."""
+def one_by_one_logits(model, tok, ds, max_length):
+    """Reference: each pair alone, unpadded, straight through the model -> (N, C)."""
     out = []
     with torch.no_grad():
         for s1, s2 in zip(column(ds, "sentence1"), column(ds, "sentence2")):
             enc = tok(s1, s2, truncation="longest_first", max_length=max_length, return_tensors="pt")
-            out.append(int(model(**enc).logits.argmax(-1)))
-    return np.array(out)
+            out.append(model(**enc).logits[0].numpy())
+    return np.stack(out)
+
+
+def one_by_one(model, tok, ds, max_length):
+    return one_by_one_logits(model, tok, ds, max_length).argmax(-1)
 
 
 @pytest.mark.parametrize("style", ["bert", "xlmr"])
 def test_batched_predictions_equal_single_examples(task, style):
     tok = word_tokenizer(style)
-    model = tiny_classifier(tok, style, seed=3)
+    model = tiny_classifier(tok, style, seed=3, init_range=0.5)
     ds = task.gxlt[("de", "ja")]
-    ref = one_by_one(model, tok, ds, 24)
+    ref_logits = one_by_one_logits(model, tok, ds, 24)
+    logits = predict_logits(model, tok, ds, max_length=24, batch_size=4, device="cpu")
+    # same logits for every example: length-sorted batches are put back in order, padding is masked out
+    np.testing.assert_allclose(logits, ref_logits, rtol=1e-5, atol=1e-5)
+    assert (
+        len({round(float(x), 3) for x in ref_logits[:, 0] - ref_logits[:, 1]}) == 6
+    )  # distinct rows: an order mix-up shows
+    ref = ref_logits.argmax(-1)
     got = predict(model, tok, ds, max_length=24, batch_size=4, device="cpu")
     assert got.shape == (6,) and got.dtype == np.int64
     np.testing.assert_array_equal(got, ref)
-    # and the logits themselves, through the padded batch, match (padding is masked out)
     assert evaluate_dev(model, tok, ds, max_length=24, batch_size=5, device="cpu") == accuracy(
         ref, column(ds, "label")
     )
@@ -49,7 +59,7 @@ def test_batched_predictions_equal_single_examples(task, style):
 
 def test_evaluate_task_uses_eval_mode_and_restores_training(task):
     tok = word_tokenizer("bert")
-    model = tiny_classifier(tok, "bert", seed=1)
+    model = tiny_classifier(tok, "bert", seed=1, init_range=0.5)
     model.train()  # dropout (p=0.1) is active in this mode
     report = evaluate_task(model, tok, task, max_length=32, batch_size=4, device="cpu")
     assert model.training  # restored

@@ -12,7 +12,13 @@ matplotlib is imported only when a figure is written.
 """
 
 from fastrobust.evaluate.metrics import EvalReport, accuracy
-from fastrobust.evaluate.predict import evaluate_dev, evaluate_predictions, evaluate_task, predict
+from fastrobust.evaluate.predict import (
+    evaluate_dev,
+    evaluate_predictions,
+    evaluate_task,
+    predict,
+    predict_logits,
+)
 from fastrobust.evaluate.report import (
     comparison_markdown,
     gxlt_markdown,
@@ -31,6 +37,7 @@ __all__ = [
     "evaluate_task",
     "gxlt_markdown",
     "predict",
+    "predict_logits",
     "report_markdown",
     "write_comparison",
     "write_report",

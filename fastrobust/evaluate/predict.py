@@ -15,7 +15,7 @@ from fastrobust.evaluate.metrics import EvalReport, accuracy
 
 
 @torch.no_grad()
-def predict(
+def predict_logits(
     model: Any,
     tokenizer: Any,
     dataset: datasets.Dataset,
@@ -24,11 +24,12 @@ def predict(
     batch_size: int,
     device: str | torch.device,
 ) -> np.ndarray:
-    """argmax_c logits[i, c] for every pair of ``dataset`` -> int64 array of shape (N,).
+    """Classifier logits of every pair of ``dataset`` -> float32 array of shape (N, C), in dataset order.
 
     The model runs in eval mode (dropout off) without gradients on batches of ``batch_size`` pairs
-    right-padded to their longest member; its previous train/eval mode is restored afterwards.
-    ``model`` is an HF sequence classifier (or a DeepSpeed engine wrapping one) already on ``device``.
+    right-padded to their longest member (pairs are grouped by length to waste little compute on
+    padding); its previous train/eval mode is restored afterwards. ``model`` is an HF sequence
+    classifier (or a DeepSpeed engine wrapping one) already on ``device``.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -40,8 +41,10 @@ def predict(
     finally:
         if quiet:
             datasets.enable_progress_bars()
-    collate = make_collator(tokenizer)
-    loader = torch.utils.data.DataLoader(encoded, batch_size=batch_size, shuffle=False, collate_fn=collate)
+    order = np.argsort([len(ids) for ids in column(encoded, "input_ids")], kind="stable")
+    loader = torch.utils.data.DataLoader(
+        encoded, batch_size=batch_size, sampler=order.tolist(), collate_fn=make_collator(tokenizer)
+    )
     was_training = bool(getattr(model, "training", False))
     model.eval()
     out = []
@@ -49,12 +52,32 @@ def predict(
         for batch in loader:
             batch.pop("labels")  # not passed: the model would compute a loss we do not need
             batch = {k: v.to(device) for k, v in batch.items()}
-            logits = model(**batch).logits  # (B, C)
-            out.append(logits.argmax(dim=-1).cpu())
+            out.append(model(**batch).logits.float().cpu())  # (B, C)
     finally:
         if was_training:
             model.train()
-    return torch.cat(out).numpy().astype(np.int64) if out else np.zeros(0, dtype=np.int64)
+    if not out:
+        return np.zeros((0, 0), dtype=np.float32)
+    logits = torch.cat(out).numpy()
+    result = np.empty_like(logits)
+    result[order] = logits  # row k of the sorted batches is example order[k]
+    return result
+
+
+def predict(
+    model: Any,
+    tokenizer: Any,
+    dataset: datasets.Dataset,
+    *,
+    max_length: int,
+    batch_size: int,
+    device: str | torch.device,
+) -> np.ndarray:
+    """Predicted label ids argmax_c logits[i, c] -> int64 array of shape (N,); see :func:`predict_logits`."""
+    logits = predict_logits(
+        model, tokenizer, dataset, max_length=max_length, batch_size=batch_size, device=device
+    )
+    return logits.argmax(axis=-1).astype(np.int64)
 
 
 def evaluate_dev(
