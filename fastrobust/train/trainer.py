@@ -904,6 +904,10 @@ def _train(
         sections = [m for m in sections if method_label(m) in methods]
     dist = init_distributed(use_deepspeed=bool(cfg.deepspeed.config))
     run = _Run(cfg, dist, resume)
+    from fastrobust.methods import build_method
+
+    for mcfg in sections:  # fail before any training if a section cannot be built (e.g. no synonyms)
+        build_method(mcfg, task_synonyms=run.task.synonyms)
     out_dir = run.out_dir
     if dist.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
