@@ -107,3 +107,12 @@ def test_evaluate_cli_errors(model_dir, tmp_path):
         )
     with pytest.raises(ConfigError, match="task.format"):
         run_cli([str(model_dir), "--set", "task.format=csv"])
+
+
+def test_fastrobust_command_reports_one_line_and_exit_2(tmp_path, capsys):
+    from fastrobust.cli import main
+
+    assert main(["evaluate", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("fastrobust evaluate: error: ") and "fastrobust.json: not found" in err
+    assert len(err.splitlines()) == 1
