@@ -59,9 +59,13 @@ def test_all_languages_default_needs_every_file():
         load_task(TaskConfig(name="pawsx", path=str(FIX / "pawsx")))
 
 
-def test_header_row_is_skipped(tmp_path):
-    (tmp_path / "h.tsv").write_text("sentence1\tsentence2\tlabel\nA .\tB .\t1\n", encoding="utf-8")
-    assert as_rows(read_tsv(tmp_path / "h.tsv", PAWSX)) == [("A .", "B .", 1)]
+def test_header_rows_pick_columns_by_name():
+    raw = read_tsv(FIX / "headers" / "pawsx_raw.tsv", PAWSX)  # id sentence1 sentence2 label
+    assert as_rows(raw) == [(a, b, int(y)) for a, b, y in raw_rows(FIX / "pawsx" / "test-en.tsv")[:3]]
+    mnli = read_tsv(FIX / "headers" / "multinli.tsv", XNLI)  # premise hypo label
+    assert as_rows(mnli)[1] == ("The dog sleeps on the sofa .", "The dog is running .", 2)
+    with pytest.raises(DataError, match=r"bad_header\.tsv:1: header .* has no sentence2 column"):
+        read_tsv(FIX / "broken" / "bad_header.tsv", PAWSX)
 
 
 def test_truncation_is_deterministic_and_keeps_parallel():

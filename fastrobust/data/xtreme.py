@@ -10,11 +10,11 @@ the synthetic benchmark writes)::
     synonyms.json           optional RS-DA synonym table {word: [synonyms]}
 
 Each TSV line is ``sentence1<TAB>sentence2<TAB>label`` with no quoting (XTREME writes with
-``csv.QUOTE_NONE``, so a ``"`` is an ordinary character) and no header. A first line whose label
-field reads ``label`` / ``gold_label`` is taken as a header and skipped, so the raw PAWS-X-style
-files with a header row also load. Blank lines are ignored. Labels are mapped with
-:func:`fastrobust.data.tasks.parse_label` (PAWS-X ``0``/``1``; XNLI words, ``contradictory`` ->
-``contradiction``).
+``csv.QUOTE_NONE``, so a ``"`` is an ordinary character) and no header. A first line that names
+a ``label`` / ``gold_label`` column is a header: columns are then taken by name, so raw PAWS-X
+files (``id sentence1 sentence2 label``) and MultiNLI-style files (``premise hypo label``) load
+too. Blank lines are ignored. Labels are mapped with :func:`fastrobust.data.tasks.parse_label`
+(PAWS-X ``0``/``1``; XNLI words, ``contradictory`` -> ``contradiction``).
 
 JSONL files use the same names with ``.jsonl``; each line is an object with ``sentence1``,
 ``sentence2`` (or the hub's ``premise`` / ``hypothesis``) and ``label`` (id or name).
@@ -39,6 +39,8 @@ PAIR_FEATURES = datasets.Features(
 )
 EXTENSIONS = {"tsv": "tsv", "jsonl": "jsonl"}
 _HEADER_LABELS = {"label", "gold_label"}
+_S1_NAMES = {"sentence1", "premise"}
+_S2_NAMES = {"sentence2", "hypothesis", "hypo"}
 
 
 def column(dataset: datasets.Dataset, name: str) -> list:
@@ -56,11 +58,29 @@ def pairs_dataset(sentence1: list[str], sentence2: list[str], labels: list[int])
     )
 
 
+def _header_columns(fields: list[str], where: str) -> tuple[int, int, int] | None:
+    """(sentence1, sentence2, label) column indices if ``fields`` is a header row, else None."""
+    names = [f.strip().lower() for f in fields]
+    if not any(n in _HEADER_LABELS for n in names):
+        return None
+    found = []
+    for role, aliases in (("sentence1", _S1_NAMES), ("sentence2", _S2_NAMES), ("label", _HEADER_LABELS)):
+        idx = next((i for i, n in enumerate(names) if n in aliases), None)
+        if idx is None:
+            raise DataError(f"{where}: header {fields} has no {role} column (accepted: {sorted(aliases)})")
+        found.append(idx)
+    return found[0], found[1], found[2]
+
+
 def read_tsv(path: str | Path, spec: TaskSpec) -> datasets.Dataset:
     """Read one XTREME-layout TSV of sentence pairs; every row and label is validated.
 
-    Returns a Dataset of N rows (sentence1, sentence2, label). Errors name the file and line:
-    a row without exactly 3 tab-separated fields, an unknown label, a missing or empty file.
+    Without a header, each row is ``sentence1, sentence2, label``. With a header row (first line,
+    naming a ``label``/``gold_label`` column), columns are picked by name — sentence1/premise,
+    sentence2/hypothesis/hypo, label/gold_label — so raw PAWS-X files (``id sentence1 sentence2
+    label``) and MultiNLI-style files (``premise hypo label``) load too; every row must then have as
+    many fields as the header. Returns a Dataset of N rows (sentence1, sentence2, label). Errors name
+    the file and line: a row with the wrong number of fields, an unknown label, a missing or empty file.
     """
     path = Path(path)
     if not path.is_file():
@@ -68,6 +88,7 @@ def read_tsv(path: str | Path, spec: TaskSpec) -> datasets.Dataset:
     s1: list[str] = []
     s2: list[str] = []
     labels: list[int] = []
+    cols, width, first = (0, 1, 2), 3, True
     # newline="\n": split lines on "\n" only (a stray "\r" inside a sentence must not start a new row);
     # a CRLF line end is stripped below
     with path.open("r", encoding="utf-8", newline="\n") as handle:
@@ -76,17 +97,22 @@ def read_tsv(path: str | Path, spec: TaskSpec) -> datasets.Dataset:
             if not line.strip():
                 continue
             fields = line.split("\t")
-            if len(fields) != 3:
-                hint = " (a test file without labels cannot be evaluated)" if len(fields) == 2 else ""
+            if first:
+                first = False
+                header = _header_columns(fields, f"{path}:{lineno}")
+                if header is not None:
+                    cols, width = header, len(fields)
+                    continue
+            if len(fields) != width:
+                hint = " (a test file without labels cannot be evaluated)" if len(fields) == width - 1 else ""
+                expected = "sentence1, sentence2, label" if width == 3 else "as many as the header"
                 raise DataError(
-                    f"{path}:{lineno}: expected 3 tab-separated fields (sentence1, sentence2, label), "
+                    f"{path}:{lineno}: expected {width} tab-separated fields ({expected}), "
                     f"found {len(fields)}{hint}"
                 )
-            if lineno == 1 and fields[2].strip().lower() in _HEADER_LABELS:
-                continue  # a header row (raw PAWS-X / MultiNLI style), not an example
-            s1.append(fields[0].strip())
-            s2.append(fields[1].strip())
-            labels.append(parse_label(spec, fields[2], f"{path}:{lineno}"))
+            s1.append(fields[cols[0]].strip())
+            s2.append(fields[cols[1]].strip())
+            labels.append(parse_label(spec, fields[cols[2]], f"{path}:{lineno}"))
     if not labels:
         raise DataError(f"{path}: no examples (empty split)")
     return pairs_dataset(s1, s2, labels)
