@@ -90,3 +90,9 @@ def test_atomic_write_replaces_whole_file(tmp_path):
 def test_from_dict_rejects_malformed():
     with pytest.raises(ValueError, match="malformed report"):
         EvalReport.from_dict({"task": "x"})
+
+
+def test_report_keyword_construction_defaults_language_order():
+    rep = EvalReport(xlt={"en": 1.0, "de": 0.5}, xlt_sizes={"en": 2, "de": 2}, gxlt={("en", "sw"): 0.5})
+    assert rep.languages == ["en", "de", "sw"] and rep.task == ""
+    assert rep.gxlt_cross_lang_avg == 0.5 and rep.gxlt_same_lang_avg is None

@@ -47,18 +47,26 @@ def _weighted(values: dict, sizes: dict) -> float | None:
 class EvalReport:
     """Accuracies of one model on one task: XLT per language and the G-XLT matrix.
 
-    ``languages`` fixes the order of rows/columns (train language first). ``xlt_sizes`` /
+    ``languages`` fixes the order of rows/columns (train language first; default: the order of
+    ``xlt``). ``xlt_sizes`` /
     ``gxlt_sizes`` hold the number of test examples behind each accuracy (for weighted averages).
     ``gxlt`` is empty when G-XLT was not evaluated; its averages are then None.
     """
 
-    task: str
-    languages: list[str]
     xlt: dict[str, float]
     xlt_sizes: dict[str, int]
     gxlt: dict[tuple[str, str], float] = field(default_factory=dict)
     gxlt_sizes: dict[tuple[str, str], int] = field(default_factory=dict)
+    task: str = ""
+    languages: list[str] = field(default_factory=list)
     train_language: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.languages:  # default order: XLT languages, then any language seen only in G-XLT
+            langs = list(self.xlt)
+            for a, b in self.gxlt:
+                langs += [x for x in (a, b) if x not in langs]
+            self.languages = langs
 
     # ---- averages -------------------------------------------------------------------------
     @property
