@@ -74,7 +74,7 @@ def timed(benchmark, fn: Callable[[], object], device: torch.device, *, budget_s
     sync(device)
     if SMOKE or getattr(benchmark, "disabled", False):
         return benchmark.pedantic(fn, rounds=1, iterations=1)
-    per_call = max(_seconds_per_call(fn, device), 1e-7)
+    per_call = max(_seconds_per_call(fn, device, calls=1 if device.type == "cpu" else 3), 1e-7)
     iterations = 1 if device.type == "cpu" else max(1, min(1000, int(2e-3 / per_call)))
     rounds = max(3, min(30, int(budget_s / (per_call * iterations))))
     counter = {"n": 0}

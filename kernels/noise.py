@@ -20,6 +20,8 @@ are those of copy 0 shifted by c * B * L * Q, so the copies are independent and 
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import torch
 import triton
 import triton.language as tl
@@ -29,13 +31,16 @@ from fastrobust.kernels.common import INTERPRETED, next_pow2, pick_quarter_block
 
 
 @triton.jit
-def _scale_add_store(x_ptr, out_ptr, in_row, out_row, col, ok, scale, z, HAS_X: tl.constexpr):
-    """out[row, col] = x[row, col] + scale[row] * z (or scale * z without x), in fp32."""
-    y = scale[:, None] * z
+def _load_tile(x_ptr, in_row, col, ok, HAS_X: tl.constexpr):
+    """x[rows, col] in fp32 (zeros when there is no x: pgd_init)."""
     if HAS_X:
-        x = tl.load(x_ptr + in_row[:, None] + col[None, :], mask=ok, other=0.0).to(tl.float32)
-        y = x + y
-    tl.store(out_ptr + out_row[:, None] + col[None, :], y.to(out_ptr.dtype.element_ty), mask=ok)
+        return tl.load(x_ptr + in_row[:, None] + col[None, :], mask=ok, other=0.0).to(tl.float32)
+    return tl.zeros(ok.shape, dtype=tl.float32)
+
+
+@triton.jit
+def _store_tile(out_ptr, out_row, col, ok, value):
+    tl.store(out_ptr + out_row[:, None] + col[None, :], value.to(out_ptr.dtype.element_ty), mask=ok)
 
 
 @triton.jit(do_not_specialize=["seed"])
@@ -48,6 +53,8 @@ def _noise_kernel(
     seed,
     n_rows,
     n_row_blocks,
+    n_copies,
+    copies_per_program,
     seq_len,
     hidden,
     quarter,
@@ -61,10 +68,17 @@ def _noise_kernel(
     BLOCK_R: tl.constexpr,
     BLOCK_Q: tl.constexpr,
 ):
-    # A 1-D grid (copies x row blocks): the y/z grid axes stop at 65535, n may not.
+    """One program: BLOCK_R rows, all H columns, copies [c0, c0 + copies_per_program).
+
+    x is read once per program and reused for each of its copies, so ``noisy_copies``
+    moves (1 + n) N elements when one program holds all n copies. The grid is 1-D
+    (copy groups x row blocks) because the y/z grid axes stop at 65535.
+    """
     pid = tl.program_id(0)
-    copy = pid // n_row_blocks
-    rows = (pid - copy * n_row_blocks) * BLOCK_R + tl.arange(0, BLOCK_R)
+    group = pid // n_row_blocks
+    rows = (pid - group * n_row_blocks) * BLOCK_R + tl.arange(0, BLOCK_R)
+    c_start = group * copies_per_program
+    c_stop = tl.minimum(c_start + copies_per_program, n_copies)
     row_ok = rows < n_rows
     b = rows // seq_len
     pos = rows - b * seq_len
@@ -76,40 +90,40 @@ def _noise_kernel(
         keep = tl.load(mask_ptr + rows, mask=row_ok, other=0) != 0
         scale = tl.where(keep, scale, 0.0)
     in_row = b.to(tl.int64) * stride_b + pos.to(tl.int64) * stride_l
-    global_row = copy.to(tl.int64) * n_rows + rows
-    out_row = global_row * hidden
-    if WIDE_COUNTER:
-        counter_row = global_row * quarter
-    else:
-        counter_row = global_row.to(tl.int32) * quarter
     for q0 in range(0, quarter, BLOCK_Q):
         j = q0 + tl.arange(0, BLOCK_Q)
-        counter = counter_row[:, None] + j[None, :]
-        if GAUSSIAN:
-            z0, z1, z2, z3 = tl.randn4x(seed, counter)
-        else:
-            u0, u1, u2, u3 = tl.rand4x(seed, counter)
-            z0 = 2.0 * u0 - 1.0
-            z1 = 2.0 * u1 - 1.0
-            z2 = 2.0 * u2 - 1.0
-            z3 = 2.0 * u3 - 1.0
         base_ok = row_ok[:, None] & (j < quarter)[None, :]
-        col = j
-        _scale_add_store(
-            x_ptr, out_ptr, in_row, out_row, col, base_ok & (col < hidden)[None, :], scale, z0, HAS_X
-        )
-        col = j + quarter
-        _scale_add_store(
-            x_ptr, out_ptr, in_row, out_row, col, base_ok & (col < hidden)[None, :], scale, z1, HAS_X
-        )
-        col = j + 2 * quarter
-        _scale_add_store(
-            x_ptr, out_ptr, in_row, out_row, col, base_ok & (col < hidden)[None, :], scale, z2, HAS_X
-        )
-        col = j + 3 * quarter
-        _scale_add_store(
-            x_ptr, out_ptr, in_row, out_row, col, base_ok & (col < hidden)[None, :], scale, z3, HAS_X
-        )
+        col0 = j
+        col1 = j + quarter
+        col2 = j + 2 * quarter
+        col3 = j + 3 * quarter
+        ok0 = base_ok & (col0 < hidden)[None, :]
+        ok1 = base_ok & (col1 < hidden)[None, :]
+        ok2 = base_ok & (col2 < hidden)[None, :]
+        ok3 = base_ok & (col3 < hidden)[None, :]
+        x0 = _load_tile(x_ptr, in_row, col0, ok0, HAS_X)
+        x1 = _load_tile(x_ptr, in_row, col1, ok1, HAS_X)
+        x2 = _load_tile(x_ptr, in_row, col2, ok2, HAS_X)
+        x3 = _load_tile(x_ptr, in_row, col3, ok3, HAS_X)
+        for c in range(c_start, c_stop):
+            global_row = tl.cast(c, tl.int64) * n_rows + rows.to(tl.int64)
+            if WIDE_COUNTER:
+                counter = (global_row * quarter)[:, None] + j[None, :]
+            else:
+                counter = (global_row.to(tl.int32) * quarter)[:, None] + j[None, :]
+            if GAUSSIAN:
+                z0, z1, z2, z3 = tl.randn4x(seed, counter)
+            else:
+                u0, u1, u2, u3 = tl.rand4x(seed, counter)
+                z0 = 2.0 * u0 - 1.0
+                z1 = 2.0 * u1 - 1.0
+                z2 = 2.0 * u2 - 1.0
+                z3 = 2.0 * u3 - 1.0
+            out_row = global_row * hidden
+            _store_tile(out_ptr, out_row, col0, ok0, x0 + scale[:, None] * z0)
+            _store_tile(out_ptr, out_row, col1, ok1, x1 + scale[:, None] * z1)
+            _store_tile(out_ptr, out_row, col2, ok2, x2 + scale[:, None] * z2)
+            _store_tile(out_ptr, out_row, col3, ok3, x3 + scale[:, None] * z3)
 
 
 def _rows_view(x: Tensor) -> tuple[Tensor, int, int]:
@@ -118,6 +132,20 @@ def _rows_view(x: Tensor) -> tuple[Tensor, int, int]:
     if x.stride(2) != 1:
         x = x.contiguous()
     return x, x.stride(0), x.stride(1)
+
+
+@lru_cache(maxsize=8)
+def _sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def _copies_per_program(out: Tensor, n_row_blocks: int, copies: int) -> int:
+    """All copies in one program (x read once) unless that leaves the GPU underfilled: then
+    the copies are split into groups until there are ~4 programs per SM."""
+    if copies == 1 or INTERPRETED or out.device.type != "cuda":
+        return copies
+    want_groups = triton.cdiv(4 * _sm_count(out.device.index or 0), n_row_blocks)
+    return triton.cdiv(copies, max(1, min(copies, want_groups)))
 
 
 def launch_noise(
@@ -132,14 +160,15 @@ def launch_noise(
     *,
     block_r: int | None = None,
     block_q: int | None = None,
+    copies_per_program: int | None = None,
     force_wide: bool = False,
 ) -> Tensor:
     """Launch ``_noise_kernel``: out[c] = x + sigma * z_c * mask (x=None: just sigma * z_c * mask).
 
     out must be contiguous with ``copies * B * L * H`` elements. sigma: float or (B,) tensor.
-    block_r / block_q / force_wide override the tuning so that tests can drive the GPU's
-    tiling (several column trips, int64 counters) through the interpreter; the stream does
-    not depend on them.
+    block_r / block_q / copies_per_program / force_wide override the tuning so that tests
+    can drive the GPU's tiling (several column trips, copy groups, int64 counters) through
+    the interpreter; the stream does not depend on them.
     """
     batch, seq_len, hidden = shape
     n_rows = batch * seq_len
@@ -162,7 +191,10 @@ def launch_noise(
         block_r = max(1, min(next_pow2(n_rows), target // (4 * block_q)))
     wide = force_wide or copies * n_rows * quarter >= 2**31 - 1
     n_row_blocks = triton.cdiv(n_rows, block_r)
-    _noise_kernel[(n_row_blocks * copies,)](
+    if copies_per_program is None:
+        copies_per_program = _copies_per_program(out, n_row_blocks, copies)
+    n_groups = triton.cdiv(copies, copies_per_program)
+    _noise_kernel[(n_row_blocks * n_groups,)](
         x_arg,
         out,
         sigma_arg,
@@ -171,6 +203,8 @@ def launch_noise(
         seed,
         n_rows,
         n_row_blocks,
+        copies,
+        copies_per_program,
         seq_len,
         hidden,
         quarter,
