@@ -39,7 +39,8 @@ def load_hub_split(spec: TaskSpec, lang: str, split: str, *, path: str | None = 
         ds = datasets.load_dataset(name, lang, split=hub_split)
     except Exception as exc:  # datasets raises many types (not found, offline, bad config); report one line
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise DataError(f"{where}: cannot load ({type(exc).__name__}: {first})") from exc
+        hint = "" if path else "; without network, point task.path at a local XTREME-layout folder"
+        raise DataError(f"{where}: cannot load ({type(exc).__name__}: {first}){hint}") from exc
     s1, s2 = spec.hub_fields
     missing = [c for c in (s1, s2, "label") if c not in ds.column_names]
     if missing:
