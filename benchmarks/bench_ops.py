@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from _util import SMOKE, peak_memory_mb, record, timed
+from _util import SMOKE, cpu_threads_for_timing, peak_memory_mb, record, timed
 
 from fastrobust import ops, reference
 
@@ -128,14 +128,18 @@ def _make_call(op: str, provider: str, x, grad, delta, mask):
 
 
 @pytest.fixture(autouse=True, scope="module")
-def _enough_recompiles():
+def _bench_settings():
     # One static graph per shape and dtype: more than dynamo's default recompile limit.
     cfg = torch._dynamo.config
     name = "recompile_limit" if hasattr(cfg, "recompile_limit") else "cache_size_limit"
-    old = getattr(cfg, name)
+    old_limit, old_threads = getattr(cfg, name), torch.get_num_threads()
     setattr(cfg, name, 256)
+    threads = cpu_threads_for_timing()
+    if threads is not None and not torch.cuda.is_available():
+        torch.set_num_threads(threads)
     yield
-    setattr(cfg, name, old)
+    setattr(cfg, name, old_limit)
+    torch.set_num_threads(old_threads)
 
 
 @pytest.mark.parametrize("op, provider, shape, dtype", list(_cases()))
