@@ -19,6 +19,8 @@ Backends. ``FASTROBUST_BACKEND`` (read at every call) picks the implementation:
   ``FastrobustError`` instead of a launch that would fail with "0 active drivers".
 * ``torch``: always the reference.
 
+float64 tensors take the reference under ``auto`` (the kernels compute in fp32).
+
 Why fused: in eager PyTorch each touch of the embeddings is several full passes over a
 (B, L, H) tensor (draw noise, scale, mask, add; or norm, divide, add, norm, rescale, add).
 The noise kernel reads x and writes x + noise once, generating the noise in registers from
@@ -78,15 +80,23 @@ def _kernels_interpreted() -> bool:
     return common.INTERPRETED
 
 
-def backend_for(tensor: Tensor) -> str:
-    """The backend ("triton" or "torch") an op on ``tensor`` uses now (see module docstring)."""
+def backend_for(tensor: Tensor, *others: Tensor | None) -> str:
+    """The backend ("triton" or "torch") an op on ``tensor`` (and ``others``) uses now.
+
+    See the module docstring. float64 inputs always take the reference under ``auto`` (the
+    kernels compute in fp32, which would silently drop precision) and are an error when
+    ``triton`` is forced.
+    """
     choice = os.environ.get(_ENV, "auto").strip().lower() or "auto"
     if choice not in BACKENDS:
         raise FastrobustError(f"{_ENV} must be one of {BACKENDS}, got {os.environ.get(_ENV)!r}")
     if choice == "torch":
         return "torch"
+    wide = any(t is not None and t.dtype == torch.float64 for t in (tensor, *others))
     device = tensor.device.type
     if choice == "triton":
+        if wide:
+            raise FastrobustError(f"{_ENV}=triton: the kernels support fp32/fp16/bf16, not float64")
         if not _triton_installed():
             raise FastrobustError(f"{_ENV}=triton but triton is not installed (pip install triton)")
         if device == "cuda":
@@ -103,7 +113,7 @@ def backend_for(tensor: Tensor) -> str:
             f"process starts; got a tensor on {tensor.device}"
         )
     # auto
-    if not _triton_installed():
+    if wide or not _triton_installed():
         return "torch"
     if device == "cuda":
         return "triton"
@@ -272,7 +282,7 @@ def pgd_step(
     """
     args = _ref.validate_step_args(delta, grad, step_size, epsilon, norm, mask, embeds)
     with torch.no_grad():
-        if backend_for(args[0]) == "triton":
+        if backend_for(args[0], args[1], args[6]) == "triton":
             from fastrobust.kernels import pgd
 
             return pgd.pgd_step_forward(*args)

@@ -70,16 +70,16 @@ def test_pgd_init_uses_the_uniform_stream(device):
 
 def test_noise_stream_independent_of_tiling(device):
     """Block sizes and the int64 counter path change nothing in the output."""
-    x = torch.randn(3, 5, 37, device=device)
-    mask = make_mask(3, 5, device=device)
-    base = noise.noise_forward(x, 0.4, 31, "gaussian", mask, 5)
+    x = torch.randn(2, 3, 37, device=device)
+    mask = make_mask(2, 3, device=device)
+    base = noise.noise_forward(x, 0.4, 31, "gaussian", mask, 3)
     for kw in (  # several copies per program, column trips, int64 counters
         dict(block_r=2, block_q=4, copies_per_program=1),
-        dict(block_r=1, block_q=2, force_wide=True, copies_per_program=2),
+        dict(block_r=1, block_q=8, force_wide=True, copies_per_program=2),
         dict(force_wide=True, copies_per_program=3),
     ):
         out = torch.empty_like(base)
-        noise.launch_noise(x, tuple(x.shape), out, 0.4, 31, True, mask, 5, **kw)
+        noise.launch_noise(x, tuple(x.shape), out, 0.4, 31, True, mask, 3, **kw)
         assert torch.equal(out, base), kw
 
 

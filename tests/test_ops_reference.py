@@ -162,6 +162,16 @@ def test_backend_env_is_read_at_each_call(monkeypatch):
         pass
 
 
+def test_float64_takes_the_reference(monkeypatch):
+    x = torch.zeros(1, 2, 3, dtype=torch.float64)
+    monkeypatch.setenv("FASTROBUST_BACKEND", "auto")
+    assert ops.backend_for(x) == "torch"
+    assert ops.backend_for(x.float(), None, x) == "torch"
+    monkeypatch.setenv("FASTROBUST_BACKEND", "triton")
+    with pytest.raises(FastrobustError, match="float64"):
+        ops.add_noise(x, 0.1, seed=1)
+
+
 def test_cpu_without_interpreter_never_launches_triton():
     """In a fresh process without TRITON_INTERPRET: import does not load triton, auto takes
     the reference on CPU, and a forced triton backend is a clear error, not '0 active drivers'."""
