@@ -34,8 +34,10 @@ from fastrobust.kernels.common import INTERPRETED, next_pow2, pick_quarter_block
 def _load_tile(x_ptr, in_row, col, ok, HAS_X: tl.constexpr):
     """x[rows, col] in fp32 (zeros when there is no x: pgd_init)."""
     if HAS_X:
-        return tl.load(x_ptr + in_row[:, None] + col[None, :], mask=ok, other=0.0).to(tl.float32)
-    return tl.zeros(ok.shape, dtype=tl.float32)
+        tile = tl.load(x_ptr + in_row[:, None] + col[None, :], mask=ok, other=0.0).to(tl.float32)
+    else:
+        tile = tl.zeros(ok.shape, dtype=tl.float32)
+    return tile
 
 
 @triton.jit
