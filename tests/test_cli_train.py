@@ -14,8 +14,23 @@ from fastrobust.cli import build_parser, main
 
 def test_train_arguments_parse() -> None:
     args = build_parser().parse_args(
-        ["--local_rank=1", "train", "--config", "x.yaml", "--set", "a=1", "--set", "b=2", "--method", "pgd",
-         "--method", "rs-rp", "--deepspeed", "ds.json", "--resume"]
+        [
+            "--local_rank=1",
+            "train",
+            "--config",
+            "x.yaml",
+            "--set",
+            "a=1",
+            "--set",
+            "b=2",
+            "--method",
+            "pgd",
+            "--method",
+            "rs-rp",
+            "--deepspeed",
+            "ds.json",
+            "--resume",
+        ]
     )
     assert args.config == "x.yaml" and args.overrides == ["a=1", "b=2"]
     assert args.methods == ["pgd", "rs-rp"] and args.deepspeed == "ds.json" and args.resume
@@ -45,8 +60,11 @@ def test_exit_code_in_a_real_process(tmp_path: Path) -> None:
     bad.write_text("optim:\n  epochs: -3\n")
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
     proc = subprocess.run(
-        [sys.executable, "-m", "fastrobust", "train", "--config", str(bad)], capture_output=True, text=True,
-        env=env, timeout=120,
+        [sys.executable, "-m", "fastrobust", "train", "--config", str(bad)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
     )
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()

@@ -126,7 +126,14 @@ def test_deepspeed_auto_fields_are_filled(name: str) -> None:
         assert out["optimizer"]["params"]["lr"] == cfg.optim.learning_rate
     # FreeLB's K backward calls per micro-batch become K DeepSpeed micro-steps
     k3 = resolve_deepspeed_config(
-        raw, cfg, micro_batch_size=8, grad_accum=2, total_steps=100, warmup_steps=0, hidden_size=64, backward_calls=3
+        raw,
+        cfg,
+        micro_batch_size=8,
+        grad_accum=2,
+        total_steps=100,
+        warmup_steps=0,
+        hidden_size=64,
+        backward_calls=3,
     )
     assert k3["gradient_accumulation_steps"] == 6 and k3["train_batch_size"] == 96
 
@@ -135,13 +142,23 @@ def test_deepspeed_contradiction_and_missing_file(tmp_path: Path) -> None:
     cfg = load_config(None, ["optim.batch_size=32"])
     with pytest.raises(ConfigError, match=r"train_batch_size = 64 contradicts optim.batch_size = 32"):
         resolve_deepspeed_config(
-            {"train_batch_size": 64}, cfg, micro_batch_size=32, grad_accum=1, total_steps=1, warmup_steps=0,
+            {"train_batch_size": 64},
+            cfg,
+            micro_batch_size=32,
+            grad_accum=1,
+            total_steps=1,
+            warmup_steps=0,
             hidden_size=None,
         )
     with pytest.raises(ConfigError, match="stage3_max_live_parameters"):
         resolve_deepspeed_config(
-            {"zero_optimization": {"stage": 3, "stage3_max_live_parameters": "auto"}}, cfg, micro_batch_size=32,
-            grad_accum=1, total_steps=1, warmup_steps=0, hidden_size=8,
+            {"zero_optimization": {"stage": 3, "stage3_max_live_parameters": "auto"}},
+            cfg,
+            micro_batch_size=32,
+            grad_accum=1,
+            total_steps=1,
+            warmup_steps=0,
+            hidden_size=8,
         )
     with pytest.raises(ConfigError, match="file not found"):
         load_deepspeed_json(str(tmp_path / "nope.json"))
