@@ -43,3 +43,98 @@ def _reference_backend_unless_kernels(request: pytest.FixtureRequest, monkeypatc
     their backend themselves. Scoped to each test through monkeypatch, not a global."""
     if request.node.get_closest_marker("kernels") is None:
         monkeypatch.setenv("FASTROBUST_BACKEND", "torch")
+
+
+# --- trainer fixtures (tiny BERT, a small PAWS-X-layout folder) -------------------------------
+
+
+def _write_pawsx_folder(root, n_train=64, n_dev=16, n_test=16, languages=("en", "de", "fr"), seed=0):
+    """A PAWS-X-layout folder: paraphrase = same words reordered, non-paraphrase = one word changed.
+
+    Test sets are parallel across languages (row i has the same label everywhere), as G-XLT needs;
+    another language's word is the English word with a language prefix.
+    """
+    import random
+
+    rng = random.Random(seed)
+    words = [f"w{i}" for i in range(40)]
+
+    def make(n):
+        rows = []
+        for _ in range(n):
+            s1 = rng.sample(words, rng.randint(4, 8))
+            label = rng.randint(0, 1)
+            s2 = list(s1)
+            if label:
+                i, j = rng.sample(range(len(s2)), 2)
+                s2[i], s2[j] = s2[j], s2[i]
+            else:
+                s2[rng.randrange(len(s2))] = rng.choice(words)
+            rows.append((s1, s2, label))
+        return rows
+
+    def write(path, rows, lang):
+        tr = (lambda w: w) if lang == "en" else (lambda w: f"{lang}{w}")
+        with open(path, "w", encoding="utf-8") as f:
+            for s1, s2, y in rows:
+                f.write(" ".join(map(tr, s1)) + "\t" + " ".join(map(tr, s2)) + f"\t{y}\n")
+
+    root.mkdir(parents=True, exist_ok=True)
+    write(root / "train-en.tsv", make(n_train), "en")
+    dev, test = make(n_dev), make(n_test)
+    for lang in languages:
+        write(root / f"dev-{lang}.tsv", dev, lang)
+        write(root / f"test-{lang}.tsv", test, lang)
+    synonyms = {w: [words[(i + 1) % len(words)]] for i, w in enumerate(words[:20])}
+    (root / "synonyms.json").write_text(__import__("json").dumps(synonyms))
+    vocab = set(words)
+    for lang in languages:
+        if lang != "en":
+            vocab |= {f"{lang}{w}" for w in words}
+    return sorted(vocab)
+
+
+def _build_tiny_bert(folder, vocab_words, hidden=32, layers=2, heads=2):
+    """A randomly initialised tiny BERT + a WordLevel tokenizer with BERT's pair template."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import BertConfig, BertForMaskedLM, PreTrainedTokenizerFast
+
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    vocab = {t: i for i, t in enumerate(specials + list(vocab_words))}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])],
+    )
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        unk_token="[UNK]",
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+        model_input_names=["input_ids", "token_type_ids", "attention_mask"],
+    )
+    config = BertConfig(
+        vocab_size=len(vocab),
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        intermediate_size=2 * hidden,
+        max_position_embeddings=64,
+    )
+    torch.manual_seed(0)
+    BertForMaskedLM(config).save_pretrained(str(folder))
+    fast.save_pretrained(str(folder))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_pawsx(tmp_path_factory: pytest.TempPathFactory):
+    """(data folder, tiny BERT folder): a 64-example PAWS-X-layout task in en/de/fr and a model for it."""
+    root = tmp_path_factory.mktemp("tiny_pawsx")
+    vocab = _write_pawsx_folder(root / "data")
+    _build_tiny_bert(root / "model", vocab)
+    return root / "data", root / "model"
