@@ -27,7 +27,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from fastrobust.kernels.common import INTERPRETED, next_pow2, pick_quarter_block, warps_for
+from fastrobust.kernels.common import INTERPRETED, next_pow2, pick_quarter_block, tile_elements, warps_for
 
 
 @triton.jit
@@ -187,10 +187,8 @@ def launch_noise(
     if block_q is None:
         block_q = pick_quarter_block(quarter)
     if block_r is None:
-        # One program: BLOCK_R rows x 4 * BLOCK_Q columns per loop trip. The interpreter pays
-        # per program and per op, not per element, so it gets big tiles; a GPU gets ~2K.
-        target = 1 << 16 if INTERPRETED else 2048
-        block_r = max(1, min(next_pow2(n_rows), target // (4 * block_q)))
+        # One program: BLOCK_R rows x 4 * BLOCK_Q columns per loop trip.
+        block_r = max(1, min(next_pow2(n_rows), tile_elements() // (4 * block_q)))
     wide = force_wide or copies * n_rows * quarter >= 2**31 - 1
     n_row_blocks = triton.cdiv(n_rows, block_r)
     if copies_per_program is None:

@@ -32,7 +32,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from fastrobust.kernels.common import INTERPRETED, next_pow2, pick_column_block, warps_for
+from fastrobust.kernels.common import INTERPRETED, next_pow2, pick_column_block, tile_elements, warps_for
 from fastrobust.kernels.noise import launch_noise
 
 FLT_MAX = tl.constexpr(3.4028234663852886e38)
@@ -236,7 +236,7 @@ def pgd_step_forward(
 
     if block_h is None:
         block_h = pick_column_block(hidden, cap=256)
-    target = 1 << 16 if INTERPRETED else 2048
+    target = tile_elements()
     if block_r is None:
         block_r = max(1, min(next_pow2(n_rows), target // block_h))
 
