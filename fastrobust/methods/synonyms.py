@@ -106,6 +106,8 @@ def load_synonym_table(path: str | Path) -> SynonymTable:
 
 def _match_case(template: str, word: str) -> str:
     """``word`` with ``template``'s capitalisation: ALL CAPS, Capitalised, or as given."""
+    if template.islower():  # the common case, and the cheap test
+        return word
     letters = [c for c in template if c.isalpha()]
     if not letters:
         return word
@@ -125,6 +127,7 @@ def substitute_sentence(sentence: str, table: SynonymTable, rng: np.random.Gener
     if not isinstance(sentence, str):
         raise DataError(f"sentence: expected a string, got {type(sentence).__name__}")
     parts = _WHITESPACE.split(sentence)
+    slots = []
     for i in range(0, len(parts), 2):  # even slots are tokens, odd ones whitespace
         token = parts[i]
         if not token:
@@ -133,9 +136,14 @@ def substitute_sentence(sentence: str, table: SynonymTable, rng: np.random.Gener
         if not core:
             continue
         syns = table.candidates(core)
-        if syns is None:
-            continue
-        choice = int(rng.integers(len(syns) + 1))
+        if syns is not None:
+            slots.append((i, lead, core, trail, syns))
+    if not slots:
+        return sentence
+    # one vectorised draw per sentence: option floor(u * (k + 1)) of {word, s_1..s_k}, uniform
+    draws = rng.random(len(slots))
+    for (i, lead, core, trail, syns), u in zip(slots, draws):
+        choice = min(int(u * (len(syns) + 1)), len(syns))
         if choice == 0:
             continue  # the word itself, exactly as written
         parts[i] = lead + _match_case(core, syns[choice - 1]) + trail
