@@ -5,6 +5,11 @@ model's input embeddings, or ``relative``: multiplied by the RMS of the model's
 input-embedding table. Embedding scales differ by orders of magnitude between
 models (an XLM-R row has RMS ~0.1, a randomly initialised table 0.02, others 1),
 so a relative sigma transfers between models and an absolute one rarely does.
+The unit is the RMS of one *entry* of the table: a token row has L2 norm ~ RMS * sqrt(H),
+and an L2 ball of radius epsilon over a sequence of n real tokens moves each token by
+~epsilon / sqrt(n) on average (see docs/methods.md).
+
+The sections are turned into methods by ``fastrobust.methods.build_method``.
 """
 
 from __future__ import annotations
