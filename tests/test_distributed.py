@@ -1,0 +1,166 @@
+"""DeepSpeed ZeRO-2 / ZeRO-3 on 2 CPU ranks (gloo) reproduce the single-process run.
+
+The single-process reference runs plain torch with micro-batch 4 and 2 accumulation steps; the
+2-rank runs use micro-batch 4 per rank, no accumulation — the same global batch of 8. Because the
+data order and every micro-batch's random seed depend on (step, global micro-batch index) only
+(fastrobust.train.batches), dropout, RS-RP noise and PGD/FreeLB random starts are identical, and
+losses and final parameters agree up to floating-point summation order.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from fastrobust.train.distributed import free_port
+
+METHODS = ["baseline", "rs-rp", "pgd", "freelb"]
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def _config(tmp: Path, data: Path, model: Path) -> Path:
+    cfg = tmp / "dist.yaml"
+    cfg.write_text(
+        f"""
+name: dist
+seed: 1
+model: {{name_or_path: {model}, max_length: 32}}
+task: {{name: pawsx, source: local, path: {data}, languages: [en, de], gxlt: false}}
+methods:
+  - {{kind: baseline}}
+  - {{kind: rs-rp, sigma: 0.5}}
+  - {{kind: pgd, steps: 2, init_magnitude: 0.2}}
+  - {{kind: freelb, steps: 2, init_magnitude: 0.2}}
+optim: {{learning_rate: 2.0e-3, batch_size: 8, micro_batch_size: 4, max_steps: 4, warmup_ratio: 0.25}}
+# one dev evaluation, at the end: the saved (best) model is the final one
+eval: {{every_steps: 4}}
+output: {{log_every: 1, tensorboard: false}}
+"""
+    )
+    return cfg
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", FASTROBUST_BACKEND="torch")
+    env["OMP_NUM_THREADS"] = "1"
+    # DeepSpeed compiles its shared-memory comm op once (~55 s) into this cache (as the Makefile does).
+    env.setdefault("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "fastrobust" / "torch_extensions"))
+    env.setdefault("DS_ACCELERATOR", "cpu")
+    return env
+
+
+def _run(cmd: list[str]) -> None:
+    proc = subprocess.run(cmd, env=_env(), cwd=ROOT, timeout=600, capture_output=True, text=True)
+    assert proc.returncode == 0, (proc.stdout[-2000:], proc.stderr[-4000:])
+
+
+def _compare(ref: Path, other: Path, init_dir: Path) -> None:
+    for m in METHODS:
+        a = json.loads((ref / m / "summary.json").read_text())
+        b = json.loads((other / m / "summary.json").read_text())
+        assert b["world_size"] == 2 and b["deepspeed"] is not None
+        assert len(a["losses"]) == len(b["losses"]) == 4
+        assert b["losses"] == pytest.approx(a["losses"], abs=1e-5), m
+        assert b["dev_history"] == a["dev_history"], m
+        pa = load_file(str(ref / m / "model" / "model.safetensors"))
+        pb = load_file(str(other / m / "model" / "model.safetensors"))
+        assert pa.keys() == pb.keys()
+        for k in pa:
+            torch.testing.assert_close(pb[k], pa[k], rtol=0, atol=1e-5, msg=f"{m}: {k}")
+        # the 4 updates moved the parameters: the comparison is not between two initial models
+        init = load_file(str(init_dir / "model.safetensors"))
+        key = "bert.embeddings.word_embeddings.weight"
+        assert not torch.allclose(pa[key], init[key], atol=1e-4), m
+
+
+@pytest.mark.distributed
+@pytest.mark.slow
+def test_zero2_and_zero3_on_two_ranks_match_single_process(
+    tiny_pawsx: tuple[Path, Path], tmp_path: Path
+) -> None:
+    data, model = tiny_pawsx
+    cfg = _config(tmp_path, data, model)
+    single, z2, z3 = tmp_path / "single", tmp_path / "z2", tmp_path / "z3"
+    train = ["train", "--config", str(cfg)]
+    _run([sys.executable, "-m", "fastrobust", *train, "--set", f"output.dir={single}"])
+    # ZeRO-2 under torchrun
+    _run(
+        [
+            str(BIN / "torchrun"),
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            str(free_port()),
+            "-m",
+            "fastrobust",
+            *train,
+            "--deepspeed",
+            "configs/ds/zero2.json",
+            "--set",
+            f"output.dir={z2}",
+        ]
+    )
+    _compare(single, z2, model)
+    # ZeRO-3 under the deepspeed launcher (which passes --local_rank before the subcommand)
+    _run(
+        [
+            str(BIN / "deepspeed"),
+            "--num_accelerators",
+            "2",
+            "--master_port",
+            str(free_port()),
+            "--module",
+            "fastrobust",
+            *train,
+            "--deepspeed",
+            "configs/ds/zero3.json",
+            "--set",
+            f"output.dir={z3}",
+        ]
+    )
+    _compare(single, z3, model)
+
+
+@pytest.mark.distributed
+def test_deepspeed_in_a_plain_process_needs_no_launcher(
+    tiny_pawsx: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """``fastrobust train --deepspeed`` without a launcher sets up a 1-rank world (no MPI discovery)."""
+    data, model = tiny_pawsx
+    cfg = _config(tmp_path, data, model)
+    out = tmp_path / "one"
+    env = {k: v for k, v in _env().items() if k not in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "fastrobust",
+            "train",
+            "--config",
+            str(cfg),
+            "--method",
+            "baseline",
+            "--deepspeed",
+            "ds/zero2.json",
+            "--set",
+            f"output.dir={out}",
+            "--set",
+            "optim.max_steps=2",
+        ],
+        env=env,
+        cwd=tmp_path,
+        timeout=600,
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    s = json.loads((out / "baseline" / "summary.json").read_text())
+    assert s["world_size"] == 1 and s["deepspeed"]["zero_stage"] == 2 and s["grad_accum"] == 2
