@@ -237,15 +237,14 @@ def _draw(shape, distribution: str, gen: torch.Generator, device, dtype) -> Tens
 def _apply_noise(embeds: Tensor, sigma, seed: int, distribution: str, mask, copies: int | None) -> Tensor:
     dtype = _compute_dtype(embeds)
     shape = tuple(embeds.shape) if copies is None else (copies, *embeds.shape)
-    noise = _draw(shape, distribution, _generator(embeds.device, seed), embeds.device, dtype)
+    # One buffer, updated in place: on CPU a fresh (B, L, H) tensor costs more than a pass
+    # over it (large allocations are page-faulted in), so draw, scale and add in the same one.
+    out = _draw(shape, distribution, _generator(embeds.device, seed), embeds.device, dtype)
     scale = _noise_scale(embeds, sigma, mask, dtype)
-    base = embeds if embeds.dtype == dtype else embeds.to(dtype)
-    if isinstance(scale, float):
-        out = torch.add(base, noise, alpha=scale)
-    else:
-        out = torch.addcmul(base, noise, scale)
-    # Masked entries get exactly embeds + 0 * noise == embeds (noise is finite), and the
-    # cast back is exact because base was widened from embeds.
+    out.mul_(scale)
+    # Masked entries: 0 * noise + embeds == embeds exactly (noise is finite), and the cast
+    # back to a low-precision dtype is exact because the fp32 value came from embeds.
+    out.add_(embeds)
     return out if out.dtype == embeds.dtype else out.to(embeds.dtype)
 
 
@@ -356,40 +355,62 @@ def pgd_step(
     return _pgd_step(*args)
 
 
+def _may_inspect(t: Tensor) -> bool:
+    """Whether reading a tensor value on the host is free: a CPU tensor outside torch.compile
+    (on CUDA it would synchronise, and the PGD loop must stay capturable in a CUDA graph)."""
+    return t.device.type == "cpu" and not torch.compiler.is_compiling()
+
+
+def _example_dot(a: Tensor, b: Tensor) -> Tensor:
+    """Per-example <a, b> over (L, H) as one batched matmul: no (B, L, H) temporary."""
+    batch = a.shape[0]
+    return torch.bmm(a.reshape(batch, 1, -1), b.reshape(batch, -1, 1)).view(batch)
+
+
 @torch.no_grad()
 def _pgd_step(delta, grad, step_size, epsilon, norm, mask, embeds):
+    # Few passes and few (B, L, H) allocations: the output buffer `out` starts as the masked
+    # delta and is updated in place; every reduction is per row or per example.
     dtype = _compute_dtype(delta, grad, embeds)
-    d = delta.to(dtype)
-    g = grad.to(dtype)
-    m = None if mask is None else (mask != 0).unsqueeze(-1)
-    if m is not None:
-        # where, not multiply: a NaN gradient at a padding position must not leak in.
-        g = torch.where(m, g, 0.0)
-        d = torch.where(m, d, 0.0)
+    batch = delta.shape[0]
+    keep = None if mask is None else (mask != 0)  # (B, L)
+    out = delta.to(dtype, copy=True, memory_format=torch.contiguous_format)
+    if keep is not None:
+        out.masked_fill_(~keep.unsqueeze(-1), 0.0)
+    g = grad if grad.dtype == dtype else grad.to(dtype)
     if norm == "linf":
-        step = torch.sign(torch.nan_to_num(g, nan=0.0))
-        new = torch.add(d, step, alpha=step_size)  # masked entries: 0 + a * sign(0) = 0
+        step = torch.sign(g).nan_to_num_(0.0)  # sign(NaN) = 0
+        if keep is not None:
+            step.masked_fill_(~keep.unsqueeze(-1), 0.0)
+        out.add_(step, alpha=step_size)
         if epsilon is not None:
-            new = new.clamp_(-epsilon, epsilon)
+            out.clamp_(-epsilon, epsilon)
     else:
-        batch = d.shape[0]
-        flat_g = g.reshape(batch, -1)
-        flat_d = d.reshape(batch, -1)
-        g2 = torch.linalg.vector_norm(flat_g, dim=1).square()
-        d2 = torch.linalg.vector_norm(flat_d, dim=1).square()
-        dg = torch.linalg.vecdot(flat_d, flat_g)
-        ok = torch.isfinite(g2) & torch.isfinite(dg) & (g2 > 0)
-        gnorm = torch.sqrt(torch.where(ok, g2, 1.0))
-        inv = torch.where(ok, step_size / gnorm, 0.0)  # a / ||g||, 0 when skipped
-        new = torch.addcmul(d, g, inv.view(batch, 1, 1))
-        # Skipped examples: NaN * 0 would still be NaN, so take d itself there.
-        new = torch.where(ok.view(batch, 1, 1), new, d)
-        if epsilon is not None:
+        row_g2 = torch.linalg.vector_norm(g, dim=2).square()  # (B, L)
+        finite_rows = torch.isfinite(row_g2)
+        # Rows with a NaN/inf gradient (padding, or an example that will be skipped) must not
+        # meet a multiplication: 0 * NaN is NaN. Zero them; on CPU only when there are any.
+        if not _may_inspect(g) or not bool(finite_rows.all()):
+            g = torch.where(finite_rows.unsqueeze(-1), g, 0.0)
+        g2 = (row_g2 if keep is None else torch.where(keep, row_g2, 0.0)).sum(1)
+        d2 = torch.linalg.vector_norm(out.view(batch, -1), dim=1).square()
+        dg = _example_dot(out, g)  # padding rows of out are 0, g is finite there now
+        ok = torch.isfinite(g2) & (g2 > 0)  # not ok: zero or non-finite gradient, no step
+        inv = torch.where(ok, step_size / torch.sqrt(torch.where(ok, g2, 1.0)), 0.0)  # a / ||g||
+        if epsilon is None:
+            scale = torch.ones_like(g2)
+        else:
             new_sq = d2 + torch.where(ok, 2.0 * inv * dg + step_size * step_size, 0.0)
             new_norm = torch.sqrt(new_sq.clamp(min=0.0))
             scale = torch.where(new_norm > epsilon, epsilon / torch.where(new_norm > 0, new_norm, 1.0), 1.0)
-            new = new.mul_(scale.view(batch, 1, 1))
-    out = new.to(delta.dtype)
+            out.mul_(scale.view(batch, 1, 1))
+        coef = (inv * scale).view(batch, 1, 1)
+        if keep is not None:
+            coef = coef * keep.unsqueeze(-1)  # (B, L, 1): no step on padding
+        out.addcmul_(g, coef)
+    new = out if out.dtype == delta.dtype else out.to(delta.dtype)
     if embeds is None:
-        return out
-    return out, (embeds.to(dtype) + new).to(embeds.dtype)
+        return new
+    if embeds.dtype == dtype:
+        return new, embeds + out
+    return new, embeds.to(dtype).add_(out).to(embeds.dtype)
