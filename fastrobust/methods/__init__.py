@@ -49,6 +49,8 @@ _LAZY = {
     "add_embedding_noise": "fastrobust.methods.hooks",
     "EmbeddingNoiseHandle": "fastrobust.methods.hooks",
     "smoothed_predict": "fastrobust.methods.smoothing",
+    "predict": "fastrobust.methods.smoothing",
+    "CertifyResult": "fastrobust.methods.smoothing",
     "certify": "fastrobust.methods.smoothing",
     "ABSTAIN": "fastrobust.methods.smoothing",
 }

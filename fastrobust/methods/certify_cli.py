@@ -118,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
     from fastrobust.data import encode_dataset, load_task, make_collator
     from fastrobust.evaluate.report import atomic_write_text
     from fastrobust.methods.embeddings import embedding_rms
-    from fastrobust.methods.smoothing import ABSTAIN, certify
+    from fastrobust.methods.smoothing import ABSTAIN, certify, derive_seed
 
     task = load_task(cfg.task.model_copy(update={"gxlt": False}))
     languages = task.languages
@@ -142,7 +142,7 @@ def run(args: argparse.Namespace) -> int:
     sigma = args.sigma * unit
     collate = make_collator(tokenizer)
     results: dict[str, dict] = {}
-    for lang in languages:
+    for lang_index, lang in enumerate(languages):
         data = task.test[lang]
         data = data.select(range(min(args.max_examples, len(data))))
         encoded = encode_dataset(data, tokenizer, max_length)
@@ -167,7 +167,8 @@ def run(args: argparse.Namespace) -> int:
                 n=args.n,
                 alpha=args.alpha,
                 batch_size=args.batch_size,
-                seed=(args.seed + start) % (2**31 - 1),
+                # one independent stream per (seed, language, batch): no two batches share noise
+                seed=derive_seed(args.seed, lang_index, start),
             )
             abstained += int((res.prediction == ABSTAIN).sum())
             correct += (res.prediction == labels.cpu()).tolist()

@@ -37,6 +37,14 @@ from fastrobust.errors import FastrobustError
 from fastrobust.methods.embeddings import embed_inputs, forward_from_embeds, unwrap_model
 
 ABSTAIN = -1
+_SEED_HIGH = 2**31 - 1
+
+
+def derive_seed(*keys: int) -> int:
+    """A seed in [0, 2**31 - 1] mixed from integer keys (numpy's SeedSequence hash), so that
+    streams keyed by different tuples — (seed, chunk), (seed, phase, chunk) — never coincide
+    the way ``seed + k`` offsets would."""
+    return int(np.random.SeedSequence([int(k) for k in keys]).generate_state(1)[0]) % _SEED_HIGH
 
 
 @dataclass
@@ -86,9 +94,9 @@ def sample_counts(
     batch: input_ids (B, L), attention_mask (B, L), [token_type_ids]. Returns (B, C) int64,
     counts[b, c] = #{i < n : argmax f(e_b + sigma z_i m_b) = c}. Copies are drawn
     ``max(1, batch_size // B)`` at a time with ``noisy_copies`` and flattened to one forward
-    of (copies * B) sequences. ``seed`` makes the draw reproducible (chunk k uses seed + k);
-    None draws from torch's default generator. The model is put in eval mode (no dropout)
-    for the duration and restored afterwards.
+    of (copies * B) sequences. ``seed`` makes the draw reproducible (chunk k uses
+    ``derive_seed(seed, k)``); None draws from torch's default generator. The model is put in
+    eval mode (no dropout) for the duration and restored afterwards.
     """
     n = _check_positive_int("n", n)
     _check_args(sigma, 0.5, batch_size)
@@ -106,7 +114,7 @@ def sample_counts(
         chunk = 0
         while done < n:
             m = min(per_chunk, n - done)
-            chunk_seed = None if seed is None else (seed + chunk) % (2**31 - 1)
+            chunk_seed = None if seed is None else derive_seed(seed, chunk)
             noisy = ops.noisy_copies(embeds, m, sigma, seed=chunk_seed, mask=mask)  # (m, B, L, H)
             logits = forward_from_embeds(model, batch, noisy.reshape(m * rows, *embeds.shape[1:]))
             votes = logits.argmax(dim=-1).view(m, rows)
@@ -186,8 +194,9 @@ def certify(
     n = _check_positive_int("n", n)
     with torch.no_grad():
         embeds = embed_inputs(model, batch)
-    sel_seed = None if seed is None else seed
-    est_seed = None if seed is None else (seed + 1_000_003) % (2**31 - 1)
+    # independent streams for the selection and the estimation samples (Cohen's n0 and n)
+    sel_seed = None if seed is None else derive_seed(seed, 0)
+    est_seed = None if seed is None else derive_seed(seed, 1)
     counts0 = sample_counts(
         model, batch, n=n0, sigma=sigma, batch_size=batch_size, seed=sel_seed, embeds=embeds
     )
@@ -206,3 +215,6 @@ def certify(
         p_lower=torch.from_numpy(p_lower),
         counts=counts.cpu(),
     )
+
+
+predict = smoothed_predict  # the name of Cohen et al.'s routine
