@@ -19,22 +19,62 @@ class ModelConfig(StrictModel):
 
 
 class SyntheticConfig(StrictModel):
-    """The synthetic cross-lingual benchmark (the embedded default). See fastrobust.data.synthetic."""
+    """The synthetic cross-lingual benchmark (the embedded default). See fastrobust.data.synthetic.
 
-    languages: list[str] = Field(default_factory=lambda: ["en", "xa", "xb", "xc"], min_length=2)
-    misalignment: float = Field(0.6, ge=0, description="0 = every language embeds exactly like English")
-    concepts: int = Field(200, ge=8)
+    Languages share ``concepts`` concepts grouped into ``topics``; every language has its own
+    word for each concept plus ``synonyms_per_concept`` within-language synonyms. The
+    "pretrained" word-embedding table puts every word of the first (anchor) language at its
+    concept vector (+ a synonym offset of RMS ``synonym_spread`` relative to the concept
+    vector), and every other language's word at the anchor word's vector + a random offset of
+    relative RMS ``misalignment``. A tiny BERT then gets ``pretrain_steps`` of multilingual
+    masked-LM pretraining with that table frozen.
+    """
+
+    languages: list[str] = Field(
+        default_factory=lambda: ["en", "xa", "xb", "xc"],
+        min_length=2,
+        description="language codes; the first is the anchor (training) language",
+    )
+    misalignment: float = Field(
+        1.0, ge=0, description="RMS of a non-anchor word's offset / RMS of a concept vector; 0 = aligned"
+    )
+    concepts: int = Field(240, ge=8)
+    topics: int = Field(12, ge=1, description="concepts are split into topics; a sentence stays in one")
     synonyms_per_concept: int = Field(2, ge=1)
-    sentence_length: int = Field(8, ge=3)
+    synonym_spread: float = Field(0.5, ge=0, description="RMS of a synonym's offset / RMS of a concept")
+    min_words: int = Field(6, ge=2)
+    max_words: int = Field(10, ge=2)
+    replace_fraction: float = Field(
+        1.0, gt=0, le=1, description="share of a sentence's concepts replaced to make a negative pair"
+    )
     train_size: int = Field(4000, ge=8)
     dev_size: int = Field(400, ge=8)
     test_size: int = Field(400, ge=8)
     hidden_size: int = Field(64, ge=8)
     layers: int = Field(2, ge=1)
     heads: int = Field(2, ge=1)
-    pretrain_steps: int = Field(300, ge=0)
+    pretrain_steps: int = Field(400, ge=0, description="masked-LM steps with the word embeddings frozen")
+    pretrain_batch_size: int = Field(64, ge=1)
+    pretrain_learning_rate: float = Field(2e-3, gt=0)
     seed: int = 0
-    cache_dir: str | None = Field(None, description="where the built benchmark is cached; null = ~/.cache")
+    cache_dir: str | None = Field(
+        None, description="where built benchmarks are cached; null = ~/.cache/fastrobust/synthetic"
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> SyntheticConfig:
+        if len(set(self.languages)) != len(self.languages):
+            raise ValueError(f"languages: codes must be unique, got {self.languages}")
+        if self.max_words < self.min_words:
+            raise ValueError(f"max_words ({self.max_words}) must be >= min_words ({self.min_words})")
+        if self.concepts // self.topics < 2 * self.max_words:
+            raise ValueError(
+                f"topics: {self.concepts} concepts in {self.topics} topics leave fewer than 2 * max_words "
+                f"= {2 * self.max_words} concepts per topic (needed to draw two disjoint sentences)"
+            )
+        if self.hidden_size % self.heads:
+            raise ValueError(f"heads ({self.heads}) must divide hidden_size ({self.hidden_size})")
+        return self
 
 
 class TaskConfig(StrictModel):

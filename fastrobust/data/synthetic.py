@@ -49,7 +49,7 @@ from fastrobust.errors import ConfigError, DataError
 __all__ = ["SYNTHETIC_VERSION", "SyntheticArtifacts", "cache_key", "default_cache_dir", "prepare_synthetic"]
 
 #: Bumped whenever the construction changes, so stale caches are never reused.
-SYNTHETIC_VERSION = "1"
+SYNTHETIC_VERSION = "2"
 
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 _MANIFEST = "manifest.json"
@@ -280,6 +280,8 @@ def _make_tokenizer(vocab: dict[str, int], max_length: int):
         mask_token="[MASK]",
         model_max_length=max_length,
         padding_side="right",
+        # BERT segment ids: the encoder is pretrained with them, so they must reach the model.
+        model_input_names=["input_ids", "token_type_ids", "attention_mask"],
     )
 
 
