@@ -126,11 +126,16 @@ def copy_bandwidth_gbps(device: torch.device, nbytes: int | None = None) -> floa
     dst = torch.empty_like(src)
     dst.copy_(src)
     sync(device)
-    times = []
-    for _ in range(3 if SMOKE else 15):
-        times.append(
+    threads = torch.get_num_threads()
+    if device.type == "cpu" and cpu_threads_for_timing() is not None:
+        torch.set_num_threads(cpu_threads_for_timing())  # the same setting as the ops' timings
+    try:
+        times = [
             _seconds_per_call(lambda: dst.copy_(src), device, calls=1 if device.type == "cpu" else 10)
-        )
+            for _ in range(3 if SMOKE else 15)
+        ]
+    finally:
+        torch.set_num_threads(threads)
     return 2 * nbytes / statistics.median(times) / 1e9
 
 
@@ -153,34 +158,48 @@ def record(benchmark, *, device: torch.device, nbytes: int, copy_gbps: float, **
 
 
 def summarize(path: str | Path) -> str:
-    """Markdown table (one row per op/shape/dtype, one column group per provider)."""
+    """Markdown table: one row per op/shape/dtype, median ms and GB/s (bytes floor / median)
+    per provider, the copy bandwidth of the same shape, and speed-ups over eager torch."""
     data = json.loads(Path(path).read_text())
     rows: dict[tuple, dict[str, dict]] = {}
+    copies: dict[tuple, float] = {}
     providers: list[str] = []
     for bench in data["benchmarks"]:
         info = bench["extra_info"]
         if "op" not in info:
             continue
-        key = (info["op"], info["shape"], info["dtype"])
-        rows.setdefault(key, {})[info["provider"]] = {"median": bench["stats"]["median"], **info}
+        median = bench["stats"]["median"]
+        if info["op"] == "copy":
+            copies[(info["shape"], info["dtype"])] = info["bytes_floor"] / median / 1e9
+            continue
+        rows.setdefault((info["op"], info["shape"], info["dtype"]), {})[info["provider"]] = {
+            "median": median,
+            **info,
+        }
         if info["provider"] not in providers:
             providers.append(info["provider"])
-    header = "| op | B x L x H | dtype | MB floor | " + " | ".join(f"{p} ms (GB/s)" for p in providers)
     others = [p for p in providers if p != "torch"] if "torch" in providers else []
-    if others:
-        header += " | " + " | ".join(f"{p} speed-up vs eager" for p in others)
-    lines = [header + " |", "|" + " --- |" * header.count("|")]
+    header = ["op", "B x L x H", "dtype", "MB floor", "copy GB/s"]
+    header += [f"{p} ms (GB/s)" for p in providers] + [f"{p} vs eager" for p in others]
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     for (op, shape, dtype), by_provider in sorted(rows.items()):
         first = next(iter(by_provider.values()))
-        cells = [op, shape, dtype, f"{first['bytes_floor'] / 1e6:.1f}"]
+        copy = copies.get((shape, dtype))
+        cells = [
+            op,
+            shape,
+            dtype,
+            f"{first['bytes_floor'] / 1e6:.1f}",
+            "—" if copy is None else f"{copy:.1f}",
+        ]
         for p in providers:
             r = by_provider.get(p)
-            cells.append("—" if r is None else f"{r['median'] * 1e3:.3f} ({r.get('gbps', float('nan')):.1f})")
-        if others:
-            base = by_provider.get("torch")
-            for p in others:
-                r = by_provider.get(p)
-                cells.append("—" if r is None or base is None else f"{base['median'] / r['median']:.2f}x")
+            gbps = None if r is None else r["bytes_floor"] / r["median"] / 1e9
+            cells.append("—" if r is None else f"{r['median'] * 1e3:.3f} ({gbps:.1f})")
+        base = by_provider.get("torch")
+        for p in others:
+            r = by_provider.get(p)
+            cells.append("—" if r is None or base is None else f"{base['median'] / r['median']:.2f}x")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

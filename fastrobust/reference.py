@@ -14,10 +14,14 @@ the same seed gives the same output on this path. The Triton path draws from Phi
 keyed by (seed, element offset) instead: both paths give the same distribution, not
 the same bits.
 
-The CPU path is kept lean: noise is one generator call plus one fused
-``addcmul`` (out = x + noise * scale); the L2 PGD step uses the identity
-``||d + a g/||g|| ||^2 = ||d||^2 + 2a<d,g>/||g|| + a^2`` so its projection needs no
-extra reduction over the updated tensor. Nothing here synchronises with the host.
+The CPU path is kept lean. On CPU a fresh (B, L, H) tensor costs more than a pass over
+it (allocations above glibc's mmap threshold are page-faulted in at first touch), so each
+op fills one output buffer in place: noise is one generator call into the buffer, then an
+in-place scale and add; the PGD step copies the masked delta once, reduces per row / per
+example without temporaries (``vector_norm``, one ``bmm`` for <d, g>), and uses the identity
+``||d + a g/||g|| ||^2 = ||d||^2 + 2a<d,g>/||g|| + a^2`` so that the projection needs no
+reduction over the updated tensor. Nothing here synchronises with the host, except one
+cheap finiteness check of per-row norms on CPU tensors (free there).
 """
 
 from __future__ import annotations
