@@ -670,7 +670,7 @@ class _MethodTrainer:
         self._flush()
         if writer is not None:
             writer.flush()
-        if not self.dev_history:  # resumed from the final checkpoint of an older run layout
+        if not self.dev_history:  # defensive: a resumed final checkpoint without any dev evaluation
             self._evaluate_dev(writer)
         summary = self.finish(time.perf_counter() - t_start, eval_seconds)
         if writer is not None:
@@ -871,15 +871,20 @@ def train(
     other than 0 the summaries are empty dicts.
     """
     import datasets
+    from transformers.utils import logging as hf_logging
 
-    # Our tqdm bar is the progress display; datasets' per-map bars would interleave with it.
-    bars = datasets.utils.logging.is_progress_bar_enabled()
+    # Our tqdm bar is the progress display; datasets' per-map bars and transformers' weight
+    # loading/saving bars would interleave with it.
+    bars = datasets.utils.logging.is_progress_bar_enabled(), hf_logging.is_progress_bar_enabled()
     datasets.disable_progress_bars()
+    hf_logging.disable_progress_bar()
     try:
         return _train(config, overrides, methods=methods, resume=resume, deepspeed=deepspeed)
     finally:
-        if bars:
+        if bars[0]:
             datasets.enable_progress_bars()
+        if bars[1]:
+            hf_logging.enable_progress_bar()
 
 
 def _train(
