@@ -60,7 +60,6 @@ def _fixture_overrides(model: Path, out: Path) -> list[str]:
     ]
 
 
-@pytest.mark.slow
 def test_train_end_to_end_writes_model_report_summary(
     fixture_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
