@@ -1,4 +1,5 @@
 """fastrobust: robust fine-tuning of multilingual encoders with fused Triton kernels."""
+
 import pathlib
 
 from setuptools import find_packages, setup
@@ -9,7 +10,7 @@ README = (HERE / "README.md").read_text(encoding="utf-8") if (HERE / "README.md"
 setup(
     name="fastrobust",
     version="0.1.0",
-    description="Fast robust fine-tuning (adversarial training, randomized smoothing) of multilingual encoders",
+    description="Fast robust fine-tuning (adversarial training, smoothing) of multilingual encoders",
     long_description=README,
     long_description_content_type="text/markdown",
     license="Apache-2.0",
@@ -18,7 +19,11 @@ setup(
     # so no generic top-level module named `kernels` lands in users' environments.
     # The recipes in configs/ install as fastrobust.configs so that `fastrobust train` finds
     # the demo config from any working directory.
-    packages=find_packages(include=["fastrobust", "fastrobust.*"]) + ["fastrobust.kernels", "fastrobust.configs"],
+    packages=[
+        *find_packages(include=["fastrobust", "fastrobust.*"]),
+        "fastrobust.kernels",
+        "fastrobust.configs",
+    ],
     package_dir={"fastrobust.kernels": "kernels", "fastrobust.configs": "configs"},
     package_data={"fastrobust.configs": ["*.yaml", "ds/*.json"]},
     include_package_data=True,

@@ -12,10 +12,13 @@ import importlib
 import sys
 
 SUBCOMMANDS = {
-    "train": ("fastrobust.train.cli", "fine-tune with baseline / AT / FreeLB / RS-RP / RS-DA and evaluate"),
+    "train": ("fastrobust.train.cli", "fine-tune (baseline, AT, FreeLB, RS-RP, RS-DA) and evaluate"),
     "evaluate": ("fastrobust.evaluate.cli", "XLT and G-XLT report of a trained model directory"),
-    "certify": ("fastrobust.methods.certify_cli", "certified accuracy of the smoothed classifier per language"),
-    "augment": ("fastrobust.methods.augment_cli", "write synonym-augmented copies of a training file (RS-DA)"),
+    "certify": ("fastrobust.methods.certify_cli", "certified accuracy of the smoothed classifier"),
+    "augment": (
+        "fastrobust.methods.augment_cli",
+        "write synonym-augmented copies of a training file (RS-DA)",
+    ),
 }
 
 

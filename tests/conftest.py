@@ -38,7 +38,9 @@ def device(request: pytest.FixtureRequest) -> torch.device:
 
 
 @pytest.fixture(autouse=True)
-def _reference_backend_unless_kernels(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+def _reference_backend_unless_kernels(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Tests not marked ``kernels`` use the pure-torch ops (fast on CPU); kernel tests pick
     their backend themselves. Scoped to each test through monkeypatch, not a global."""
     if request.node.get_closest_marker("kernels") is None:
