@@ -23,7 +23,9 @@ SUBCOMMANDS = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fastrobust", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="fastrobust", description="Robust fine-tuning of multilingual encoders (XLT and G-XLT)."
+    )
     # The deepspeed launcher inserts --local_rank=N right after the script/module name, i.e.
     # before the subcommand; the rank is also in the LOCAL_RANK environment variable, which we use.
     parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
