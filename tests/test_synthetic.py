@@ -160,6 +160,7 @@ def test_pairs_follow_the_construction(built) -> None:
         c2 = [concept_of[w] for w in s2.split()]
         assert cfg.min_words <= len(c1) == len(c2) <= cfg.max_words
         assert len({c // per_topic for c in c1 + c2}) == 1  # one topic per pair
+        assert not set(s1.split()) & set(s2.split())  # no lexical-overlap cue, whatever the label
         if y == 1:
             assert sorted(c1) == sorted(c2)
         else:  # replace_fraction 1.0: no concept in common

@@ -9,8 +9,9 @@ Construction (every random draw comes from ``numpy``/``torch`` generators seeded
 * **Task** (paraphrase identification, PAWS-X layout and labels): a sentence is
   ``min_words..max_words`` distinct concepts of one topic, each written with a uniformly
   drawn word of its group. A positive pair (label 1) re-expresses the same concepts in a
-  shuffled order with freshly drawn words; a negative (label 0) does the same after
-  replacing ``round(replace_fraction * n)`` concepts with other concepts of the same topic.
+  shuffled order, every word replaced by a synonym (so no pair shares a token); a negative
+  (label 0) does the same after replacing ``round(replace_fraction * n)`` concepts with
+  other concepts of the same topic (default 1.0: no concept in common).
   Both sentences of a pair have the same number of words, positives and negatives alike, so
   length carries no signal. Training data is in the anchor language (the first of
   ``languages``); dev and test sets are parallel: example i has the same concepts, order and
@@ -21,8 +22,8 @@ Construction (every random draw comes from ``numpy``/``torch`` generators seeded
   word and only scaled by the knob (misalignment 0: every language's word has exactly the
   anchor word's row). A tiny ``BertForMaskedLM`` then gets ``pretrain_steps`` of
   multilingual masked-LM training on same-topic sentence pairs with the word-embedding
-  table (and the tied output layer) frozen, so fine-tuning starts from a contextual encoder
-  whose cross-lingual alignment is exactly the knob.
+  table (and the output layer, a copy scaled to rows of norm ~1) frozen, so fine-tuning
+  starts from a contextual encoder whose cross-lingual alignment is exactly the knob.
 
 The result is cached in ``<cache_dir>/<hash of config + SYNTHETIC_VERSION>/``, built in a
 temporary sibling folder and moved in place with ``os.replace``, so an interrupted build is
@@ -49,7 +50,7 @@ from fastrobust.errors import ConfigError, DataError
 __all__ = ["SYNTHETIC_VERSION", "SyntheticArtifacts", "cache_key", "default_cache_dir", "prepare_synthetic"]
 
 #: Bumped whenever the construction changes, so stale caches are never reused.
-SYNTHETIC_VERSION = "2"
+SYNTHETIC_VERSION = "3"
 
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 _MANIFEST = "manifest.json"
@@ -206,9 +207,23 @@ def _concept_pairs(cfg: SyntheticConfig, n: int, rng: np.random.Generator) -> li
     return pairs
 
 
-def _realize(concepts: list[int], groups: list[list[str]], rng: np.random.Generator) -> str:
-    """Write a concept sequence in one language, each word drawn uniformly from its group."""
-    return " ".join(groups[c][int(rng.integers(len(groups[c])))] for c in concepts)
+def _realize_pair(
+    first: list[int], second: list[int], groups: list[list[str]], rng: np.random.Generator
+) -> tuple[str, str]:
+    """Write a concept pair in one language.
+
+    Sentence 1: each concept's word drawn uniformly from its group. Sentence 2: a concept that
+    sentence 1 also has is written with a uniform draw from the *other* words of its group, any
+    other concept with a uniform draw from the whole group. So the two sentences of a pair never
+    share a token (no lexical-overlap cue, in the same language as across languages), while
+    each sentence's words stay uniform over their groups (no unigram cue).
+    """
+    words1 = {c: groups[c][int(rng.integers(len(groups[c])))] for c in first}
+    out2 = []
+    for c in second:
+        options = [w for w in groups[c] if w != words1.get(c)]
+        out2.append(options[int(rng.integers(len(options)))])
+    return " ".join(words1[c] for c in first), " ".join(out2)
 
 
 def _write_tsv(path: Path, rows: list[tuple[str, str, int]]) -> None:
@@ -224,17 +239,14 @@ def _write_data(cfg: SyntheticConfig, lexicon: list, data_dir: Path) -> None:
     train = _concept_pairs(cfg, cfg.train_size, rng)
     _write_tsv(
         data_dir / f"train-{anchor}.tsv",
-        [(_realize(a, lexicon[0], rng), _realize(b, lexicon[0], rng), y) for a, b, y in train],
+        [(*_realize_pair(a, b, lexicon[0], rng), y) for a, b, y in train],
     )
     for split, size, stream in (("dev", cfg.dev_size, _STREAM_DEV), ("test", cfg.test_size, _STREAM_TEST)):
         rng = _rng(cfg, stream)
         pairs = _concept_pairs(cfg, size, rng)  # shared by every language: parallel sets
         for li, lang in enumerate(cfg.languages):
             lang_rng = np.random.default_rng([cfg.seed, stream, 1000 + li])
-            rows = [
-                (_realize(a, lexicon[li], lang_rng), _realize(b, lexicon[li], lang_rng), y)
-                for a, b, y in pairs
-            ]
+            rows = [(*_realize_pair(a, b, lexicon[li], lang_rng), y) for a, b, y in pairs]
             _write_tsv(data_dir / f"{split}-{lang}.tsv", rows)
     synonyms = {}
     for groups in lexicon:
