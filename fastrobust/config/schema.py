@@ -127,7 +127,12 @@ class DeepSpeedSection(StrictModel):
 
 class Config(StrictModel):
     name: str = "fastrobust"
-    seed: int = 0
+    seed: int = Field(0, description="seed of the classifier head, data order, dropout and noise draws")
+    seeds: list[int] | None = Field(
+        None,
+        min_length=1,
+        description="train every method once per seed (runs in <method>/seed-<k>/); when set, seed is unused",
+    )
     model: ModelConfig = Field(default_factory=ModelConfig)
     task: TaskConfig = Field(default_factory=TaskConfig)
     methods: list[MethodConfig] = Field(default_factory=lambda: [BaselineConfig()], min_length=1)
@@ -144,4 +149,13 @@ class Config(StrictModel):
             raise ValueError(f"methods: labels must be unique, {dup} appear twice (set 'label')")
         if self.task.name != "synthetic" and self.model.name_or_path is None:
             raise ValueError("model.name_or_path: required unless task.name is 'synthetic'")
+        if self.seeds is not None:
+            dup = sorted({s for s in self.seeds if self.seeds.count(s) > 1})
+            if dup:
+                raise ValueError(f"seeds: each seed once, {dup} appear twice")
         return self
+
+    @property
+    def run_seeds(self) -> list[int]:
+        """The seeds every method is trained with: ``seeds``, or ``[seed]``."""
+        return list(self.seeds) if self.seeds is not None else [self.seed]

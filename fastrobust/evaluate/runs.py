@@ -74,6 +74,7 @@ def read_run(folder: str | Path, *, default_seed: int = 0, label: str | None = N
         predictions=predictions,
         kind=summary.get("kind"),
         path=folder,
+        fingerprint=summary.get("fingerprint") if isinstance(summary.get("fingerprint"), dict) else None,
     )
 
 

@@ -66,6 +66,7 @@ class RunResult:
     predictions: TaskPredictions | None = None
     kind: str | None = None  # the method kind ("baseline", "pgd", ...) when known
     path: Path | None = None  # the folder it was read from, for messages
+    fingerprint: dict[str, str] | None = None  # hashes of the config sections it was trained with
 
 
 @dataclass(frozen=True)

@@ -38,14 +38,39 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help='DeepSpeed config (e.g. configs/ds/zero3.json); its "auto" fields are filled from the config',
     )
     parser.add_argument(
-        "--resume", action="store_true", help="continue each method from its newest complete checkpoint"
+        "--resume",
+        action="store_true",
+        help="continue each method from its newest complete checkpoint (finished seeds are skipped)",
+    )
+    parser.add_argument(
+        "--seeds",
+        default=None,
+        metavar="S1,S2,...",
+        help="train every method once per seed, e.g. --seeds 0,1,2 (replaces seed/seeds of the config); "
+        "the comparison then reports mean ± sd over seeds and bootstrap intervals",
     )
     # Launchers may pass the local rank as an argument; LOCAL_RANK in the environment is what we use.
     parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
 
 
 def run(args: argparse.Namespace) -> int:
+    from fastrobust.errors import ConfigError
     from fastrobust.train import train
 
-    train(args.config, args.overrides, methods=args.methods, resume=args.resume, deepspeed=args.deepspeed)
+    seeds = None
+    if args.seeds is not None:
+        try:
+            seeds = [int(x) for x in args.seeds.split(",") if x.strip()]
+        except ValueError:
+            raise ConfigError(
+                f"--seeds {args.seeds!r}: expected integers separated by commas, e.g. 0,1,2"
+            ) from None
+    train(
+        args.config,
+        args.overrides,
+        methods=args.methods,
+        resume=args.resume,
+        deepspeed=args.deepspeed,
+        seeds=seeds,
+    )
     return 0

@@ -12,10 +12,11 @@ def banner(cfg: Any, run: Any, sections: list[Any]) -> str:
     """The opening lines: task, model, methods, step budget and batch layout."""
     dist = run.dist
     ds = f", DeepSpeed {cfg.deepspeed.config}" if cfg.deepspeed.config else ""
+    seeds = f"seeds {', '.join(map(str, cfg.seeds))}" if cfg.seeds is not None else f"seed {cfg.seed}"
     return (
         f"fastrobust train: {cfg.name} — task {cfg.task.name} ({len(run.task.train)} train examples, "
         f"languages {', '.join(run.task.languages)}), model {run.model_path}\n"
-        f"  {len(sections)} method(s): {', '.join(method_label(m) for m in sections)}; "
+        f"  {len(sections)} method(s): {', '.join(method_label(m) for m in sections)}; {seeds}; "
         f"{run.total_steps} steps of batch {cfg.optim.batch_size} "
         f"({dist.world_size} process(es) x micro {run.micro} x accum {run.accum}) "
         f"on {dist.device}{ds}"
@@ -53,54 +54,50 @@ def _pct(x: float | None) -> str:
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    line = lambda r: "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths)))  # noqa: E731
-    return "\n".join([line(header), "  ".join("-" * w for w in widths), *(line(r) for r in rows)])
+    from fastrobust.evaluate.report import text_table
+
+    return text_table(header, rows)
 
 
-def console_summary(summaries: dict[str, dict[str, Any]], out_dir: Path) -> str:
-    """One table per setting (XLT, G-XLT) with the averages per method, and throughput vs baseline."""
-    reports = {k: s["_report"] for k, s in summaries.items()}
-    first = next(iter(reports.values()))
-    langs = list(first.languages)
-    parts = []
-    rows = [[k, *(_pct(r.xlt.get(lang)) for lang in langs), _pct(r.xlt_avg)] for k, r in reports.items()]
-    parts.append(
-        "XLT accuracy (%), trained on "
-        + str(first.train_language)
-        + ":\n"
-        + _table(["method", *langs, "avg"], rows)
-    )
-    if any(r.gxlt for r in reports.values()):
-        rows = [
-            [k, _pct(r.gxlt_same_lang_avg), _pct(r.gxlt_cross_lang_avg), _pct(r.gxlt_avg), _pct(r.gap)]
-            for k, r in reports.items()
-        ]
+def console_summary(summaries: list[dict[str, Any]], comparison: Any, out_dir: Path, cfg: Any) -> str:
+    """The closing text: the comparison (mean ± sd over seeds, differences to the baseline with
+    intervals; :func:`fastrobust.evaluate.report.comparison_text`), each method's throughput
+    relative to the baseline (mean over the runs trained in this call), and the files written."""
+    from fastrobust.evaluate.report import comparison_text
+
+    parts = [comparison_text(comparison)]
+    trained = [s for s in summaries if not s.get("skipped")]
+    by_label: dict[str, list[dict[str, Any]]] = {}
+    for s in trained:
+        by_label.setdefault(s["label"], []).append(s)
+    if by_label:
+        base_label = next(
+            (k for k, ss in by_label.items() if ss[0]["kind"] == "baseline"), next(iter(by_label))
+        )
+
+        def mean(ss: list[dict[str, Any]], key: str) -> float:
+            return sum(float(s["throughput"][key]) for s in ss) / len(ss)
+
+        base = mean(by_label[base_label], "samples_per_s")
+        rows = []
+        for k, ss in by_label.items():
+            sps = mean(ss, "samples_per_s")
+            dev = sum(s["best_dev_accuracy"] for s in ss) / len(ss)
+            peak = max(s["throughput"]["peak_memory_mb"] for s in ss)
+            rel = f"{sps / base:.2f}x" if base else "-"
+            tokens = f"{mean(ss, 'tokens_per_s'):.0f}"
+            rows.append([k, str(len(ss)), f"{sps:.1f}", rel, tokens, f"{peak:.0f}", _pct(dev)])
         parts.append(
-            f"G-XLT accuracy (%), {len(first.gxlt)} language pairs:\n"
-            + _table(["method", "same-lang", "cross-lang", "avg", "gap"], rows)
+            f"Throughput (relative to {base_label}; mean over runs):\n"
+            + _table(
+                ["method", "runs", "samples/s", f"vs {base_label}", "tokens/s", "peak MiB", "best dev"], rows
+            )
         )
-    base_label = next((k for k, s in summaries.items() if s["kind"] == "baseline"), next(iter(summaries)))
-    base = summaries[base_label]["throughput"]["samples_per_s"]
-    rows = []
-    for k, s in summaries.items():
-        t = s["throughput"]
-        rows.append(
-            [
-                k,
-                f"{t['samples_per_s']:.1f}",
-                f"{t['samples_per_s'] / base:.2f}x" if base else "-",
-                f"{t['tokens_per_s']:.0f}",
-                f"{t['peak_memory_mb']:.0f}",
-                _pct(s["best_dev_accuracy"]),
-            ]
-        )
-    parts.append(
-        f"Throughput (relative to {base_label}):\n"
-        + _table(["method", "samples/s", f"vs {base_label}", "tokens/s", "peak MiB", "best dev"], rows)
-    )
-    parts.append(
-        f"Files: {out_dir}/comparison.md|json|png; per method {out_dir}/<method>/"
-        "{model/, report/, summary.json, tb/, checkpoints/}"
-    )
+    per_run = ["report/ (with predictions.npz)", "summary.json", "checkpoints/"]
+    if cfg.output.save_model:
+        per_run.insert(0, "model/")
+    if cfg.output.tensorboard:
+        per_run.append("tb/")
+    where = f"{out_dir}/<method>/seed-<k>/" if cfg.seeds is not None else f"{out_dir}/<method>/"
+    parts.append(f"Files: {out_dir}/comparison.md|json|csv|png; per run {where}{{{', '.join(per_run)}}}")
     return "\n\n".join(parts)

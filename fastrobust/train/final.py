@@ -1,9 +1,11 @@
 """After training one method: load the best-on-dev parameters, test XLT and G-XLT, save the model,
 the report and ``summary.json`` (rank 0; the other ranks wait at the closing barrier).
 
-Files under ``<output.dir>/<label>/``: ``model/`` (safetensors, config, tokenizer and
-``fastrobust.json`` — the task, max_length and method section needed to evaluate it again),
-``report/`` (:func:`fastrobust.evaluate.write_report`) and ``summary.json``.
+Files under the run's folder (``<output.dir>/<label>/``, or ``.../<label>/seed-<k>/`` with
+several seeds): ``model/`` (safetensors, config, tokenizer and ``fastrobust.json`` — the task,
+max_length and method section needed to evaluate it again), ``report/``
+(:func:`fastrobust.evaluate.write_report`, plus ``predictions.npz``: every test example's class
+probabilities and label, which the comparison's statistics resample) and ``summary.json``.
 """
 
 from __future__ import annotations
@@ -52,10 +54,11 @@ def save_model_folder(t: Any, model: torch.nn.Module, model_dir: Any) -> None:
 def finish(t: Any, wall_seconds: float, eval_seconds: float) -> dict[str, Any]:
     """Final evaluation and files of trainer ``t``; its summary on rank 0 (``{}`` elsewhere).
 
-    The summary also carries the evaluation report object under ``"_report"`` (not written to
-    ``summary.json``), for the comparison across methods.
+    The summary also carries the evaluation report and the per-example predictions under
+    ``"_report"`` / ``"_predictions"`` (not written to ``summary.json``), for the comparison.
     """
-    from fastrobust.evaluate import evaluate_task, write_report
+    from fastrobust.evaluate import predict_task, write_report
+    from fastrobust.evaluate.predictions import FILE_NAME
 
     cfg, dist, run, eng = t.cfg, t.dist, t.run, t.eng
     summary: dict[str, Any] = {}
@@ -63,7 +66,7 @@ def finish(t: Any, wall_seconds: float, eval_seconds: float) -> dict[str, Any]:
         model = eval_model(t)
         t0 = time.perf_counter()
         with eng.autocast():
-            report = evaluate_task(
+            predictions = predict_task(
                 model,
                 run.tokenizer,
                 run.task,
@@ -73,8 +76,10 @@ def finish(t: Any, wall_seconds: float, eval_seconds: float) -> dict[str, Any]:
                 gxlt=cfg.eval.gxlt and cfg.task.gxlt,
             )
         test_seconds = time.perf_counter() - t0
+        report = predictions.report()
         report_dir = t.dir / "report"
-        write_report(report, report_dir, title=f"{cfg.name} / {t.label}")
+        write_report(report, report_dir, title=f"{cfg.name} / {t.label} / seed {t.seed}")
+        predictions.save(report_dir / FILE_NAME)
         model_dir = t.dir / "model"
         if cfg.output.save_model:
             save_model_folder(t, model, model_dir)
@@ -84,6 +89,8 @@ def finish(t: Any, wall_seconds: float, eval_seconds: float) -> dict[str, Any]:
         sel = t.selection
         summary = {
             "label": t.label,
+            "seed": t.seed,
+            "fingerprint": t.fingerprint,
             "kind": t.mcfg.kind,
             "method": t.mcfg.model_dump(mode="json"),
             "model": run.model_path,
@@ -117,11 +124,13 @@ def finish(t: Any, wall_seconds: float, eval_seconds: float) -> dict[str, Any]:
             "files": {
                 "model": str(model_dir) if cfg.output.save_model else None,
                 "report": str(report_dir),
+                "predictions": str(report_dir / FILE_NAME),
                 "tensorboard": str(t.dir / "tb") if cfg.output.tensorboard else None,
                 "checkpoints": str(t.ckpt_root),
             },
         }
         write_json(t.dir / "summary.json", summary)
         summary["_report"] = report
+        summary["_predictions"] = predictions
     dist.barrier()
     return summary

@@ -34,17 +34,26 @@ MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "labels")
 
 
 class MethodTrainer:
-    """Trains, selects, evaluates and saves one method section."""
+    """Trains, selects, evaluates and saves one method section with one seed.
 
-    def __init__(self, run: RunContext, mcfg: Any) -> None:
+    ``seed`` (default: the config's ``seed``) replaces ``cfg.seed`` for this run: head init, data
+    order and every random draw follow it. The run's folder is ``<output.dir>/<label>/`` for a
+    single-seed config and ``<output.dir>/<label>/seed-<k>/`` when the config lists ``seeds``.
+    """
+
+    def __init__(self, run: RunContext, mcfg: Any, seed: int | None = None) -> None:
+        from fastrobust.evaluate.runs import seed_dir_name
         from fastrobust.methods import build_method
 
         self.run = run
-        self.cfg = run.cfg
+        self.cfg = run.cfg if seed is None else run.cfg.model_copy(update={"seed": seed})
+        self.seed = self.cfg.seed
         self.dist = run.dist
         self.mcfg = mcfg
         self.label = method_label(mcfg)
         self.dir = run.out_dir / self.label
+        if run.cfg.seeds is not None:
+            self.dir = self.dir / seed_dir_name(self.seed)
         self.ckpt_root = self.dir / "checkpoints"
         self.method = build_method(mcfg, task_synonyms=run.task.synonyms)
         self.device = run.dist.device
@@ -58,6 +67,21 @@ class MethodTrainer:
         self._pending_tokens = torch.zeros((), dtype=torch.float64, device=self.device)
         self._encoded: dict[int, Any] = {}
         self.fingerprint = fingerprint(self.cfg, mcfg, run.dist.world_size)
+
+    def finished_run(self) -> Any:
+        """Rank 0: the RunResult already on disk for exactly this run (same config fingerprint), or
+        None. ``--resume`` skips such runs instead of evaluating them again."""
+        import json
+
+        from fastrobust.evaluate.runs import read_run
+
+        try:
+            summary = json.loads((self.dir / "summary.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        if not isinstance(summary, dict) or summary.get("fingerprint") != self.fingerprint:
+            return None
+        return read_run(self.dir)
 
     # ---- building -------------------------------------------------------------------------
 

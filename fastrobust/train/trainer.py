@@ -15,7 +15,13 @@ For each method section (same initial model, same data order):
 5. load the best parameters, evaluate XLT and G-XLT, save ``model/`` (safetensors + tokenizer +
    ``fastrobust.json``), ``report/`` and ``summary.json``.
 
-Then ``write_comparison`` over the methods and a short console summary (rank 0 only).
+With ``seeds: [s1, s2, ...]`` (or ``--seeds``) every method is trained once per seed, seed by seed
+(all methods of s1, then of s2, ...), each run in ``<method>/seed-<k>/``; ``--resume`` skips the
+runs that already finished with the same config and resumes the first unfinished one from its
+checkpoint. Then ``write_comparison`` over every finished run in the output folder (the methods
+and seeds of this call, merged with those an earlier call left there): mean ± sd over seeds and
+paired bootstrap intervals against the baseline (:mod:`fastrobust.evaluate.stats`), and a console
+summary (rank 0 only).
 
 Where each part lives: :mod:`.run` (config resolution, batch layout, what the methods share),
 :mod:`.loop` (the step loop of one method), :mod:`.engine` (optimizer, precision, backward — the
@@ -58,6 +64,7 @@ def train(
     methods: Sequence[str] | None = None,
     resume: bool = False,
     deepspeed: str | None = None,
+    seeds: Sequence[int] | None = None,
 ) -> dict[str, Any]:
     """Fine-tunes every (selected) method of ``config`` and evaluates it; see the module docstring.
 
@@ -65,11 +72,16 @@ def train(
         config: a ``Config``, a YAML path, or None for the packaged demo.
         overrides: ``key=value`` strings (as ``--set``), applied on top of ``config``.
         methods: labels of the method sections to run (default: all).
-        resume: continue every method from its newest complete checkpoint.
+        resume: continue every method from its newest complete checkpoint (and skip finished
+            runs of a multi-seed config).
         deepspeed: a DeepSpeed JSON (overrides ``deepspeed.config``).
+        seeds: train every method once per seed (overrides ``seed`` and ``seeds`` of the config).
 
-    Returns ``{"output_dir", "methods": {label: summary dict}, "comparison": markdown}``; on ranks
-    other than 0 the summaries are empty dicts.
+    Returns ``{"output_dir", "methods", "reports", "runs", "comparison", "statistics"}``:
+    ``methods`` / ``reports`` map a label to its summary dict / EvalReport (to ``{seed: ...}``
+    when the config lists ``seeds``); ``runs`` is every RunResult of this call; ``comparison``
+    the markdown and ``statistics`` the :class:`~fastrobust.evaluate.Comparison` written to the
+    output folder. On ranks other than 0 these are empty.
     """
     import datasets
     from transformers.utils import logging as hf_logging
@@ -80,7 +92,7 @@ def train(
     datasets.disable_progress_bars()
     hf_logging.disable_progress_bar()
     try:
-        return _train(config, overrides, methods=methods, resume=resume, deepspeed=deepspeed)
+        return _train(config, overrides, methods=methods, resume=resume, deepspeed=deepspeed, seeds=seeds)
     finally:
         if bars[0]:
             datasets.enable_progress_bars()
@@ -95,10 +107,16 @@ def _train(
     methods: Sequence[str] | None,
     resume: bool,
     deepspeed: str | None,
+    seeds: Sequence[int] | None = None,
 ) -> dict[str, Any]:
     cfg = resolve_config(config, overrides)
     if deepspeed is not None:
         cfg.deepspeed.config = deepspeed
+    if seeds is not None:
+        seeds = [int(x) for x in seeds]
+        if not seeds or len(set(seeds)) != len(seeds):
+            raise ConfigError(f"--seeds: give distinct seeds, e.g. 0,1,2 (got {seeds})")
+        cfg = cfg.model_copy(update={"seeds": seeds, "seed": seeds[0]})
     sections = list(cfg.methods)
     if methods:
         labels = [method_label(m) for m in sections]
@@ -118,35 +136,120 @@ def _train(
     if dist.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
         log(dist, banner(cfg, run, sections))
-    summaries: dict[str, dict[str, Any]] = {}
-    for mcfg in sections:
-        trainer = MethodTrainer(run, mcfg)
-        try:
-            summaries[trainer.label] = trainer.train()
-        finally:
-            trainer.close()
-    result: dict[str, Any] = {"output_dir": str(out_dir), "methods": {}, "comparison": ""}
+    summaries: list[dict[str, Any]] = []  # this call's runs, in training order (rank 0)
+    for seed in cfg.run_seeds:
+        for mcfg in sections:
+            trainer = MethodTrainer(run, mcfg, seed=seed if cfg.seeds is not None else None)
+            try:
+                summary = _skip_finished(trainer) if resume else None
+                summaries.append(summary if summary is not None else trainer.train())
+            finally:
+                trainer.close()
+    result: dict[str, Any] = {"output_dir": str(out_dir), "methods": {}, "reports": {}, "runs": []}
+    result.update(comparison="", statistics=None)
     if dist.is_main:
-        from fastrobust.evaluate import write_comparison
-
-        reports = {k: s["_report"] for k, s in summaries.items()}
-        result["comparison"] = write_comparison(reports, out_dir)
-        text = console_summary(summaries, out_dir)
-        print("\n" + text, flush=True)
-        result["methods"] = {
-            k: {kk: v for kk, v in s.items() if kk != "_report"} for k, s in summaries.items()
-        }
-        result["reports"] = reports
-        write_json(
-            out_dir / "summary.json",
-            {
-                "name": cfg.name,
-                "config": cfg.model_dump(mode="json"),
-                "methods": {
-                    k: {kk: v for kk, v in s.items() if kk not in ("losses", "dev_history")}
-                    for k, s in result["methods"].items()
-                },
-            },
-        )
+        result.update(_compare_and_report(cfg, summaries, out_dir))
     dist.barrier()
     return result
+
+
+def _skip_finished(trainer: MethodTrainer) -> dict[str, Any] | None:
+    """Under --resume: the summary of a run that already finished with this config (read back from
+    its folder; rank 0's decision, shared with every rank), or None to train it."""
+    dist = trainer.dist
+    done = trainer.finished_run() if dist.is_main else None
+    if dist.broadcast_float(1.0 if done is not None else 0.0) < 0.5:
+        return None
+    log(dist, f"[{trainer.label}] seed {trainer.seed}: finished run in {trainer.dir}, skipped (--resume)")
+    if not dist.is_main:
+        return {}
+    import json
+
+    summary = json.loads((trainer.dir / "summary.json").read_text(encoding="utf-8"))
+    summary["_report"], summary["_predictions"] = done.report, done.predictions
+    summary["skipped"] = True
+    return summary
+
+
+def _compare_and_report(cfg: Config, summaries: list[dict[str, Any]], out_dir: Path) -> dict[str, Any]:
+    """Rank 0: the comparison over this call's runs merged with the finished runs already in
+    ``out_dir``, its files, the console summary, and the top-level summary.json."""
+    from fastrobust.errors import FastrobustError
+    from fastrobust.evaluate import RunResult, compare, write_comparison
+    from fastrobust.evaluate.runs import load_runs
+
+    multi = cfg.seeds is not None
+    runs = [
+        RunResult(
+            s["label"],
+            s["seed"],
+            s["_report"],
+            s.get("_predictions"),
+            kind=s["kind"],
+            fingerprint=s.get("fingerprint"),
+        )
+        for s in summaries
+    ]
+    mine = {(r.label, r.seed) for r in runs}
+    prints = {s["label"]: _without_seed(s.get("fingerprint")) for s in summaries}
+    try:
+        # Methods (or seeds) an earlier call reported in this folder stay in the comparison, unless
+        # the same label was trained with another config then (not the same method: left out).
+        earlier, other = [], []
+        for r in load_runs(out_dir):
+            if (r.label, r.seed) in mine:
+                continue
+            same = r.label not in prints or _without_seed(r.fingerprint) == prints[r.label]
+            (earlier if same else other).append(r)
+        if other:
+            print(
+                f"note: {len(other)} earlier run(s) of {sorted({r.label for r in other})} in {out_dir} were "
+                "trained with another config; left out of the comparison",
+                flush=True,
+            )
+        comparison = compare([*runs, *earlier])
+    except FastrobustError as exc:
+        print(f"note: earlier runs in {out_dir} left out of the comparison ({exc})", flush=True)
+        comparison = compare(runs)
+    markdown = write_comparison(comparison, out_dir)
+    print("\n" + console_summary(summaries, comparison, out_dir, cfg), flush=True)
+
+    def public(s: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in s.items() if not k.startswith("_")}
+
+    methods: dict[str, Any] = {}
+    reports: dict[str, Any] = {}
+    for s in summaries:
+        if multi:
+            methods.setdefault(s["label"], {})[s["seed"]] = public(s)
+            reports.setdefault(s["label"], {})[s["seed"]] = s["_report"]
+        else:
+            methods[s["label"]], reports[s["label"]] = public(s), s["_report"]
+    brief = [{k: v for k, v in public(s).items() if k not in ("losses", "dev_history")} for s in summaries]
+    write_json(
+        out_dir / "summary.json",
+        {
+            "name": cfg.name,
+            "config": cfg.model_dump(mode="json"),
+            "seeds": cfg.run_seeds,
+            "methods": {s["label"]: s for s in brief} if not multi else _by_label_seed(brief),
+        },
+    )
+    return {
+        "methods": methods,
+        "reports": reports,
+        "runs": runs,
+        "comparison": markdown,
+        "statistics": comparison,
+    }
+
+
+def _without_seed(fingerprint: dict[str, str] | None) -> dict[str, str] | None:
+    return None if fingerprint is None else {k: v for k, v in fingerprint.items() if k != "seed"}
+
+
+def _by_label_seed(summaries: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for s in summaries:
+        out.setdefault(s["label"], {})[str(s["seed"])] = s
+    return out
