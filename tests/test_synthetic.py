@@ -252,6 +252,30 @@ def test_embedding_table_misalignment(tmp_path: Path, misalignment: float) -> No
     assert data_files(base.data_dir) == data_files(art.data_dir)
 
 
+def test_rotation_misalignment_keeps_similarities_within_a_language(tmp_path: Path) -> None:
+    """misalignment_kind rotation: each language is the anchor table turned by one rotation; dot
+    products within a language are those of English, rows move by ~misalignment x their norm, and
+    the word-kind table (the default) is unchanged by the option's existence."""
+    word = prepare_synthetic(small(tmp_path, misalignment=0.3, pretrain_steps=0))
+    cfg = small(tmp_path, misalignment=0.3, misalignment_kind="rotation", pretrain_steps=0)
+    art = prepare_synthetic(cfg)
+    table = load_file(art.model_dir / "model.safetensors")["bert.embeddings.word_embeddings.weight"].double()
+    vocab = json.loads((art.model_dir / "tokenizer.json").read_text())["model"]["vocab"]
+    lexicon = json.loads((art.data_dir / "lexicon.json").read_text())
+    en = torch.stack([table[vocab[w]] for g in lexicon["en"] for w in g])
+    rotations = []
+    for lang in cfg.languages[1:]:
+        other = torch.stack([table[vocab[w]] for g in lexicon[lang] for w in g])
+        torch.testing.assert_close(other @ other.T, en @ en.T, rtol=0, atol=1e-3)
+        ratio = ((other - en).pow(2).mean() / en.pow(2).mean()).sqrt().item()
+        assert ratio == pytest.approx(0.3, rel=0.15)
+        rotations.append(torch.linalg.lstsq(en, other).solution)
+    assert not torch.allclose(rotations[0], rotations[1], atol=1e-2)  # one rotation per language
+    assert data_files(word.data_dir) == data_files(art.data_dir)  # the text does not change
+    word_table = load_file(word.model_dir / "model.safetensors")["bert.embeddings.word_embeddings.weight"]
+    assert not torch.equal(word_table, table.float())
+
+
 def test_pretraining_keeps_the_table_and_learns(tmp_path: Path) -> None:
     cfg0 = small(tmp_path, pretrain_steps=0)
     cfg1 = small(tmp_path, pretrain_steps=5)

@@ -38,6 +38,14 @@ class SyntheticConfig(StrictModel):
     misalignment: float = Field(
         1.0, ge=0, description="RMS of a non-anchor word's offset / RMS of a concept vector; 0 = aligned"
     )
+    misalignment_kind: Literal["word", "rotation"] = Field(
+        "word",
+        description=(
+            "word: an independent random offset per word; rotation: one random rotation per language "
+            "(angle ~ misalignment), shared by all its words, so similarities within a language are kept "
+            "and only pairs of two languages are misaligned"
+        ),
+    )
     concepts: int = Field(240, ge=8)
     topics: int = Field(12, ge=1, description="concepts are split into topics; a sentence stays in one")
     synonyms_per_concept: int = Field(2, ge=1)

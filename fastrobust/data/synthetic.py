@@ -20,10 +20,15 @@ Construction (every random draw comes from ``numpy``/``torch`` generators seeded
   embedding is c (its synonyms: c + synonym_spread * N(0, I_H)); every other language's word
   is the anchor word's embedding + misalignment * N(0, I_H), the offsets drawn once per
   word and only scaled by the knob (misalignment 0: every language's word has exactly the
-  anchor word's row). A tiny ``BertForMaskedLM`` then gets ``pretrain_steps`` of
-  multilingual masked-LM training on same-topic sentence pairs with the word-embedding
-  table (and the output layer, a copy scaled to rows of norm ~1) frozen, so fine-tuning
-  starts from a contextual encoder whose cross-lingual alignment is exactly the knob.
+  anchor word's row). With ``misalignment_kind: rotation`` the shift is shared by a whole
+  language instead: its words are the anchor words' vectors turned by one rotation
+  R_l = exp(misalignment * A_l) (A_l a random skew-symmetric matrix with entries of variance 1/H),
+  so every similarity within a language is kept and only cross-language pairs are misaligned,
+  as between the languages of a real multilingual encoder.
+  A tiny ``BertForMaskedLM`` then gets ``pretrain_steps`` of multilingual masked-LM training
+  on same-topic sentence pairs with the word-embedding table (and the output layer, a copy
+  scaled to rows of norm ~1) frozen, so fine-tuning starts from a contextual encoder whose
+  cross-lingual alignment is exactly the knob.
 
 The result is cached in ``<cache_dir>/<hash of config + SYNTHETIC_VERSION>/``, built in a
 temporary sibling folder and moved in place with ``os.replace``, so an interrupted build is
@@ -58,6 +63,7 @@ _MANIFEST = "manifest.json"
 # Independent random streams (numpy SeedSequence entropy [seed, stream]), so that e.g. changing
 # the misalignment changes neither the text nor the concept vectors, only the offsets' scale.
 _STREAM_LEXICON, _STREAM_TRAIN, _STREAM_DEV, _STREAM_TEST, _STREAM_EMBED, _STREAM_PRETRAIN = range(6)
+_STREAM_ROTATION = 6
 
 _CONSONANTS = "bcdfghjklmnprstvz"
 _VOWELS = "aeiou"
@@ -301,9 +307,12 @@ def _embedding_table(cfg: SyntheticConfig, lexicon: list, vocab: dict[str, int])
     """The frozen "pretrained" table E (V, H), float32.
 
     E[anchor word of concept c] = z_c, E[anchor synonym s of c] = z_c + synonym_spread * u_{c,s},
-    E[word (c, s) of language l] = E[anchor word (c, s)] + misalignment * n_{l,c,s},
-    with z, u, n i.i.d. N(0, I_H) (rows of norm ~sqrt(H)); special tokens N(0, I_H) except
-    [PAD] = 0.
+    E[word (c, s) of language l] = E[anchor word (c, s)] + misalignment * n_{l,c,s}   (kind "word"),
+    E[word (c, s) of language l] = R_l E[anchor word (c, s)]                          (kind "rotation"),
+    with z, u, n i.i.d. N(0, I_H) (rows of norm ~sqrt(H)), R_l = matrix_exp(misalignment * A_l),
+    A_l = (G_l - G_l^T) / sqrt(2H), G_l i.i.d. N(0, 1) (H x H); special tokens N(0, I_H) except
+    [PAD] = 0. For a small angle the rotation moves a row by ~misalignment x its norm, like the
+    word offsets; misalignment >~ 3 is a random rotation.
     """
     rng = _rng(cfg, _STREAM_EMBED)
     h, forms = cfg.hidden_size, 1 + cfg.synonyms_per_concept
@@ -313,13 +322,22 @@ def _embedding_table(cfg: SyntheticConfig, lexicon: list, vocab: dict[str, int])
     synonym[:, 0] = 0.0  # the group's first word sits exactly on the concept
     offsets = rng.standard_normal((len(cfg.languages), cfg.concepts, forms, h))
     special = rng.standard_normal((len(SPECIAL_TOKENS), h))
+    # Drawn after everything else (own stream), so the word-offset draws above never shift.
+    rot_rng = _rng(cfg, _STREAM_ROTATION)
+    gens = rot_rng.standard_normal((len(cfg.languages), h, h))
     anchor = concept[:, None, :] + cfg.synonym_spread * synonym  # (C, forms, H)
     table = np.zeros((len(vocab), h))
     table[: len(SPECIAL_TOKENS)] = special
     table[vocab["[PAD]"]] = 0.0
     for li, groups in enumerate(lexicon):
-        shift = 0.0 if li == 0 else cfg.misalignment * offsets[li]
-        rows = anchor + shift
+        if li == 0 or cfg.misalignment == 0:
+            rows = anchor
+        elif cfg.misalignment_kind == "rotation":
+            skew = torch.from_numpy((gens[li] - gens[li].T) / math.sqrt(2 * h))
+            rot = torch.linalg.matrix_exp(cfg.misalignment * skew).numpy()  # orthogonal (H, H)
+            rows = anchor @ rot.T
+        else:
+            rows = anchor + cfg.misalignment * offsets[li]
         for c, group in enumerate(groups):
             for s, w in enumerate(group):
                 table[vocab[w]] = rows[c, s]
