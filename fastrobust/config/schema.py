@@ -50,6 +50,15 @@ class SyntheticConfig(StrictModel):
     topics: int = Field(12, ge=1, description="concepts are split into topics; a sentence stays in one")
     synonyms_per_concept: int = Field(2, ge=1)
     synonym_spread: float = Field(0.5, ge=0, description="RMS of a synonym's offset / RMS of a concept")
+    embedding_scale: float = Field(
+        1.0,
+        gt=0,
+        description=(
+            "per-coordinate RMS of the concept vectors in the input embedding table; fine-tuning moves "
+            "a row by ~learning rate per step whatever its size, so a larger scale means less drift "
+            "of the English rows relative to their norm"
+        ),
+    )
     min_words: int = Field(6, ge=2)
     max_words: int = Field(10, ge=2)
     replace_fraction: float = Field(
@@ -61,6 +70,9 @@ class SyntheticConfig(StrictModel):
     hidden_size: int = Field(64, ge=8)
     layers: int = Field(2, ge=1)
     heads: int = Field(2, ge=1)
+    dropout: float = Field(
+        0.1, ge=0, lt=1, description="hidden and attention dropout of the encoder (pretraining, fine-tuning)"
+    )
     pretrain_steps: int = Field(400, ge=0, description="masked-LM steps with the word embeddings frozen")
     pretrain_batch_size: int = Field(64, ge=1)
     pretrain_learning_rate: float = Field(2e-3, gt=0)

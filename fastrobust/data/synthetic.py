@@ -407,18 +407,20 @@ def _build_model(
         type_vocab_size=2,
         pad_token_id=vocab["[PAD]"],
         tie_word_embeddings=False,
+        hidden_dropout_prob=cfg.dropout,
+        attention_probs_dropout_prob=cfg.dropout,
     )
     torch.manual_seed(cfg.seed)
     model = BertForMaskedLM(config)
     emb = model.get_input_embeddings()
     decoder = model.get_output_embeddings()
     with torch.no_grad():
-        emb.weight.copy_(table)
+        emb.weight.copy_(cfg.embedding_scale * table)
         # The output layer is the same table scaled to rows of norm ~1, so that the logits
-        # h . E_w start at a trainable scale instead of saturating. The input rows keep
-        # per-coordinate RMS 1: fine-tuning steps of size ~lr then move the anchor
-        # language's rows only a little relative to their norm (the other languages' rows get
-        # no gradient), so misalignment 0 really means aligned after fine-tuning too.
+        # h . E_w start at a trainable scale instead of saturating. The input rows have
+        # per-coordinate RMS embedding_scale: Adam moves a row by ~lr per step whatever its
+        # size, and only the anchor language's rows get gradients in fine-tuning, so the scale
+        # sets how far English drifts away from the other languages relative to the rows' norm.
         decoder.weight.copy_(table / math.sqrt(cfg.hidden_size))
     # Frozen: the cross-lingual geometry must stay exactly what the knob says (biases train).
     emb.weight.requires_grad_(False)
