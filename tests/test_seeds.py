@@ -139,6 +139,8 @@ def test_seed_and_seeds_errors(fixture_model: Path, tmp_path: Path, capsys) -> N
     assert load_config(None, ["seed=2"]).run_seeds == [2]
     assert main(["train", "--seeds", "0,x", "--set", f"output.dir={tmp_path}"]) == 2
     assert "--seeds '0,x'" in capsys.readouterr().err
+    assert main(["train", "--parallel", "0", "--set", f"output.dir={tmp_path}"]) == 2
+    assert "--parallel: must be >= 1" in capsys.readouterr().err
 
 
 @pytest.mark.distributed
@@ -183,3 +185,33 @@ def test_seeds_under_torchrun_match_single_process_and_resume(tiny_pawsx, tmp_pa
         assert b["losses"] == pytest.approx(a["losses"], abs=1e-5)
     out = run([*torchrun, "--master_port", str(free_port()), "-m", "fastrobust", *args, *ds, "--resume"])
     assert out.count("skipped (--resume)") == 2
+
+
+@pytest.mark.slow
+def test_parallel_runs_equal_the_sequential_ones(fixture_model: Path, tmp_path: Path, capsys) -> None:
+    """--parallel 2: the same runs (same losses, same predictions) in the same folders, and one
+    comparison over all of them; refused where it cannot work."""
+    from fastrobust.evaluate import TaskPredictions
+    from fastrobust.train import train
+
+    seq = train(None, overrides(fixture_model, tmp_path / "seq", "seeds=[0, 1]"))
+    capsys.readouterr()
+    par = train(None, overrides(fixture_model, tmp_path / "par", "seeds=[0, 1]"), parallel=2)
+    printed = capsys.readouterr().out
+    assert "4 run(s) on 2 worker processes" in printed and printed.count("[parallel]") == 4
+    for label in ("baseline", "rs-rp"):
+        for seed in (0, 1):
+            assert par["methods"][label][seed]["losses"] == seq["methods"][label][seed]["losses"]
+            a, b = (
+                TaskPredictions.load(tmp_path / d / label / f"seed-{seed}" / "report" / "predictions.npz")
+                for d in ("seq", "par")
+            )
+            assert a.report() == b.report()
+    comp = json.loads((tmp_path / "par" / "comparison.json").read_text())
+    assert all(comp["methods"][m]["seeds"] == [0, 1] for m in ("baseline", "rs-rp"))
+    with pytest.raises(ConfigError, match="parallel"):
+        train(
+            None,
+            overrides(fixture_model, tmp_path / "x", "deepspeed.config=configs/ds/zero2.json"),
+            parallel=2,
+        )

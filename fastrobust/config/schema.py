@@ -153,6 +153,11 @@ class Config(StrictModel):
         min_length=1,
         description="train every method once per seed (runs in <method>/seed-<k>/); when set, seed is unused",
     )
+    parallel: int = Field(
+        1,
+        ge=1,
+        description="CPU, single process: train up to N (method, seed) runs at once in worker processes",
+    )
     model: ModelConfig = Field(default_factory=ModelConfig)
     task: TaskConfig = Field(default_factory=TaskConfig)
     methods: list[MethodConfig] = Field(default_factory=lambda: [BaselineConfig()], min_length=1)

@@ -27,6 +27,7 @@ def train(
     resume: bool = False,
     deepspeed: str | None = None,
     seeds: Sequence[int] | None = None,
+    parallel: int | None = None,
 ) -> dict[str, Any]:
     """Fine-tunes and evaluates every selected method of ``config``.
 
@@ -34,4 +35,6 @@ def train(
     """
     from fastrobust.train.trainer import train as _train
 
-    return _train(config, overrides, methods=methods, resume=resume, deepspeed=deepspeed, seeds=seeds)
+    return _train(
+        config, overrides, methods=methods, resume=resume, deepspeed=deepspeed, seeds=seeds, parallel=parallel
+    )

@@ -49,6 +49,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="train every method once per seed, e.g. --seeds 0,1,2 (replaces seed/seeds of the config); "
         "the comparison then reports mean ± sd over seeds and bootstrap intervals",
     )
+    parser.add_argument(
+        "--parallel",
+        type=int,
+        default=None,
+        metavar="N",
+        help="CPU: train up to N (method, seed) runs at once in worker processes (default: config, 1)",
+    )
     # Launchers may pass the local rank as an argument; LOCAL_RANK in the environment is what we use.
     parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
 
@@ -72,5 +79,6 @@ def run(args: argparse.Namespace) -> int:
         resume=args.resume,
         deepspeed=args.deepspeed,
         seeds=seeds,
+        parallel=args.parallel,
     )
     return 0

@@ -214,7 +214,7 @@ class MethodTrainer:
             initial=self.step,
             desc=self.label,
             unit="step",
-            disable=not dist.is_main,
+            disable=not (dist.is_main and run.progress_bar),
             dynamic_ncols=True,
             mininterval=1.0,
             file=sys.stderr,

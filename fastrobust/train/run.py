@@ -133,6 +133,7 @@ class RunContext:
         self.cfg = cfg
         self.dist = dist
         self.resume = resume
+        self.progress_bar = True  # parallel workers switch theirs off
         self.out_dir = Path(cfg.output.dir)
         # Rank 0 first: the synthetic benchmark and the datasets cache are built once, then read.
         if not dist.is_main:

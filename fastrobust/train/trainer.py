@@ -41,6 +41,7 @@ from fastrobust.errors import ConfigError
 from fastrobust.train.console import banner, console_summary
 from fastrobust.train.distributed import init_distributed
 from fastrobust.train.loop import MODEL_INPUTS, MethodTrainer
+from fastrobust.train.parallel import check_parallel, train_parallel
 from fastrobust.train.resume import STATE_VERSION
 from fastrobust.train.run import RunContext, batch_layout, log, resolve_config, write_json
 
@@ -65,6 +66,7 @@ def train(
     resume: bool = False,
     deepspeed: str | None = None,
     seeds: Sequence[int] | None = None,
+    parallel: int | None = None,
 ) -> dict[str, Any]:
     """Fine-tunes every (selected) method of ``config`` and evaluates it; see the module docstring.
 
@@ -76,6 +78,8 @@ def train(
             runs of a multi-seed config).
         deepspeed: a DeepSpeed JSON (overrides ``deepspeed.config``).
         seeds: train every method once per seed (overrides ``seed`` and ``seeds`` of the config).
+        parallel: train up to N runs at once in worker processes (CPU; overrides ``parallel``;
+            :mod:`fastrobust.train.parallel`).
 
     Returns ``{"output_dir", "methods", "reports", "runs", "comparison", "statistics"}``:
     ``methods`` / ``reports`` map a label to its summary dict / EvalReport (to ``{seed: ...}``
@@ -92,7 +96,15 @@ def train(
     datasets.disable_progress_bars()
     hf_logging.disable_progress_bar()
     try:
-        return _train(config, overrides, methods=methods, resume=resume, deepspeed=deepspeed, seeds=seeds)
+        return _train(
+            config,
+            overrides,
+            methods=methods,
+            resume=resume,
+            deepspeed=deepspeed,
+            seeds=seeds,
+            parallel=parallel,
+        )
     finally:
         if bars[0]:
             datasets.enable_progress_bars()
@@ -108,8 +120,13 @@ def _train(
     resume: bool,
     deepspeed: str | None,
     seeds: Sequence[int] | None = None,
+    parallel: int | None = None,
 ) -> dict[str, Any]:
     cfg = resolve_config(config, overrides)
+    if parallel is not None:
+        if parallel < 1:
+            raise ConfigError(f"--parallel: must be >= 1, got {parallel}")
+        cfg = cfg.model_copy(update={"parallel": parallel})
     if deepspeed is not None:
         cfg.deepspeed.config = deepspeed
     if seeds is not None:
@@ -126,7 +143,9 @@ def _train(
                 f"--method {', '.join(unknown)}: no such method section; the config has {labels}"
             )
         sections = [m for m in sections if method_label(m) in methods]
+    check_parallel(cfg)
     dist = init_distributed(use_deepspeed=bool(cfg.deepspeed.config))
+    check_parallel(cfg, dist)
     run = RunContext(cfg, dist, resume)
     from fastrobust.methods import build_method
 
@@ -137,14 +156,17 @@ def _train(
         out_dir.mkdir(parents=True, exist_ok=True)
         log(dist, banner(cfg, run, sections))
     summaries: list[dict[str, Any]] = []  # this call's runs, in training order (rank 0)
-    for seed in cfg.run_seeds:
-        for mcfg in sections:
-            trainer = MethodTrainer(run, mcfg, seed=seed if cfg.seeds is not None else None)
-            try:
-                summary = _skip_finished(trainer) if resume else None
-                summaries.append(summary if summary is not None else trainer.train())
-            finally:
-                trainer.close()
+    if cfg.parallel > 1:
+        summaries = train_parallel(run, sections, cfg.parallel)
+    else:
+        for seed in cfg.run_seeds:
+            for mcfg in sections:
+                trainer = MethodTrainer(run, mcfg, seed=seed if cfg.seeds is not None else None)
+                try:
+                    summary = skip_finished(trainer) if resume else None
+                    summaries.append(summary if summary is not None else trainer.train())
+                finally:
+                    trainer.close()
     result: dict[str, Any] = {"output_dir": str(out_dir), "methods": {}, "reports": {}, "runs": []}
     result.update(comparison="", statistics=None)
     if dist.is_main:
@@ -153,7 +175,7 @@ def _train(
     return result
 
 
-def _skip_finished(trainer: MethodTrainer) -> dict[str, Any] | None:
+def skip_finished(trainer: MethodTrainer) -> dict[str, Any] | None:
     """Under --resume: the summary of a run that already finished with this config (read back from
     its folder; rank 0's decision, shared with every rank), or None to train it."""
     dist = trainer.dist
