@@ -29,23 +29,27 @@ def test_demo_runs_all_methods_and_writes_tables(tmp_path: Path, capsys: pytest.
         result = train(None, small)
     finally:
         torch.set_num_threads(n)
-    labels = [method_label(m) for m in load_config().methods]
-    assert {load_config().methods[i].kind for i in range(len(labels))} >= {
-        "baseline",
-        "rs-rp",
-        "rs-da",
-        "pgd",
-    }
+    demo = load_config()
+    labels = [method_label(m) for m in demo.methods]
+    assert {m.kind for m in demo.methods} >= {"baseline", "rs-rp", "rs-da", "pgd"}
+    assert demo.seeds is not None and len(demo.seeds) >= 3  # the demo compares over seeds
     out = tmp_path / "demo"
     printed = capsys.readouterr().out
     assert "XLT accuracy" in printed and "G-XLT accuracy" in printed and "vs baseline" in printed
+    assert "difference to baseline (points) [95% CI]" in printed and "mean ± sd over seeds" in printed
     for label in labels:
         assert label in printed
-        s = json.loads((out / label / "summary.json").read_text())
-        assert s["throughput"]["samples_per_s"] > 0 and s["averages"]["gxlt_avg"] is not None
-        assert (out / label / "model" / "model.safetensors").is_file()
-        assert (out / label / "report" / "gxlt_heatmap.png").is_file()
+        for seed in demo.seeds:
+            d = out / label / f"seed-{seed}"
+            s = json.loads((d / "summary.json").read_text())
+            assert s["seed"] == seed and s["throughput"]["samples_per_s"] > 0
+            assert s["averages"]["gxlt_avg"] is not None
+            assert (d / "model" / "model.safetensors").is_file()
+            assert (d / "report" / "gxlt_heatmap.png").is_file() and (
+                d / "report" / "predictions.npz"
+            ).is_file()
     comparison = json.loads((out / "comparison.json").read_text())
-    assert set(labels) <= set(json.dumps(comparison).replace('"', " ").split())
+    assert set(comparison["methods"]) == set(labels)
+    assert all(comparison["methods"][k]["seeds"] == demo.seeds for k in labels)
     assert (out / "comparison.md").read_text().strip() == result["comparison"].strip()
     assert set(result["methods"]) == set(labels)

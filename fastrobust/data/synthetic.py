@@ -55,7 +55,7 @@ from fastrobust.errors import ConfigError, DataError
 __all__ = ["SYNTHETIC_VERSION", "SyntheticArtifacts", "cache_key", "default_cache_dir", "prepare_synthetic"]
 
 #: Bumped whenever the construction changes, so stale caches are never reused.
-SYNTHETIC_VERSION = "3"
+SYNTHETIC_VERSION = "4"
 
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 _MANIFEST = "manifest.json"
