@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from collections.abc import Iterable, Sequence
 
 SUBCOMMANDS = {
     "train": ("fastrobust.train.cli", "fine-tune (baseline, AT, FreeLB, RS-RP, RS-DA) and evaluate"),
@@ -22,25 +23,44 @@ SUBCOMMANDS = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(commands: Iterable[str] | None = None) -> argparse.ArgumentParser:
+    """The ``fastrobust`` parser; ``commands``: the subcommands whose options are defined (default all).
+
+    Defining a subcommand's options imports its module; ``main`` defines only the one being run,
+    so that ``fastrobust --help`` imports nothing heavy (torch, datasets) and answers at once.
+    """
     parser = argparse.ArgumentParser(
-        prog="fastrobust", description="Robust fine-tuning of multilingual encoders (XLT and G-XLT)."
+        prog="fastrobust",
+        description="Robust fine-tuning of multilingual encoders (XLT and G-XLT).",
+        epilog="Run `fastrobust COMMAND --help` for a command's options; `fastrobust train` alone "
+        "runs the synthetic demo.",
     )
     # The deepspeed launcher inserts --local_rank=N right after the script/module name, i.e.
     # before the subcommand; the rank is also in the LOCAL_RANK environment variable, which we use.
     parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    wanted = set(SUBCOMMANDS) if commands is None else set(commands)
     for name, (module, help_text) in SUBCOMMANDS.items():
-        sub_parser = sub.add_parser(name, help=help_text, description=help_text)
+        sub_parser = sub.add_parser(
+            name, help=help_text, description=help_text, formatter_class=argparse.RawDescriptionHelpFormatter
+        )
         sub_parser.set_defaults(_module=module)
-        importlib.import_module(module).add_arguments(sub_parser)
+        if name in wanted:
+            importlib.import_module(module).add_arguments(sub_parser)
     return parser
+
+
+def _command(argv: Sequence[str]) -> str | None:
+    """The subcommand named in ``argv`` (the first argument that is one), or None."""
+    return next((a for a in argv if a in SUBCOMMANDS), None)
 
 
 def main(argv: list[str] | None = None) -> int:
     from fastrobust.errors import FastrobustError
 
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = _command(argv)
+    parser = build_parser([command] if command else [])
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()

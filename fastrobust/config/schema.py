@@ -91,6 +91,19 @@ class TaskConfig(StrictModel):
     synthetic: SyntheticConfig = Field(default_factory=SyntheticConfig)
 
 
+# transformers' schedules that need nothing but the warmup and total step counts; the others
+# (reduce_lr_on_plateau, cosine_with_min_lr, warmup_stable_decay, ...) need arguments we do not pass.
+Scheduler = Literal[
+    "linear",
+    "cosine",
+    "cosine_with_restarts",
+    "polynomial",
+    "constant",
+    "constant_with_warmup",
+    "inverse_sqrt",
+]
+
+
 class OptimConfig(StrictModel):
     learning_rate: float = Field(2e-5, gt=0)
     weight_decay: float = Field(0.0, ge=0)
@@ -101,7 +114,9 @@ class OptimConfig(StrictModel):
     micro_batch_size: int | None = Field(
         None, ge=1, description="per device and forward; null = batch_size / world size (no accumulation)"
     )
-    scheduler: str = "linear"
+    scheduler: Scheduler = Field(
+        "linear", description="learning-rate schedule (transformers' get_scheduler) after linear warmup"
+    )
     warmup_ratio: float = Field(0.0, ge=0, lt=1)
     max_grad_norm: float | None = Field(1.0, gt=0)
 
