@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import os
+import stat
 import subprocess
 import sys
+from pathlib import Path
 
+import pytest
 import yaml
 from cli_run import cli_env, run_cli
 
@@ -53,3 +58,100 @@ def test_print_config_shows_every_key_of_a_recipe_with_overrides() -> None:
     cfg = yaml.safe_load(res.stdout)
     assert cfg["name"] == "pawsx_mbert" and cfg["task"]["path"] == "/data/x"
     assert "keep_checkpoints" in cfg["output"] and "warmup_ratio" in cfg["optim"]
+
+
+FIX = Path(__file__).parent / "fixtures"
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A trained-model folder as the trainer saves it (tiny BERT, tokenizer, fastrobust.json)."""
+    from fixtures.tiny_models import tiny_classifier, word_tokenizer
+
+    from fastrobust.config import TaskConfig
+
+    root = tmp_path_factory.mktemp("run") / "baseline" / "model"
+    tok = word_tokenizer("bert")
+    tiny_classifier(tok, "bert", seed=7).save_pretrained(root)
+    tok.save_pretrained(root)
+    task = TaskConfig(name="pawsx", path=str(FIX / "pawsx"), languages=["en", "de"])
+    (root / "fastrobust.json").write_text(json.dumps({"task": task.model_dump(), "max_length": 24}))
+    return root
+
+
+def _one_line_error(res, command: str) -> str:
+    assert res.returncode == 2, (res.returncode, res.stderr[-2000:])
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"fastrobust {command}: error: "), lines
+    return lines[0]
+
+
+@pytest.mark.parametrize("command", ["evaluate", "certify"])
+def test_unusable_device_is_one_line(model_dir: Path, tmp_path: Path, command: str) -> None:
+    import torch
+
+    # "cuda" itself on a machine without CUDA; an index no machine has otherwise
+    device = "cuda" if not torch.cuda.is_available() else "cuda:64"
+    line = _one_line_error(run_cli(command, model_dir, "--device", device, "--out", tmp_path), command)
+    assert f"--device: '{device}' requested but" in line
+
+
+@pytest.mark.parametrize("command", ["evaluate", "certify"])
+def test_malformed_device_is_one_line(
+    model_dir: Path, tmp_path: Path, command: str, capsys: pytest.CaptureFixture
+) -> None:
+    from fastrobust.cli import main
+
+    assert main([command, str(model_dir), "--device", "gpu0", "--out", str(tmp_path)]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert (
+        line
+        == f"fastrobust {command}: error: --device: 'gpu0' is not a torch device (e.g. cpu, cuda, cuda:1)"
+    )
+
+
+def test_evaluate_batch_size_zero_is_refused(model_dir: Path, tmp_path: Path) -> None:
+    line = _one_line_error(run_cli("evaluate", model_dir, "--batch-size", "0", "--out", tmp_path), "evaluate")
+    assert "--batch-size: must be >= 1, got 0" in line
+
+
+def test_certify_prints_no_library_progress_bars(model_dir: Path, tmp_path: Path) -> None:
+    res = run_cli(
+        "certify",
+        model_dir,
+        "--n0",
+        "4",
+        "-n",
+        "8",
+        "--max-examples",
+        "3",
+        "--out",
+        tmp_path,
+        "--device",
+        "cpu",
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "Certified accuracy" in res.stdout
+    for bar in ("tokenize", "Map", "examples/s", "%|"):
+        assert bar not in res.stderr, res.stderr
+
+
+def test_outputs_follow_the_users_umask(model_dir: Path, tmp_path: Path) -> None:
+    umask = 0o002  # a team folder: group-writable (mkstemp alone gives 0600 whatever the umask)
+    out = tmp_path / "rep"
+    res = run_cli(
+        "evaluate",
+        model_dir,
+        "--out",
+        out,
+        "--batch-size",
+        "4",
+        "--device",
+        "cpu",
+        preexec_fn=lambda: os.umask(umask),
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    files = sorted(out.iterdir())
+    assert {p.name for p in files} >= {"report.json", "report.md", "xlt.csv", "gxlt_heatmap.png"}
+    for path in files:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask, path

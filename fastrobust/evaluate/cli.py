@@ -80,20 +80,62 @@ def resolve(args: argparse.Namespace):
     return cfg, max_length, out
 
 
-def run(args: argparse.Namespace) -> int:
+def resolve_device(name: str | None, flag: str = "--device"):
+    """A usable ``torch.device`` from ``--device`` (default: cuda when available, else cpu).
+
+    ConfigError naming ``flag`` for a malformed name or a CUDA device this machine does not have
+    (instead of torch's assertion deep inside the first ``.to(device)``).
+    """
     import torch
+
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise ConfigError(f"{flag}: {name!r} is not a torch device (e.g. cpu, cuda, cuda:1)") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(
+                f"{flag}: {name!r} requested but CUDA is not available on this machine; use cpu"
+            )
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            raise ConfigError(f"{flag}: {name!r} requested but this machine has {count} CUDA device(s)")
+    elif device.type not in ("cpu", "meta"):
+        backend = getattr(torch, device.type, None)
+        if backend is None or not getattr(backend, "is_available", lambda: False)():
+            raise ConfigError(f"{flag}: {name!r} requested but {device.type} is not available here")
+    return device
+
+
+def check_batch_size(value: int | None, default: int, flag: str = "--batch-size") -> int:
+    """``value`` when given (it must be >= 1; 0 is an error, not 'use the default'), else ``default``."""
+    if value is None:
+        return default
+    if value < 1:
+        raise ConfigError(f"{flag}: must be >= 1, got {value}")
+    return value
+
+
+def run(args: argparse.Namespace) -> int:
+    from fastrobust.progress import library_bars_off
+
+    with library_bars_off():
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
+    cfg, max_length, out = resolve(args)
+    batch_size = check_batch_size(args.batch_size, cfg.eval.batch_size)
+    device = resolve_device(args.device)
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from fastrobust.data import load_task
     from fastrobust.evaluate import evaluate_task, gxlt_markdown, write_report, xlt_markdown
 
-    cfg, max_length, out = resolve(args)
-    batch_size = args.batch_size or cfg.eval.batch_size
-    if batch_size < 1:
-        raise ConfigError(f"--batch-size: must be >= 1, got {batch_size}")
     gxlt = cfg.task.gxlt and cfg.eval.gxlt and not args.no_gxlt
     task = load_task(cfg.task.model_copy(update={"gxlt": gxlt}))
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     tokenizer = AutoTokenizer.from_pretrained(args.model_dir)
     model = AutoModelForSequenceClassification.from_pretrained(args.model_dir).to(device)
     if model.config.num_labels != task.num_labels:
