@@ -1,8 +1,10 @@
 """The ``fastrobust`` command: ``train``, ``evaluate``, ``certify``, ``augment``.
 
 Each subcommand lives next to the code it drives and exposes ``add_arguments(parser)``
-and ``run(args) -> int``. Bad input (``FastrobustError``, a missing file) prints one
-line ``fastrobust <cmd>: error: ...`` and exits with code 2, without a traceback.
+and ``run(args) -> int``. Errors print one line ``fastrobust <cmd>: error: ...`` without a
+traceback. Exit codes: 0 done; 2 bad input (``FastrobustError``, a missing file); 1 a result could
+not be written (disk full, permissions: the line names the path and where the results went);
+3 training diverged (``DivergenceError``); 130 / 143 stopped by SIGINT / SIGTERM (after a checkpoint).
 """
 
 from __future__ import annotations
@@ -69,7 +71,12 @@ def main(argv: list[str] | None = None) -> int:
         return int(importlib.import_module(args._module).run(args) or 0)
     except (FastrobustError, FileNotFoundError) as exc:
         print(f"fastrobust {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+        return int(getattr(exc, "exit_code", 2))
+    except OSError as exc:  # a write that failed outside the places that rescue results
+        from fastrobust.fileio import describe_os_error
+
+        print(f"fastrobust {args.command}: error: {describe_os_error(exc)}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"fastrobust {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -11,25 +11,29 @@ so the file gets the mode ``open()`` would have given it (0666 minus the umask) 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
+import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 
 @functools.cache
-def file_mode() -> int:
-    """0666 minus the process umask: the mode ``open(path, "w")`` gives a new file.
-
-    Read once (``os.umask`` can only be read by setting it; doing that later, while other threads
-    create files, could briefly expose them with a wrong umask).
-    """
+def umask() -> int:
+    """The process umask, read once (``os.umask`` can only be read by setting it; doing that later,
+    while other threads create files, could briefly expose them with a wrong umask)."""
     mask = os.umask(0o022)
     os.umask(mask)
-    return 0o666 & ~mask
+    return mask
+
+
+def file_mode() -> int:
+    """0666 minus the umask: the mode ``open(path, "w")`` gives a new file."""
+    return 0o666 & ~umask()
 
 
 def atomic_write(path: str | Path, write: Callable[[str], None]) -> Path:
@@ -90,3 +94,28 @@ def describe_os_error(exc: OSError, path: str | Path | None = None) -> str:
     reason = exc.strerror or str(exc) or type(exc).__name__
     errno = f" [errno {exc.errno}]" if exc.errno is not None else ""
     return f"cannot write {where}: {reason}{errno}"
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | Path) -> Iterator[Path]:
+    """Yields a temporary folder next to ``path``; when the block succeeds, it replaces ``path``.
+
+    For folders written by other libraries (``save_pretrained``): a crash or a full disk leaves the
+    previous ``path`` (or none), never a half-written one; the temporary folder is removed on failure.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    os.chmod(tmp, 0o777 & ~umask())  # mkdtemp gives 0700; mkdir would give 0777 minus the umask
+    try:
+        yield tmp
+        old = None
+        if path.exists():
+            old = path.with_name(f".{path.name}.old-{os.getpid()}")
+            os.replace(path, old)
+        os.replace(tmp, path)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

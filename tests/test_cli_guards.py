@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import stat
 import subprocess
 import sys
@@ -155,3 +156,73 @@ def test_outputs_follow_the_users_umask(model_dir: Path, tmp_path: Path) -> None
     assert {p.name for p in files} >= {"report.json", "report.md", "xlt.csv", "gxlt_heatmap.png"}
     for path in files:
         assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask, path
+
+
+# ---- pre-flight checks of `fastrobust train` (each a one-line error naming the field) ----------
+
+
+def _train_args(data: Path, model: Path | str, out: Path, *extra: str) -> list[str]:
+    sets = [
+        "task.name=pawsx",
+        f"task.path={data}",
+        "task.languages=[en]",
+        "task.gxlt=false",
+        f"model.name_or_path={model}",
+        "model.max_length=32",
+        "methods=[{kind: baseline}]",
+        "optim.batch_size=8",
+        "optim.max_steps=1",
+        "output.tensorboard=false",
+        f"output.dir={out}",
+        *extra,
+    ]
+    return ["train", *(x for s in sets for x in ("--set", s))]
+
+
+def _model_without_tokenizer(src: Path, dst: Path) -> Path:
+    dst.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(src / name, dst / name)
+    return dst
+
+
+def _decoder_without_pad(src: Path, dst: Path) -> Path:
+    """A tiny GPT-2 whose tokenizer, like GPT-2's, has no pad token."""
+    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+
+    tok = AutoTokenizer.from_pretrained(src)
+    tok.pad_token = None
+    cfg = GPT2Config(vocab_size=len(tok), n_embd=32, n_layer=1, n_head=2, n_positions=64)
+    GPT2LMHeadModel(cfg).save_pretrained(dst)
+    tok.save_pretrained(dst)
+    return dst
+
+
+@pytest.mark.parametrize(
+    ("case", "needle"),
+    [
+        ("no_tokenizer", "model.name_or_path: {model} has no tokenizer files"),
+        ("missing_path", "model.name_or_path: {model}: no such folder"),
+        ("too_long", "model.max_length: 128 is above the 64 positions {model} supports"),
+        ("no_pad", "model.name_or_path: the tokenizer of {model} has no pad token"),
+        ("not_writable", "output.dir: {out} is not writable"),
+    ],
+)
+def test_train_preflight_errors(
+    tiny_pawsx: tuple[Path, Path], tmp_path: Path, case: str, needle: str
+) -> None:
+    data, model = tiny_pawsx
+    out, extra = tmp_path / "out", []
+    if case == "no_tokenizer":
+        model = _model_without_tokenizer(model, tmp_path / "bare")
+    elif case == "missing_path":
+        model = tmp_path / "no" / "such" / "model"
+    elif case == "too_long":
+        extra = ["model.max_length=128"]
+    elif case == "no_pad":
+        model = _decoder_without_pad(model, tmp_path / "gpt2")
+    elif case == "not_writable":
+        (tmp_path / "file").write_text("a file, not a folder")
+        out = tmp_path / "file" / "out"  # fails for root too, unlike a chmod'ed folder
+    line = _one_line_error(run_cli(*_train_args(data, model, out, *extra)), "train")
+    assert needle.format(model=model, out=out) in line, line

@@ -119,6 +119,12 @@ class OptimConfig(StrictModel):
     )
     warmup_ratio: float = Field(0.0, ge=0, lt=1)
     max_grad_norm: float | None = Field(1.0, gt=0)
+    nonfinite_patience: int = Field(
+        10,
+        ge=0,
+        description="optimizer steps in a row with a non-finite loss or gradient norm that are skipped "
+        "before the run stops as diverged (0 = stop at the first)",
+    )
 
 
 class EvalConfig(StrictModel):
@@ -130,7 +136,15 @@ class EvalConfig(StrictModel):
 class OutputConfig(StrictModel):
     dir: str = "runs/fastrobust"
     save_model: bool = True
-    checkpoint_every: int | None = Field(None, ge=1, description="steps between checkpoints; null = end only")
+    checkpoint_every: int | None = Field(
+        None, ge=1, description="steps between checkpoints, and one at the end of training; null = none"
+    )
+    checkpoint_minutes: float | None = Field(
+        10.0,
+        gt=0,
+        description="minutes of training between checkpoints, so an interruption loses at most that "
+        "much (SIGINT/SIGTERM also write one); null = none",
+    )
     keep_checkpoints: int = Field(2, ge=1)
     log_every: int = Field(10, ge=1)
     tensorboard: bool = True

@@ -26,6 +26,7 @@ def train(
     methods: Sequence[str] | None = None,
     resume: bool = False,
     deepspeed: str | None = None,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Fine-tunes and evaluates every selected method of ``config``.
 
@@ -33,4 +34,4 @@ def train(
     """
     from fastrobust.train.trainer import train as _train
 
-    return _train(config, overrides, methods=methods, resume=resume, deepspeed=deepspeed)
+    return _train(config, overrides, methods=methods, resume=resume, deepspeed=deepspeed, overwrite=overwrite)

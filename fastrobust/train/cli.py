@@ -84,8 +84,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="DS_JSON",
         help='DeepSpeed config (e.g. configs/ds/zero3.json); its "auto" fields are filled from the config',
     )
-    parser.add_argument(
+    again = parser.add_mutually_exclusive_group()
+    again.add_argument(
         "--resume", action="store_true", help="continue each method from its newest complete checkpoint"
+    )
+    again.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the results of the methods being run if output.dir already holds some",
     )
     parser.add_argument(
         "--print-config",
@@ -108,5 +114,5 @@ def run(args: argparse.Namespace) -> int:
         return 0
     from fastrobust.train import train
 
-    train(cfg, methods=args.methods, resume=args.resume, deepspeed=args.deepspeed)
+    train(cfg, methods=args.methods, resume=args.resume, deepspeed=args.deepspeed, overwrite=args.overwrite)
     return 0

@@ -8,11 +8,14 @@ Files under ``<output.dir>/<label>/``: ``model/`` (safetensors, config, tokenize
 
 from __future__ import annotations
 
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
 
+from fastrobust.fileio import json_text
 from fastrobust.train.meter import peak_memory_mb
 from fastrobust.train.run import write_json
 
@@ -33,32 +36,72 @@ def eval_model(t: Any) -> torch.nn.Module:
     return model
 
 
-def save_model_folder(t: Any, model: torch.nn.Module, model_dir: Any) -> None:
-    """The model folder: HF weights + config, the tokenizer and ``fastrobust.json``."""
+def save_model_folder(t: Any, model: torch.nn.Module, model_dir: Path) -> None:
+    """The model folder: HF weights + config, the tokenizer and ``fastrobust.json``, written into a
+    temporary folder that replaces ``model_dir`` only once complete (a full disk leaves no half model)."""
+    from fastrobust.fileio import atomic_dir
+
     cfg = t.cfg
-    model_dir.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(str(model_dir))
-    t.run.tokenizer.save_pretrained(str(model_dir))
-    write_json(
-        model_dir / "fastrobust.json",
-        {
-            "task": cfg.task.model_dump(mode="json"),
-            "max_length": cfg.model.max_length,
-            "method": t.mcfg.model_dump(mode="json"),
-        },
-    )
+    with atomic_dir(model_dir) as tmp:
+        model.save_pretrained(str(tmp))
+        t.run.tokenizer.save_pretrained(str(tmp))
+        write_json(
+            tmp / "fastrobust.json",
+            {
+                "task": cfg.task.model_dump(mode="json"),
+                "max_length": cfg.model.max_length,
+                "method": t.mcfg.model_dump(mode="json"),
+            },
+        )
+
+
+def rescue(payload: dict[str, Any], places: list[Path]) -> Path | None:
+    """Writes ``payload`` (JSON) to the first of ``places`` where it fits; None if nowhere."""
+    for place in places:
+        try:
+            write_json(place, payload)
+            return place
+        except OSError:
+            continue
+    return None
+
+
+def load_finished(method_dir: Path) -> dict[str, Any] | None:
+    """The summary (with its report under ``"_report"``) of a method that finished in ``method_dir``."""
+    import json
+
+    from fastrobust.evaluate import EvalReport
+
+    try:
+        summary = json.loads((method_dir / "summary.json").read_text(encoding="utf-8"))
+        report = EvalReport.from_dict(
+            json.loads((method_dir / "report" / "report.json").read_text(encoding="utf-8"))
+        )
+    except (OSError, ValueError):
+        return None
+    if summary.get("status", "complete") != "complete":
+        return None
+    summary["_report"] = report
+    return summary
 
 
 def finish(t: Any, wall_seconds: float, eval_seconds: float) -> dict[str, Any]:
     """Final evaluation and files of trainer ``t``; its summary on rank 0 (``{}`` elsewhere).
 
+    Written in the order of their value: ``report/``, ``model/``, then ``summary.json`` (whose
+    ``"status": "complete"`` marks the method finished). If a write fails (disk full, permissions),
+    the summary and the report are rescued as JSON to the first place they fit (the method folder,
+    ``output.dir``, the working directory, the temporary folder) and OutputError names the path.
     The summary also carries the evaluation report object under ``"_report"`` (not written to
     ``summary.json``), for the comparison across methods.
     """
+    from fastrobust.errors import OutputError
     from fastrobust.evaluate import evaluate_task, write_report
+    from fastrobust.fileio import describe_os_error
 
     cfg, dist, run, eng = t.cfg, t.dist, t.run, t.eng
     summary: dict[str, Any] = {}
+    problem = ""
     if dist.is_main:
         model = eval_model(t)
         t0 = time.perf_counter()
@@ -74,54 +117,96 @@ def finish(t: Any, wall_seconds: float, eval_seconds: float) -> dict[str, Any]:
             )
         test_seconds = time.perf_counter() - t0
         report_dir = t.dir / "report"
-        write_report(report, report_dir, title=f"{cfg.name} / {t.label}")
         model_dir = t.dir / "model"
-        if cfg.output.save_model:
-            save_model_folder(t, model, model_dir)
-        throughput = t.meter.summary()
-        throughput["peak_memory_mb"] = peak_memory_mb(t.device)
-        throughput["peak_memory_kind"] = "cuda_max_allocated" if t.device.type == "cuda" else "cpu_peak_rss"
-        sel = t.selection
-        summary = {
-            "label": t.label,
-            "kind": t.mcfg.kind,
-            "method": t.mcfg.model_dump(mode="json"),
-            "model": run.model_path,
-            "task": cfg.task.name,
-            "precision": eng.precision,
-            "world_size": dist.world_size,
-            "device": str(t.device),
-            "deepspeed": (
-                {"config": cfg.deepspeed.config, "zero_stage": eng.zero_stage}
-                if eng.engine is not None
-                else None
-            ),
-            "steps": run.total_steps,
-            "steps_per_epoch": run.steps_per_epoch,
-            "epochs": run.total_steps / run.steps_per_epoch,
-            "batch_size": cfg.optim.batch_size,
-            "micro_batch_size": run.micro,
-            "grad_accum": run.accum,
-            "best_dev_accuracy": sel.best_acc,
-            "best_step": sel.best_step,
-            "dev_history": sel.history,
-            "final_loss": t.losses[-1] if t.losses else None,
-            "losses": t.losses,
-            "throughput": throughput,
-            "averages": report.averages(),
-            "xlt": dict(report.xlt),
-            "resumed_from_step": t.resumed_from,
-            "wall_seconds": wall_seconds,
-            "eval_and_checkpoint_seconds": eval_seconds,
-            "test_eval_seconds": test_seconds,
-            "files": {
-                "model": str(model_dir) if cfg.output.save_model else None,
-                "report": str(report_dir),
-                "tensorboard": str(t.dir / "tb") if cfg.output.tensorboard else None,
-                "checkpoints": str(t.ckpt_root),
-            },
-        }
-        write_json(t.dir / "summary.json", summary)
+        summary = build_summary(t, report, wall_seconds, eval_seconds, test_seconds, report_dir, model_dir)
+        try:
+            write_report(report, report_dir, title=f"{cfg.name} / {t.label}")
+            if cfg.output.save_model:
+                save_model_folder(t, model, model_dir)
+            write_json(t.dir / "summary.json", summary)
+        except OSError as exc:
+            payload = {
+                **summary,
+                "status": f"incomplete: {describe_os_error(exc)}",
+                "report": report.to_dict(),
+            }
+            places = [
+                t.dir / "summary.json",
+                run.out_dir / f"{t.label}-summary.json",
+                Path.cwd() / f"fastrobust-{t.label}-summary.json",
+                Path(tempfile.gettempdir()) / f"fastrobust-{t.label}-summary.json",
+            ]
+            where = rescue(payload, places)
+            kept = (
+                f"the results were saved to {where}"
+                if where
+                else "the results could not be saved anywhere; they follow on stdout"
+            )
+            if where is None:
+                print(json_text(payload), flush=True)
+            problem = f"method {t.label}: {describe_os_error(exc)}; {kept}"
         summary["_report"] = report
+    failed = dist.broadcast_float(1.0 if problem else 0.0)
     dist.barrier()
+    if failed:
+        raise OutputError(problem or f"method {t.label}: rank 0 could not write the results")
     return summary
+
+
+def build_summary(
+    t: Any,
+    report: Any,
+    wall_seconds: float,
+    eval_seconds: float,
+    test_seconds: float,
+    report_dir: Path,
+    model_dir: Path,
+) -> dict[str, Any]:
+    """The ``summary.json`` of trainer ``t`` (its ``files`` name only what this run writes)."""
+    from fastrobust.train import checkpoint as ckpt
+
+    cfg, dist, run, eng = t.cfg, t.dist, t.run, t.eng
+    throughput = t.meter.summary()
+    throughput["peak_memory_mb"] = peak_memory_mb(t.device)
+    throughput["peak_memory_kind"] = "cuda_max_allocated" if t.device.type == "cuda" else "cpu_peak_rss"
+    sel = t.selection
+    checkpoints = cfg.output.checkpoint_every is not None or bool(ckpt.complete_checkpoints(t.ckpt_root))
+    return {
+        "status": "complete",
+        "label": t.label,
+        "kind": t.mcfg.kind,
+        "method": t.mcfg.model_dump(mode="json"),
+        "model": run.model_path,
+        "task": cfg.task.name,
+        "precision": eng.precision,
+        "world_size": dist.world_size,
+        "device": str(t.device),
+        "deepspeed": (
+            {"config": cfg.deepspeed.config, "zero_stage": eng.zero_stage} if eng.engine is not None else None
+        ),
+        "steps": run.total_steps,
+        "steps_per_epoch": run.steps_per_epoch,
+        "epochs": run.total_steps / run.steps_per_epoch,
+        "batch_size": cfg.optim.batch_size,
+        "micro_batch_size": run.micro,
+        "grad_accum": run.accum,
+        "best_dev_accuracy": sel.best_acc,
+        "best_step": sel.best_step,
+        "dev_history": sel.history,
+        "final_loss": t.losses[-1] if t.losses else None,
+        "losses": t.losses,
+        "skipped_nonfinite_steps": t.guard.skipped if t.guard is not None else 0,
+        "throughput": throughput,
+        "averages": report.averages(),
+        "xlt": dict(report.xlt),
+        "resumed_from_step": t.resumed_from,
+        "wall_seconds": wall_seconds,
+        "eval_and_checkpoint_seconds": eval_seconds,
+        "test_eval_seconds": test_seconds,
+        "files": {
+            "model": str(model_dir) if cfg.output.save_model else None,
+            "report": str(report_dir),
+            "tensorboard": str(t.dir / "tb") if cfg.output.tensorboard else None,
+            "checkpoints": str(t.ckpt_root) if checkpoints else None,
+        },
+    }

@@ -31,10 +31,12 @@ from pathlib import Path
 from typing import Any
 
 from fastrobust.config import Config, method_label
-from fastrobust.errors import ConfigError
+from fastrobust.errors import ConfigError, DivergenceError
 from fastrobust.train.console import banner, console_summary
 from fastrobust.train.distributed import init_distributed
+from fastrobust.train.final import load_finished
 from fastrobust.train.loop import MODEL_INPUTS, MethodTrainer
+from fastrobust.train.preflight import check_output_dir
 from fastrobust.train.resume import STATE_VERSION
 from fastrobust.train.run import RunContext, batch_layout, log, resolve_config, write_json
 
@@ -58,6 +60,7 @@ def train(
     methods: Sequence[str] | None = None,
     resume: bool = False,
     deepspeed: str | None = None,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Fine-tunes every (selected) method of ``config`` and evaluates it; see the module docstring.
 
@@ -67,6 +70,8 @@ def train(
         methods: labels of the method sections to run (default: all).
         resume: continue every method from its newest complete checkpoint.
         deepspeed: a DeepSpeed JSON (overrides ``deepspeed.config``).
+        overwrite: replace the results of these methods if ``output.dir`` holds some (without it,
+            or ``resume``, a used folder is refused before anything is loaded).
 
     Returns ``{"output_dir", "methods": {label: summary dict}, "comparison": markdown}``; on ranks
     other than 0 the summaries are empty dicts.
@@ -80,7 +85,9 @@ def train(
     datasets.disable_progress_bars()
     hf_logging.disable_progress_bar()
     try:
-        return _train(config, overrides, methods=methods, resume=resume, deepspeed=deepspeed)
+        return _train(
+            config, overrides, methods=methods, resume=resume, deepspeed=deepspeed, overwrite=overwrite
+        )
     finally:
         if bars[0]:
             datasets.enable_progress_bars()
@@ -95,6 +102,7 @@ def _train(
     methods: Sequence[str] | None,
     resume: bool,
     deepspeed: str | None,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     cfg = resolve_config(config, overrides)
     if deepspeed is not None:
@@ -108,8 +116,12 @@ def _train(
                 f"--method {', '.join(unknown)}: no such method section; the config has {labels}"
             )
         sections = [m for m in sections if method_label(m) in methods]
+    # Before anything is loaded: a used output folder is refused unless resumed or overwritten.
+    check_output_dir(
+        Path(cfg.output.dir), [method_label(m) for m in sections], resume=resume, overwrite=overwrite
+    )
     dist = init_distributed(use_deepspeed=bool(cfg.deepspeed.config))
-    run = RunContext(cfg, dist, resume)
+    run = RunContext(cfg, dist, resume, overwrite)
     from fastrobust.methods import build_method
 
     for mcfg in sections:  # fail before any training if a section cannot be built (e.g. no synonyms)
@@ -118,15 +130,29 @@ def _train(
     if dist.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
         log(dist, banner(cfg, run, sections))
+        if run.head_warning:
+            log(dist, f"warning: {run.head_warning}")
     summaries: dict[str, dict[str, Any]] = {}
+    diverged: list[str] = []
     for mcfg in sections:
+        label = method_label(mcfg)
+        done = load_finished(out_dir / label) if resume else None
+        if done is not None:
+            # --resume after an interruption: a method that already finished is not trained again
+            log(dist, f"[{label}] --resume: finished already ({out_dir / label / 'summary.json'}); kept")
+            summaries[label] = done
+            continue
         trainer = MethodTrainer(run, mcfg)
         try:
-            summaries[trainer.label] = trainer.train()
+            summaries[label] = trainer.train()
+        except DivergenceError as exc:
+            # the other methods may well train: report this one at the end, keep going
+            log(dist, f"[{label}] error: {exc}")
+            diverged.append(str(exc))
         finally:
             trainer.close()
     result: dict[str, Any] = {"output_dir": str(out_dir), "methods": {}, "comparison": ""}
-    if dist.is_main:
+    if dist.is_main and summaries:
         from fastrobust.evaluate import write_comparison
 
         reports = {k: s["_report"] for k, s in summaries.items()}
@@ -149,4 +175,7 @@ def _train(
             },
         )
     dist.barrier()
+    if diverged:
+        kept = f"; the results of {', '.join(summaries)} were written" if summaries else ""
+        raise DivergenceError(" | ".join(diverged) + kept)
     return result

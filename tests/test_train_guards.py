@@ -1,0 +1,185 @@
+"""Training runs that never lie and never lose work: used output folders, head re-initialisation,
+divergence, interruptions, full disks."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from fastrobust.errors import ConfigError
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def overrides(data: Path, model: Path, out: Path, *extra: str) -> list[str]:
+    return [
+        "task.name=pawsx",
+        f"task.path={data}",
+        "task.languages=[en, de]",
+        "task.gxlt=false",
+        f"model.name_or_path={model}",
+        "model.max_length=32",
+        "methods=[{kind: baseline}]",
+        "optim.batch_size=8",
+        "optim.max_steps=2",
+        "optim.learning_rate=1e-3",
+        "output.log_every=1",
+        f"output.dir={out}",
+        *extra,
+    ]
+
+
+def test_a_used_output_folder_is_refused_unless_resume_or_overwrite(
+    tiny_pawsx: tuple[Path, Path], tmp_path: Path
+) -> None:
+    from cli_run import run_cli
+
+    from fastrobust.train import train
+
+    data, model = tiny_pawsx
+    out = tmp_path / "run"
+    train(None, overrides(data, model, out, "output.checkpoint_every=1"))
+    summary = out / "baseline" / "summary.json"
+    before = summary.read_bytes()
+    stamp = summary.stat().st_mtime_ns
+    # the real command: one line, exit 2, nothing touched
+    args = [x for o in overrides(data, model, out) for x in ("--set", o)]
+    res = run_cli("train", *args)
+    assert res.returncode == 2, res.stderr[-2000:]
+    (line,) = res.stderr.strip().splitlines()
+    assert f"output.dir: {out} already holds results of baseline (finished)" in line
+    assert "--resume" in line and "--overwrite" in line
+    assert summary.read_bytes() == before and summary.stat().st_mtime_ns == stamp
+    assert sorted(p.name for p in (out / "baseline" / "checkpoints").iterdir()) == [
+        "step-000001",
+        "step-000002",
+    ]
+    # another method may share the folder
+    train(None, overrides(data, model, out, "methods=[{kind: rs-rp, sigma: 0.1}]"))
+    assert summary.read_bytes() == before
+    # --overwrite replaces the method's folder as a whole (no old checkpoints or events remain)
+    (out / "baseline" / "stale.txt").write_text("from the first run")
+    train(None, overrides(data, model, out, "seed=3"), overwrite=True)
+    assert not (out / "baseline" / "stale.txt").exists()
+    assert not (out / "baseline" / "checkpoints" / "step-000001").exists()
+    assert json.loads(summary.read_text())["losses"] != json.loads(before)["losses"]
+    with pytest.raises(ConfigError, match="choose one"):
+        train(None, overrides(data, model, out), overwrite=True, resume=True)
+
+
+def test_a_head_of_another_label_count_is_reinitialised_with_a_warning(
+    tiny_pawsx: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from fastrobust.train import train
+
+    data, model = tiny_pawsx
+    three = tmp_path / "nli_model"
+    AutoModelForSequenceClassification.from_pretrained(model, num_labels=3).save_pretrained(three)
+    AutoTokenizer.from_pretrained(model).save_pretrained(three)
+    result = train(None, overrides(data, three, tmp_path / "out"))
+    printed = capsys.readouterr().out
+    assert (
+        f"warning: model.name_or_path: {three} has a 3-label classification head but task pawsx has "
+        "2 labels; the head is re-initialised" in printed
+    )
+    assert result["methods"]["baseline"]["steps"] == 2
+
+
+# ---- divergence ----------------------------------------------------------------------------------
+
+
+def test_guard_counts_runs_of_bad_steps_whatever_the_check_cadence() -> None:
+    from fastrobust.errors import DivergenceError
+    from fastrobust.train.distributed import DistContext
+    from fastrobust.train.guard import DivergenceGuard
+
+    dist = DistContext(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"), deepspeed=False)
+    guard = DivergenceGuard(patience=2, device=torch.device("cpu"), label="m")
+    for bad in (1, 1, 0, 1, 1, 0):  # runs of 2: within patience
+        guard.observe(torch.tensor(bool(bad)))
+    guard.check(6, dist)
+    assert guard.skipped == 4
+    for bad in (1, 1, 1, 0, 0):  # a run of 3 ended before the check: still seen
+        guard.observe(torch.tensor(bool(bad)))
+    with pytest.raises(DivergenceError, match=r"3 optimizer steps in a row .*_patience = 2; 7 in all"):
+        guard.check(11, dist)
+
+
+def test_a_non_finite_step_is_skipped_on_the_device(tiny_pawsx: tuple[Path, Path]) -> None:
+    """Fused AdamW with found_inf: parameters and optimizer state stay as they were."""
+    from types import SimpleNamespace
+
+    from transformers import AutoModelForSequenceClassification
+
+    from fastrobust.config import load_config
+    from fastrobust.train.distributed import DistContext
+    from fastrobust.train.engine import TrainEngine
+
+    _, model_dir = tiny_pawsx
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=2)
+    cfg = load_config(None, ["optim.max_grad_norm=1.0", "optim.weight_decay=0.01"])
+    dist = DistContext(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"), deepspeed=False)
+    run = SimpleNamespace(cfg=cfg, dist=dist, accum=1, ds_raw=None, warmup_steps=0, total_steps=10, micro=2)
+    eng = TrainEngine(model, run, backward_calls=1)
+    ids = torch.tensor([[2, 10, 11, 3], [2, 12, 13, 3]])
+
+    def step(poison: bool) -> torch.Tensor:
+        out = model(input_ids=ids, labels=torch.tensor([0, 1]))
+        loss = out.loss * (float("nan") if poison else 1.0)
+        loss.backward()
+        return eng.optimizer_step(loss.detach())[1]
+
+    assert not bool(step(False))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    state = {k: v.clone() for k, v in eng.optimizer.state[next(model.parameters())].items()}
+    assert bool(step(True))
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    for k, v in eng.optimizer.state[next(model.parameters())].items():
+        assert torch.equal(v, state[k]), k  # step count, exp_avg, exp_avg_sq: untouched
+    assert not bool(step(False)) and not torch.equal(
+        model.state_dict()["classifier.weight"], before["classifier.weight"]
+    )
+
+
+def test_a_diverging_run_stops_and_saves_nothing_as_a_result(
+    tiny_pawsx: tuple[Path, Path], tmp_path: Path
+) -> None:
+    from cli_run import run_cli
+
+    data, model = tiny_pawsx
+    out = tmp_path / "run"
+    sets = overrides(
+        data,
+        model,
+        out,
+        "methods=[{kind: baseline}, {kind: rs-rp, sigma: 0.1}]",
+        "optim.learning_rate=1e30",  # finite, accepted by the schema, and certain to blow up
+        "optim.max_steps=12",
+        "optim.nonfinite_patience=3",
+        "output.log_every=4",
+        "eval.every_steps=4",
+    )
+    res = run_cli("train", *(x for o in sets for x in ("--set", o)))
+    assert res.returncode == 3, res.stderr[-3000:]
+    (line,) = res.stderr.strip().splitlines()[-1:]
+    assert (
+        line.startswith("fastrobust train: error: method baseline diverged: ")
+        and "method rs-rp diverged" in line
+    )
+    assert "optim.nonfinite_patience = 3" in line and "lower optim.learning_rate (now 1e+30)" in line
+    for label in ("baseline", "rs-rp"):  # the second method was still tried after the first diverged
+        assert f"[{label}] error: method {label} diverged" in res.stdout
+        assert not (out / label / "summary.json").exists() and not (out / label / "model").exists()
+    assert not (out / "comparison.md").exists()
