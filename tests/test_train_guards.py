@@ -3,7 +3,10 @@ divergence, interruptions, full disks."""
 
 from __future__ import annotations
 
+import errno
 import json
+import signal
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -183,3 +186,74 @@ def test_a_diverging_run_stops_and_saves_nothing_as_a_result(
         assert f"[{label}] error: method {label} diverged" in res.stdout
         assert not (out / label / "summary.json").exists() and not (out / label / "model").exists()
     assert not (out / "comparison.md").exists()
+
+
+# ---- interruptions and full disks ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_signal_writes_a_checkpoint_and_exits_128_plus_signum(
+    tiny_pawsx: tuple[Path, Path], tmp_path: Path, sig: int, code: int
+) -> None:
+    from cli_run import cli_env, entry_point
+
+    from fastrobust.train import checkpoint as ckpt
+
+    data, model = tiny_pawsx
+    out = tmp_path / "run"
+    sets = overrides(data, model, out, "optim.max_steps=100000", "eval.every_steps=3", "output.log_every=50")
+    proc = subprocess.Popen(
+        [entry_point(), "train", *(x for o in sets for x in ("--set", o))],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=cli_env(),
+    )
+    try:
+        for line in proc.stdout:  # training is under way once the first dev evaluation is printed
+            if "English dev accuracy" in line:
+                break
+        proc.send_signal(sig)
+        stdout, stderr = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == code, stderr[-3000:]
+    last = stderr.strip().splitlines()[-1]
+    name = signal.Signals(sig).name
+    assert last.startswith(f"fastrobust train: error: {name}: method baseline stopped at step "), last
+    assert last.endswith("written; continue with --resume"), last
+    found = ckpt.complete_checkpoints(out / "baseline" / "checkpoints")
+    assert len(found) == 1
+    step, path = found[0]
+    assert f"stopped at step {step}/100000; checkpoint {path} written" in last
+    assert ckpt.load_state(path / ckpt.STATE_FILE)["step"] == step >= 3
+    assert not (out / "baseline" / "summary.json").exists()
+
+
+def test_a_full_disk_costs_no_finished_result(
+    tiny_pawsx: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import transformers.modeling_utils
+
+    from fastrobust.errors import OutputError
+    from fastrobust.train import train
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", args[1] if len(args) > 1 else None)
+
+    monkeypatch.setattr(transformers.modeling_utils, "safe_save_file", full)
+    data, model = tiny_pawsx
+    out = tmp_path / "run"
+    with pytest.raises(OutputError) as info:
+        train(None, overrides(data, model, out, "output.checkpoint_every=1"))
+    msg = str(info.value)
+    assert len(msg.splitlines()) == 1
+    assert f"cannot write {out / 'baseline' / 'model'}: No space left on device [errno 28]" in msg
+    assert f"the results were saved to {out / 'baseline' / 'summary.json'}" in msg
+    rescued = json.loads((out / "baseline" / "summary.json").read_text())
+    assert rescued["status"].startswith("incomplete: cannot write") and rescued["report"]["xlt"]["de"] >= 0
+    assert (out / "baseline" / "report" / "report.json").is_file()  # written before the model
+    assert not (out / "baseline" / "model").exists()  # no half-written model folder
+    assert not [p.name for p in (out / "baseline").iterdir() if p.name.startswith(".")]
+    # checkpoints are insurance; the ones before the failure stay usable for --resume
+    assert (out / "baseline" / "checkpoints" / "step-000001" / "COMPLETE").is_file()

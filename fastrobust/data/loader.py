@@ -22,6 +22,7 @@ import datasets
 
 from fastrobust.data.gxlt import build_gxlt_pairs
 from fastrobust.data.tasks import TaskSpec, get_spec, resolve_languages, synthetic_spec
+from fastrobust.data.textio import read_text
 from fastrobust.data.xtreme import gxlt_files, read_split, split_file
 from fastrobust.errors import DataError
 
@@ -60,7 +61,7 @@ def load_synonyms(path: str | Path) -> dict[str, list[str]]:
     if not path.is_file():
         raise DataError(f"{path}: synonym file not found")
     try:
-        table = json.loads(path.read_text(encoding="utf-8"))
+        table = json.loads(read_text(path))
     except json.JSONDecodeError as exc:
         raise DataError(f"{path}: invalid JSON at line {exc.lineno} ({exc.msg})") from None
     if not isinstance(table, dict):

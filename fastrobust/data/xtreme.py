@@ -28,6 +28,7 @@ from pathlib import Path
 import datasets
 
 from fastrobust.data.tasks import TaskSpec, parse_label
+from fastrobust.data.textio import iter_lines
 from fastrobust.errors import DataError
 
 PAIR_FEATURES = datasets.Features(
@@ -89,30 +90,28 @@ def read_tsv(path: str | Path, spec: TaskSpec) -> datasets.Dataset:
     s2: list[str] = []
     labels: list[int] = []
     cols, width, first = (0, 1, 2), 3, True
-    # newline="\n": split lines on "\n" only (a stray "\r" inside a sentence must not start a new row);
-    # a CRLF line end is stripped below
-    with path.open("r", encoding="utf-8", newline="\n") as handle:
-        for lineno, line in enumerate(handle, start=1):
-            line = line.rstrip("\r\n")
-            if not line.strip():
+    # lines split on "\n" only (a stray "\r" inside a sentence must not start a new row); a CRLF
+    # line end is stripped; a byte that is not UTF-8 is an error naming the line and byte offset
+    for lineno, line in iter_lines(path):
+        if not line.strip():
+            continue
+        fields = line.split("\t")
+        if first:
+            first = False
+            header = _header_columns(fields, f"{path}:{lineno}")
+            if header is not None:
+                cols, width = header, len(fields)
                 continue
-            fields = line.split("\t")
-            if first:
-                first = False
-                header = _header_columns(fields, f"{path}:{lineno}")
-                if header is not None:
-                    cols, width = header, len(fields)
-                    continue
-            if len(fields) != width:
-                hint = " (a test file without labels cannot be evaluated)" if len(fields) == width - 1 else ""
-                expected = "sentence1, sentence2, label" if width == 3 else "as many as the header"
-                raise DataError(
-                    f"{path}:{lineno}: expected {width} tab-separated fields ({expected}), "
-                    f"found {len(fields)}{hint}"
-                )
-            s1.append(fields[cols[0]].strip())
-            s2.append(fields[cols[1]].strip())
-            labels.append(parse_label(spec, fields[cols[2]], f"{path}:{lineno}"))
+        if len(fields) != width:
+            hint = " (a test file without labels cannot be evaluated)" if len(fields) == width - 1 else ""
+            expected = "sentence1, sentence2, label" if width == 3 else "as many as the header"
+            raise DataError(
+                f"{path}:{lineno}: expected {width} tab-separated fields ({expected}), "
+                f"found {len(fields)}{hint}"
+            )
+        s1.append(fields[cols[0]].strip())
+        s2.append(fields[cols[1]].strip())
+        labels.append(parse_label(spec, fields[cols[2]], f"{path}:{lineno}"))
     if not labels:
         raise DataError(f"{path}: no examples (empty split)")
     return pairs_dataset(s1, s2, labels)
@@ -129,27 +128,26 @@ def read_jsonl(path: str | Path, spec: TaskSpec) -> datasets.Dataset:
     s1: list[str] = []
     s2: list[str] = []
     labels: list[int] = []
-    with path.open("r", encoding="utf-8") as handle:
-        for lineno, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{where}: invalid JSON ({exc.msg})") from None
-            if not isinstance(row, dict):
-                raise DataError(f"{where}: expected a JSON object, found {type(row).__name__}")
-            a = row.get("sentence1", row.get("premise"))
-            b = row.get("sentence2", row.get("hypothesis"))
-            if not isinstance(a, str) or not isinstance(b, str) or "label" not in row:
-                raise DataError(
-                    f"{where}: expected string fields 'sentence1' and 'sentence2' (or 'premise' and "
-                    f"'hypothesis') and a 'label'; found keys {sorted(row)}"
-                )
-            s1.append(a)
-            s2.append(b)
-            labels.append(parse_label(spec, row["label"], where))
+    for lineno, line in iter_lines(path):
+        if not line.strip():
+            continue
+        where = f"{path}:{lineno}"
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{where}: invalid JSON ({exc.msg})") from None
+        if not isinstance(row, dict):
+            raise DataError(f"{where}: expected a JSON object, found {type(row).__name__}")
+        a = row.get("sentence1", row.get("premise"))
+        b = row.get("sentence2", row.get("hypothesis"))
+        if not isinstance(a, str) or not isinstance(b, str) or "label" not in row:
+            raise DataError(
+                f"{where}: expected string fields 'sentence1' and 'sentence2' (or 'premise' and "
+                f"'hypothesis') and a 'label'; found keys {sorted(row)}"
+            )
+        s1.append(a)
+        s2.append(b)
+        labels.append(parse_label(spec, row["label"], where))
     if not labels:
         raise DataError(f"{path}: no examples (empty split)")
     return pairs_dataset(s1, s2, labels)

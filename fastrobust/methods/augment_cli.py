@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fastrobust.data.textio import read_text
 from fastrobust.errors import ConfigError, DataError
 
 TEXT_COLUMNS = ("sentence1", "sentence2")
@@ -63,7 +64,7 @@ def read_tsv(path: Path) -> tuple[list[str] | None, list[list[str]], tuple[int, 
 
     Without a header every line must have exactly 3 fields sentence1, sentence2, label.
     """
-    text = path.read_text(encoding="utf-8")
+    text = read_text(path)
     lines = text.split("\n")
     if lines and lines[-1] == "":
         lines.pop()
@@ -90,7 +91,7 @@ def read_tsv(path: Path) -> tuple[list[str] | None, list[list[str]], tuple[int, 
 
 def read_jsonl(path: Path) -> list[dict]:
     rows = []
-    for i, line in enumerate(path.read_text(encoding="utf-8").split("\n"), start=1):
+    for i, line in enumerate(read_text(path).split("\n"), start=1):
         if not line.strip():
             continue
         try:

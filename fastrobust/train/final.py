@@ -42,17 +42,20 @@ def save_model_folder(t: Any, model: torch.nn.Module, model_dir: Path) -> None:
     from fastrobust.fileio import atomic_dir
 
     cfg = t.cfg
-    with atomic_dir(model_dir) as tmp:
-        model.save_pretrained(str(tmp))
-        t.run.tokenizer.save_pretrained(str(tmp))
-        write_json(
-            tmp / "fastrobust.json",
-            {
-                "task": cfg.task.model_dump(mode="json"),
-                "max_length": cfg.model.max_length,
-                "method": t.mcfg.model_dump(mode="json"),
-            },
-        )
+    try:
+        with atomic_dir(model_dir) as tmp:
+            model.save_pretrained(str(tmp))
+            t.run.tokenizer.save_pretrained(str(tmp))
+            write_json(
+                tmp / "fastrobust.json",
+                {
+                    "task": cfg.task.model_dump(mode="json"),
+                    "max_length": cfg.model.max_length,
+                    "method": t.mcfg.model_dump(mode="json"),
+                },
+            )
+    except OSError as exc:  # name the folder the user will look for, not the removed temporary one
+        raise OSError(exc.errno, exc.strerror or str(exc), str(model_dir)) from exc
 
 
 def rescue(payload: dict[str, Any], places: list[Path]) -> Path | None:
@@ -196,6 +199,7 @@ def build_summary(
         "final_loss": t.losses[-1] if t.losses else None,
         "losses": t.losses,
         "skipped_nonfinite_steps": t.guard.skipped if t.guard is not None else 0,
+        "truncated_train_examples": t.truncated,
         "throughput": throughput,
         "averages": report.averages(),
         "xlt": dict(report.xlt),

@@ -62,6 +62,7 @@ class MethodTrainer:
         self._encoded: dict[int, Any] = {}
         self.fingerprint = fingerprint(self.cfg, mcfg, run.dist.world_size)
         self.guard: DivergenceGuard | None = None
+        self.truncated: int | None = None  # training pairs cut to model.max_length (first epoch)
 
     # ---- building -------------------------------------------------------------------------
 
@@ -94,7 +95,18 @@ class MethodTrainer:
         key = id(train) if train is self.run.task.train else -1
         encoded = self._encoded.get(key)
         if encoded is None:
-            encoded = encode_dataset(train, self.run.tokenizer, self.cfg.model.max_length)
+            stats: dict[str, int] = {}
+            encoded = encode_dataset(train, self.run.tokenizer, self.cfg.model.max_length, stats=stats)
+            if self.truncated is None:
+                self.truncated = stats["truncated"]
+                if self.truncated:
+                    share = 100 * self.truncated / max(1, stats["examples"])
+                    n, limit = stats["examples"], self.cfg.model.max_length
+                    log(
+                        self.dist,
+                        f"[{self.label}] {self.truncated} of {n} training pairs ({share:.1f}%) are longer "
+                        f"than model.max_length = {limit} tokens and were truncated",
+                    )
             encoded = encoded.select_columns([c for c in MODEL_INPUTS if c in encoded.column_names])
             if key != -1:
                 self._encoded[key] = encoded  # unchanged across epochs: tokenize once
