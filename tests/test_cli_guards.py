@@ -137,7 +137,7 @@ def test_certify_prints_no_library_progress_bars(model_dir: Path, tmp_path: Path
         assert bar not in res.stderr, res.stderr
 
 
-def test_outputs_follow_the_users_umask(model_dir: Path, tmp_path: Path) -> None:
+def test_evaluate_follows_umask_shows_progress_and_sizes_gxlt(model_dir: Path, tmp_path: Path) -> None:
     umask = 0o002  # a team folder: group-writable (mkstemp alone gives 0600 whatever the umask)
     out = tmp_path / "rep"
     res = run_cli(
@@ -149,6 +149,10 @@ def test_outputs_follow_the_users_umask(model_dir: Path, tmp_path: Path) -> None
         "4",
         "--device",
         "cpu",
+        "--set",
+        "task.gxlt_pairs=with_train_language",
+        "--set",
+        "task.max_gxlt_examples=5",
         preexec_fn=lambda: os.umask(umask),
     )
     assert res.returncode == 0, res.stderr[-2000:]
@@ -156,6 +160,13 @@ def test_outputs_follow_the_users_umask(model_dir: Path, tmp_path: Path) -> None
     assert {p.name for p in files} >= {"report.json", "report.md", "xlt.csv", "gxlt_heatmap.png"}
     for path in files:
         assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask, path
+    report = json.loads((out / "report.json").read_text())
+    n = report["xlt_sizes"]["en"]
+    assert n > 5 and report["xlt_sizes"]["de"] == n
+    # only the pairs with English, each capped at 5 examples
+    assert report["gxlt_sizes"] == {"en": {"en": 5, "de": 5}, "de": {"en": 5}}
+    # one bar over every example predicted: 2 test sets + 3 capped pair sets
+    assert "test: 100%" in res.stderr and f"{2 * n + 15}/{2 * n + 15}" in res.stderr, res.stderr[-1000:]
 
 
 # ---- pre-flight checks of `fastrobust train` (each a one-line error naming the field) ----------

@@ -151,3 +151,35 @@ def test_training_reports_truncated_pairs(tiny_pawsx: tuple[Path, Path], tmp_pat
     assert 0 < n <= 64
     assert f"[baseline] {n} of 64 training pairs" in capsys.readouterr().out
     assert json.loads((tmp_path / "baseline" / "summary.json").read_text())["truncated_train_examples"] == n
+
+
+@pytest.mark.parametrize(
+    ("choice", "pairs"),
+    [
+        ("all", 9),
+        ("with_train_language", 5),
+        (["de-fr", "fr-de", "de-fr"], 2),
+    ],
+)
+def test_a_choice_of_gxlt_pairs_and_their_own_cap(choice, pairs: int) -> None:
+    cfg = TaskConfig(
+        name="pawsx",
+        path=str(FIX / "pawsx"),
+        languages=["en", "de", "fr"],
+        gxlt_pairs=choice,
+        max_gxlt_examples=4,
+    )
+    task = load_task(cfg)
+    assert len(task.gxlt) == pairs
+    if choice == "with_train_language":
+        assert all("en" in pair for pair in task.gxlt)
+    assert all(len(ds) == 4 for ds in task.gxlt.values())
+    assert all(len(ds) == 6 for ds in task.test.values())  # XLT keeps its own size
+
+
+def test_a_pair_outside_the_languages_names_the_key() -> None:
+    cfg = TaskConfig(name="pawsx", path=str(FIX / "pawsx"), languages=["en", "de"], gxlt_pairs=["en-ja"])
+    with pytest.raises(
+        DataError, match=r"task.gxlt_pairs: 'en-ja' is not a pair 'A-B' of evaluation languages"
+    ):
+        load_task(cfg)

@@ -257,3 +257,26 @@ def test_a_full_disk_costs_no_finished_result(
     assert not [p.name for p in (out / "baseline").iterdir() if p.name.startswith(".")]
     # checkpoints are insurance; the ones before the failure stay usable for --resume
     assert (out / "baseline" / "checkpoints" / "step-000001" / "COMPLETE").is_file()
+
+
+def test_no_model_and_no_checkpoint_when_neither_is_asked_for(
+    tiny_pawsx: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    from fastrobust.train import train
+
+    data, model = tiny_pawsx
+    out = tmp_path / "run"
+    # the defaults checkpoint every 10 minutes of training: a short run writes none, and no final one
+    train(None, overrides(data, model, out, "output.save_model=false", "output.tensorboard=false"))
+    assert sorted(p.name for p in (out / "baseline").iterdir()) == ["report", "summary.json"]
+    files = json.loads((out / "baseline" / "summary.json").read_text())["files"]
+    assert files["model"] is None and files["checkpoints"] is None and files["tensorboard"] is None
+    printed = capsys.readouterr().out
+    assert (
+        f"Files: {out}/comparison.md|json|png; per method {out}/<method>/{{report/, summary.json}}" in printed
+    )
+    # checkpoints switched off entirely
+    out2 = tmp_path / "run2"
+    train(None, overrides(data, model, out2, "output.checkpoint_minutes=null", "output.tensorboard=false"))
+    assert sorted(p.name for p in (out2 / "baseline").iterdir()) == ["model", "report", "summary.json"]
+    assert f"per method {out2}/<method>/{{report/, summary.json, model/}}" in capsys.readouterr().out

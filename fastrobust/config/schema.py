@@ -86,7 +86,15 @@ class TaskConfig(StrictModel):
     train_language: str = "en"
     gxlt: bool = True
     max_train_examples: int | None = Field(None, ge=1)
-    max_eval_examples: int | None = Field(None, ge=1)
+    max_eval_examples: int | None = Field(None, ge=1, description="first N examples of every dev/test set")
+    gxlt_pairs: Literal["all", "with_train_language"] | list[str] = Field(
+        "all",
+        description="G-XLT pairs to test: all ordered pairs, those with the train language on one side "
+        "(2n-1 instead of n*n), or a list such as [en-de, de-en] (sentence1 language - sentence2 language)",
+    )
+    max_gxlt_examples: int | None = Field(
+        None, ge=1, description="first N examples of every G-XLT pair set; null = as the test sets"
+    )
     synonyms: str | None = Field(None, description="JSON word -> [synonyms] table for RS-DA")
     synthetic: SyntheticConfig = Field(default_factory=SyntheticConfig)
 

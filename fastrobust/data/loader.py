@@ -8,7 +8,8 @@ with the local TSV loader, taking the synonym table the benchmark ships.
 
 Truncation is deterministic: ``max_train_examples`` keeps the first N training rows,
 ``max_eval_examples`` the first N rows of each dev and test set (test sets stay parallel, so G-XLT
-pairs are built from the truncated sets).
+pairs are built from the truncated sets), ``max_gxlt_examples`` the first N rows of each G-XLT pair
+set. ``gxlt_pairs`` chooses the pairs: all, those with the train language, or a list.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import TYPE_CHECKING
 
 import datasets
 
-from fastrobust.data.gxlt import build_gxlt_pairs
+from fastrobust.data.gxlt import build_gxlt_pairs, select_pairs
 from fastrobust.data.tasks import TaskSpec, get_spec, resolve_languages, synthetic_spec
 from fastrobust.data.textio import read_text
 from fastrobust.data.xtreme import gxlt_files, read_split, split_file
@@ -168,7 +169,10 @@ def load_task(cfg: TaskConfig) -> TaskData:
     test = {k: _head(v, n_eval) for k, v in test.items()}
     gxlt = {}
     if cfg.gxlt:
-        gxlt = build_gxlt_pairs(test, languages, {k: _head(v, n_eval) for k, v in ready.items()})
+        pairs = select_pairs(cfg.gxlt_pairs, languages, cfg.train_language)
+        gxlt = build_gxlt_pairs(test, languages, {k: _head(v, n_eval) for k, v in ready.items()}, pairs)
+        # a separate cap: n*n pair sets cost n times the XLT test (225 sets for XNLI)
+        gxlt = {k: _head(v, cfg.max_gxlt_examples) for k, v in gxlt.items()}
     return TaskData(
         name=spec.name,
         label_names=list(spec.label_names),

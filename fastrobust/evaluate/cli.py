@@ -32,7 +32,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--device", default=None, help="torch device (default: cuda when available, else cpu)"
     )
-    parser.add_argument("--no-gxlt", action="store_true", help="skip the G-XLT pairs")
+    parser.add_argument(
+        "--no-gxlt",
+        action="store_true",
+        help="skip the G-XLT pairs (or fewer: --set task.gxlt_pairs=with_train_language or [en-de,de-en], "
+        "--set task.max_gxlt_examples=N)",
+    )
 
 
 def _read_meta(model_dir: Path) -> dict | None:
@@ -144,7 +149,14 @@ def _run(args: argparse.Namespace) -> int:
             f"{task.num_labels} ({', '.join(task.label_names)})"
         )
     report = evaluate_task(
-        model, tokenizer, task, max_length=max_length, batch_size=batch_size, device=device, gxlt=gxlt
+        model,
+        tokenizer,
+        task,
+        max_length=max_length,
+        batch_size=batch_size,
+        device=device,
+        gxlt=gxlt,
+        progress="test",
     )
     write_report(report, out, title=f"{task.name}: {Path(args.model_dir).name}")
     print("XLT accuracy (%)\n" + xlt_markdown(report))

@@ -94,31 +94,59 @@ def evaluate_dev(
     return accuracy(preds, column(dataset, "label"))
 
 
+def _bar(task: TaskData, gxlt: bool, progress: str | None) -> Any:
+    """A tqdm bar over the examples to predict (XLT sets, then G-XLT sets not shared with them)."""
+    import sys
+
+    from tqdm.auto import tqdm
+
+    xlt_ids = {id(task.test[lang]) for lang in task.languages}
+    total = sum(len(task.test[lang]) for lang in task.languages)
+    if gxlt:
+        total += sum(len(ds) for ds in task.gxlt.values() if id(ds) not in xlt_ids)
+    return tqdm(
+        total=total,
+        desc=progress,
+        unit="ex",
+        disable=progress is None,
+        dynamic_ncols=True,
+        mininterval=1.0,
+        file=sys.stderr,
+    )
+
+
 def evaluate_predictions(
     task: TaskData,
     predict_fn: Callable[[datasets.Dataset], Sequence[int] | np.ndarray],
     *,
     gxlt: bool = True,
+    progress: str | None = None,
 ) -> EvalReport:
     """XLT and G-XLT accuracies of any predictor: ``predict_fn(dataset) -> (N,)`` predicted label ids.
 
     xlt[l] = accuracy(predict_fn(test[l]), labels); gxlt[(a, b)] = accuracy on the (a, b) pair set.
     A G-XLT set that is the very same object as a test set (the diagonal built by joining) reuses
-    the XLT accuracy instead of predicting twice.
+    the XLT accuracy instead of predicting twice. ``progress``: the label of a progress bar over
+    the examples (on stderr); None draws none.
     """
     xlt: dict[str, float] = {}
     sizes: dict[str, int] = {}
     done: dict[int, float] = {}  # id(dataset) -> accuracy
-    for lang in task.languages:
-        ds = task.test[lang]
-        xlt[lang] = done[id(ds)] = accuracy(predict_fn(ds), column(ds, "label"))
-        sizes[lang] = len(ds)
     gx: dict[tuple[str, str], float] = {}
     gx_sizes: dict[tuple[str, str], int] = {}
-    if gxlt:
-        for pair, ds in task.gxlt.items():
-            gx[pair] = done[id(ds)] if id(ds) in done else accuracy(predict_fn(ds), column(ds, "label"))
-            gx_sizes[pair] = len(ds)
+    with _bar(task, gxlt, progress) as bar:
+        for lang in task.languages:
+            ds = task.test[lang]
+            xlt[lang] = done[id(ds)] = accuracy(predict_fn(ds), column(ds, "label"))
+            sizes[lang] = len(ds)
+            bar.update(len(ds))
+        if gxlt:
+            for pair, ds in task.gxlt.items():
+                if id(ds) not in done:
+                    done[id(ds)] = accuracy(predict_fn(ds), column(ds, "label"))
+                    bar.update(len(ds))
+                gx[pair] = done[id(ds)]
+                gx_sizes[pair] = len(ds)
     return EvalReport(
         task=task.name,
         languages=list(task.languages),
@@ -139,10 +167,12 @@ def evaluate_task(
     batch_size: int,
     device: str | torch.device,
     gxlt: bool = True,
+    progress: str | None = None,
 ) -> EvalReport:
-    """XLT accuracy of ``model`` on every test language and (``gxlt=True``) on every G-XLT pair set."""
+    """XLT accuracy of ``model`` on every test language and (``gxlt=True``) on every G-XLT pair set;
+    ``progress`` labels a progress bar over the examples (None: no bar)."""
 
     def predict_fn(ds: datasets.Dataset) -> np.ndarray:
         return predict(model, tokenizer, ds, max_length=max_length, batch_size=batch_size, device=device)
 
-    return evaluate_predictions(task, predict_fn, gxlt=gxlt)
+    return evaluate_predictions(task, predict_fn, gxlt=gxlt, progress=progress)

@@ -99,8 +99,25 @@ def console_summary(summaries: dict[str, dict[str, Any]], out_dir: Path) -> str:
         f"Throughput (relative to {base_label}):\n"
         + _table(["method", "samples/s", f"vs {base_label}", "tokens/s", "peak MiB", "best dev"], rows)
     )
-    parts.append(
-        f"Files: {out_dir}/comparison.md|json|png; per method {out_dir}/<method>/"
-        "{model/, report/, summary.json, tb/, checkpoints/}"
-    )
+    parts.append(files_line(summaries, out_dir))
     return "\n\n".join(parts)
+
+
+def files_line(summaries: dict[str, dict[str, Any]], out_dir: Path) -> str:
+    """``Files: ...`` naming only what the runs wrote (model/ only if saved, tb/ only if logged...)."""
+    groups: dict[tuple[str, ...], list[str]] = {}
+    for label, s in summaries.items():
+        files = s.get("files") or {}
+        items = ["report/", "summary.json"]
+        items += [name for key, name in MAYBE_WRITTEN if files.get(key)]
+        groups.setdefault(tuple(items), []).append(label)
+    if len(groups) == 1:
+        per_method = f"per method {out_dir}/<method>/{{{', '.join(next(iter(groups)))}}}"
+    else:
+        per_method = "; ".join(
+            f"{out_dir}/{{{','.join(labels)}}}/{{{', '.join(items)}}}" for items, labels in groups.items()
+        )
+    return f"Files: {out_dir}/comparison.md|json|png; {per_method}"
+
+
+MAYBE_WRITTEN = (("model", "model/"), ("tensorboard", "tb/"), ("checkpoints", "checkpoints/"))

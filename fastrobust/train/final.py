@@ -117,6 +117,7 @@ def finish(t: Any, wall_seconds: float, eval_seconds: float) -> dict[str, Any]:
                 batch_size=cfg.eval.batch_size,
                 device=t.device,
                 gxlt=cfg.eval.gxlt and cfg.task.gxlt,
+                progress=f"{t.label} test",
             )
         test_seconds = time.perf_counter() - t0
         report_dir = t.dir / "report"
