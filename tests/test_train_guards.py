@@ -280,3 +280,51 @@ def test_no_model_and_no_checkpoint_when_neither_is_asked_for(
     train(None, overrides(data, model, out2, "output.checkpoint_minutes=null", "output.tensorboard=false"))
     assert sorted(p.name for p in (out2 / "baseline").iterdir()) == ["model", "report", "summary.json"]
     assert f"per method {out2}/<method>/{{report/, summary.json, model/}}" in capsys.readouterr().out
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="a host synchronisation exists only with a GPU")
+def test_a_step_with_the_guard_never_synchronises_the_host() -> None:
+    """optimizer_step + observe on CUDA under ``set_sync_debug_mode("error")``: any .item(), bool()
+    or device-to-host copy would raise. A poisoned step is skipped on the device all the same."""
+    from types import SimpleNamespace
+
+    from fastrobust.train.distributed import DistContext
+    from fastrobust.train.engine import TrainEngine
+    from fastrobust.train.guard import DivergenceGuard
+
+    device = torch.device("cuda")
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 2)).to(device)
+    optim = SimpleNamespace(
+        learning_rate=1e-3, weight_decay=0.01, adam_epsilon=1e-8, scheduler="linear", max_grad_norm=1.0
+    )
+    cfg = SimpleNamespace(model=SimpleNamespace(precision="fp32"), optim=optim)
+    dist = DistContext(rank=0, world_size=1, local_rank=0, device=device, deepspeed=False)
+    run = SimpleNamespace(cfg=cfg, dist=dist, accum=1, ds_raw=None, warmup_steps=0, total_steps=100, micro=8)
+    eng = TrainEngine(model, run, backward_calls=1)
+    guard = DivergenceGuard(patience=2, device=device, label="m")
+    x, y = torch.randn(8, 16, device=device), torch.randint(0, 2, (8,), device=device)
+    nan = torch.tensor(float("nan"), device=device)
+
+    def step(poison: bool) -> None:
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        if poison:
+            loss = loss * nan
+        loss.backward()
+        guard.observe(eng.optimizer_step(loss.detach())[1])
+
+    step(False)  # the optimizer allocates its state on the first step
+    torch.cuda.synchronize()
+    before = None
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        step(False)
+        before = [p.detach().clone() for p in model.parameters()]
+        step(True)
+        after_poison = [p.detach().clone() for p in model.parameters()]
+        step(False)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    assert all(torch.equal(a, b) for a, b in zip(before, after_poison))
+    guard.check(4, dist)
+    assert guard.skipped == 1
