@@ -328,3 +328,42 @@ def test_a_step_with_the_guard_never_synchronises_the_host() -> None:
     assert all(torch.equal(a, b) for a, b in zip(before, after_poison))
     guard.check(4, dist)
     assert guard.skipped == 1
+
+
+def test_non_finite_weights_are_never_kept_as_the_best(monkeypatch: pytest.MonkeyPatch) -> None:
+    from types import SimpleNamespace
+
+    from fastrobust.errors import DivergenceError
+    from fastrobust.train import selection
+    from fastrobust.train.distributed import DistContext
+
+    dist = DistContext(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"), deepspeed=False)
+    weights = {"w": torch.ones(3)}
+    monkeypatch.setattr(selection, "dev_accuracy", lambda *a, **k: 0.9)
+    monkeypatch.setattr(selection, "gather_state", lambda *a, **k: {k: v.clone() for k, v in weights.items()})
+    eng = SimpleNamespace(module=None, zero_stage=0, autocast=lambda: None)
+    trainer = SimpleNamespace(dist=dist, step=4, eng=eng, run=None, label="m")
+    sel = selection.DevSelection()
+    sel.evaluate(trainer, writer=None)
+    assert sel.best_step == 4 and torch.equal(sel.best_state["w"], torch.ones(3))
+    weights["w"][1] = float("inf")
+    trainer.step = 8
+    monkeypatch.setattr(selection, "dev_accuracy", lambda *a, **k: 0.95)  # "better", but not finite
+    with pytest.raises(DivergenceError, match="weights at step 8 are not finite"):
+        sel.evaluate(trainer, writer=None)
+    assert sel.best_step == 4 and torch.equal(sel.best_state["w"], torch.ones(3))
+
+
+def test_checkpoints_follow_the_clock(tiny_pawsx: tuple[Path, Path], tmp_path: Path) -> None:
+    from fastrobust.train import checkpoint as ckpt
+    from fastrobust.train import train
+
+    data, model = tiny_pawsx
+    out = tmp_path / "run"
+    # a minute of 60 microseconds: every step is "due"; no step cadence, so no final checkpoint
+    sets = ["optim.max_steps=3", "output.checkpoint_minutes=1e-6", "output.keep_checkpoints=5"]
+    train(None, overrides(data, model, out, *sets))
+    assert [s for s, _ in ckpt.complete_checkpoints(out / "baseline" / "checkpoints")] == [1, 2]
+    out = tmp_path / "never"
+    train(None, overrides(data, model, out, "optim.max_steps=3"))  # 10 minutes: not reached
+    assert not (out / "baseline" / "checkpoints").exists()
