@@ -119,8 +119,15 @@ def test_guard_counts_runs_of_bad_steps_whatever_the_check_cadence() -> None:
         guard.check(11, dist)
 
 
-def test_a_non_finite_step_is_skipped_on_the_device(tiny_pawsx: tuple[Path, Path]) -> None:
-    """Fused AdamW with found_inf: parameters and optimizer state stay as they were."""
+@pytest.mark.parametrize("fused", [False, True])
+def test_a_non_finite_step_is_skipped(
+    tiny_pawsx: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch, fused: bool
+) -> None:
+    """Parameters and optimizer state stay as they were: unfused AdamW (the CPU's) by reading the
+    flag, fused AdamW (CUDA's, forced here on the CPU) by found_inf on the device."""
+    from fastrobust.train import engine
+
+    monkeypatch.setattr(engine, "use_fused", lambda device: fused)
     from types import SimpleNamespace
 
     from transformers import AutoModelForSequenceClassification
@@ -135,6 +142,7 @@ def test_a_non_finite_step_is_skipped_on_the_device(tiny_pawsx: tuple[Path, Path
     dist = DistContext(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"), deepspeed=False)
     run = SimpleNamespace(cfg=cfg, dist=dist, accum=1, ds_raw=None, warmup_steps=0, total_steps=10, micro=2)
     eng = TrainEngine(model, run, backward_calls=1)
+    assert eng.fused == fused and eng.optimizer.param_groups[0]["fused"] == (fused or None)
     ids = torch.tensor([[2, 10, 11, 3], [2, 12, 13, 3]])
 
     def step(poison: bool) -> torch.Tensor:

@@ -120,6 +120,17 @@ def backward_calls(mcfg: Any) -> int:
 # our own trainer's optimizer side
 
 
+def use_fused(device: torch.device) -> bool:
+    """Whether our AdamW is the fused one: on CUDA only.
+
+    Fused AdamW skips a step on the device when told ``found_inf`` (as grad scalers do): how a
+    non-finite step is dropped on a GPU without waiting for the GPU. On the CPU there is nothing to
+    wait for, so the step is skipped by reading the flag, and the optimizer stays the unfused one
+    whose numbers the measured CPU results (README, docs/synthetic.md) were obtained with.
+    """
+    return device.type == "cuda"
+
+
 def total_norm(grads: list[Tensor], device: torch.device) -> Tensor:
     """L2 norm of all gradients together, a 0-d tensor on ``device`` (no synchronisation)."""
     if not grads:
@@ -174,9 +185,7 @@ class TrainEngine:
             )
 
         if run.ds_raw is None:
-            # Fused AdamW (CPU and CUDA) skips a step on the device when told ``found_inf``: how a
-            # non-finite step is dropped without a host synchronisation (see optimizer_step).
-            self.fused = self.device.type in ("cpu", "cuda")
+            self.fused = use_fused(self.device)
             self.optimizer: Any = torch.optim.AdamW(
                 groups, lr=o.learning_rate, eps=o.adam_epsilon, fused=self.fused or None
             )
@@ -255,8 +264,9 @@ class TrainEngine:
 
         Returns ``(grad norm or None, bad)`` where ``bad`` is a 0-d bool device tensor: this step's
         mean loss (over ranks) or gradient norm was not finite. On the plain path such a step is
-        skipped on the device (fused AdamW's ``found_inf``; the scheduler still advances), without
-        a host synchronisation. Under fp16 the grad scaler skips gradient overflows itself (routine:
+        skipped (on CUDA on the device, by fused AdamW's ``found_inf``; the scheduler still advances),
+        without a host synchronisation (on the CPU, with the unfused optimizer, the flag is read: there is
+        no device to wait for). Under fp16 the grad scaler skips gradient overflows itself (routine:
         it lowers the scale), so only a non-finite loss counts as bad there.
         """
         from fastrobust.train.guard import nonfinite
@@ -287,7 +297,7 @@ class TrainEngine:
                     self.optimizer.step()
                 finally:
                     del self.optimizer.found_inf
-            elif not bool(bad):  # no fused optimizer on this device: decide on the host
+            elif not bool(bad):  # unfused (CPU): read the flag; on the CPU that costs no wait
                 self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -324,7 +334,7 @@ class TrainEngine:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.optimizer.load_state_dict(state["optimizer"])
-        for group in self.optimizer.param_groups:  # a checkpoint of an older, unfused optimizer
+        for group in self.optimizer.param_groups:  # a checkpoint written on another device type
             group["fused"] = self.fused or None
             group["foreach"] = None if self.fused else group.get("foreach")
         self.scheduler.load_state_dict(state["scheduler"])

@@ -5,8 +5,9 @@ Counting costs no host synchronisation: :meth:`DivergenceGuard.observe` only upd
 tensors (run length ``r <- (r + 1) * bad``, its maximum, the total). The host reads them in
 :meth:`DivergenceGuard.check`, called where the loop synchronises anyway (logged steps, dev
 evaluation, checkpoints, the end). Because the maximum run length is kept, the decision does not
-depend on how often ``check`` runs. The step itself is skipped by the optimizer on the device
-(fused AdamW's ``found_inf``, as mixed-precision grad scalers do; see :mod:`.engine`).
+depend on how often ``check`` runs. The step itself is skipped by the optimizer on the device on
+CUDA (fused AdamW's ``found_inf``, as mixed-precision grad scalers do), by reading the flag on the
+CPU, where there is no device to wait for (see :mod:`.engine`).
 
 Every rank takes the same decision: on the plain multi-process path the loss flag travels with the
 gradient all-reduce, so all ranks see the same flags; :meth:`check` also takes the maximum over
