@@ -158,10 +158,32 @@ def test_new_seed_does_not_recompile(device):
     assert compiled_variants() == before
 
 
-def test_zero_size_inputs(device):
-    x = torch.empty(0, 4, 8, device=device)
-    assert ops.add_noise(x, 1.0, seed=1).shape == (0, 4, 8)
-    assert ops.noisy_copies(x, 2, 1.0, seed=1).shape == (2, 0, 4, 8)
-    assert ops.pgd_init(x, 1.0, seed=1).shape == (0, 4, 8)
-    new, nxt = ops.pgd_step(x, x, step_size=0.1, epsilon=1.0, embeds=x)
-    assert new.shape == nxt.shape == (0, 4, 8)
+@pytest.mark.parametrize("seed_dtype", [torch.int64, torch.int32])
+def test_device_seed_is_the_int_seed_stream(device, seed_dtype):
+    """A seed tensor is loaded by the kernel (SEED_FROM_PTR): the same bits as the int seed."""
+    x = torch.randn(2, 5, 24, device=device)
+    mask = make_mask(2, 5, device=device)
+    seed_t = torch.tensor([2**31 - 2], device=device, dtype=seed_dtype)
+    for fn in (
+        lambda s: ops.add_noise(x, 0.5, seed=s, mask=mask),
+        lambda s: ops.noisy_copies(x, 2, 0.5, seed=s, distribution="uniform"),
+        lambda s: ops.pgd_init(x, 0.5, seed=s, mask=mask, next_input=True)[1],
+    ):
+        assert torch.equal(fn(2**31 - 2), fn(seed_t))
+
+
+def test_seed_none_is_a_device_draw_of_the_default_generator(device):
+    """seed=None is exactly: draw torch.randint(0, 2**31 - 1, (1,)) on the tensors' device (an
+    ordinary torch RNG op: captured by CUDA graphs, reproduced by torch.manual_seed), then
+    let the kernel load it."""
+    x = torch.randn(2, 5, 24, device=device)
+    for fn in (
+        lambda s: ops.add_noise(x, 0.5, seed=s),
+        lambda s: ops.pgd_init(x, 0.5, seed=s, norm="linf"),
+    ):
+        torch.manual_seed(5)
+        drawn = fn(None)
+        torch.manual_seed(5)
+        seed = torch.randint(0, 2**31 - 1, (1,), device=device)
+        assert torch.equal(drawn, fn(seed))
+        assert not torch.equal(drawn, fn(None))  # the generator moved on
