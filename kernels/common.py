@@ -31,10 +31,12 @@ def _probe_kernel(x_ptr):
 INTERPRETED: bool = type(_probe_kernel).__name__ == "InterpretedFunction"
 
 
-# Elements per program and loop trip. GPU values are untuned (no GPU was available when they
-# were chosen): they keep every kernel at <= ~100 registers per thread on sm_90 with 4 warps
-# (ptxas -v of the compiled kernels, no spills), leaving room for several programs per SM.
-# The interpreter pays per program and per op, not per element: big tiles there.
+# Elements per program and loop trip of the PGD reduction (the noise kernel and the PGD update
+# size their tiles from the register layout, see their launchers). GPU values are untuned (no
+# GPU was available when they were chosen): every kernel stays at <= ~64 registers per thread
+# on sm_90 with 4 warps (ptxas -v, no spills; tests/test_kernels_compile.py), leaving room for
+# several programs per SM. The interpreter pays per program and per op, not per element: big
+# tiles there.
 GPU_TILE = 1024
 INTERPRETER_TILE = 1 << 16
 
@@ -105,17 +107,6 @@ def pick_rows(n_rows: int, per_row: int, target: Target) -> int:
     if target.interpreted:
         rows = min(rows, next_pow2(n_rows))
     return rows
-
-
-def warps_for(tile: int, target: Target) -> int:
-    """Warps for an elementwise/reduction tile of ``tile`` elements (1 in the interpreter)."""
-    if target.interpreted:
-        return 1
-    if tile >= 4096:
-        return 8
-    if tile >= 1024:
-        return 4
-    return 2
 
 
 def env_true(name: str) -> bool:

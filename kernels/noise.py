@@ -47,10 +47,10 @@ from fastrobust.kernels.common import (
     rows_view,
     run,
     target_for,
-    warps_for,
 )
 
 PRECISE_ENV = "FASTROBUST_PRECISE_NOISE"
+NOISE_WARPS = 4
 
 
 @triton.jit
@@ -108,9 +108,9 @@ def _unit_noise(seed, counter, GAUSSIAN: tl.constexpr, FAST_MATH: tl.constexpr):
 
 @triton.jit
 def _load_tile(x_ptr, in_row, col, ok, HAS_X: tl.constexpr):
-    """x[rows, col] in fp32 (zeros when there is no x: pgd_init)."""
+    """x[rows, col] in fp32 (zeros when there is no x: pgd_init); col is a (1, BLOCK_Q) tile."""
     if HAS_X:
-        tile = tl.load(x_ptr + in_row[:, None] + col[None, :], mask=ok, other=0.0).to(tl.float32)
+        tile = tl.load(x_ptr + in_row[:, None] + col, mask=ok, other=0.0).to(tl.float32)
     else:
         tile = tl.zeros(ok.shape, dtype=tl.float32)
     return tile
@@ -122,12 +122,17 @@ def _store_tile(out_ptr, noise_ptr, out_row, col, ok, x, noise, WRITE_NOISE: tl.
     noise, so that out equals ``x + noise_out`` computed by torch exactly."""
     if WRITE_NOISE:
         noise = noise.to(noise_ptr.dtype.element_ty)
-        tl.store(noise_ptr + out_row[:, None] + col[None, :], noise, mask=ok)
+        tl.store(noise_ptr + out_row[:, None] + col, noise, mask=ok)
         noise = noise.to(tl.float32)
-    tl.store(out_ptr + out_row[:, None] + col[None, :], (x + noise).to(out_ptr.dtype.element_ty), mask=ok)
+    tl.store(out_ptr + out_row[:, None] + col, (x + noise).to(out_ptr.dtype.element_ty), mask=ok)
 
 
-@triton.jit(do_not_specialize=["seed", "n_rows", "n_row_blocks", "n_copies", "copies_per_program", "seq_len"])
+# Lengths are not specialised (any L reuses the kernel); nor is the alignment of the small
+# per-row / per-example buffers (a sliced mask must not double the variants).
+@triton.jit(
+    do_not_specialize=["seed", "n_rows", "n_row_blocks", "n_copies", "copies_per_program", "seq_len"],
+    do_not_specialize_on_alignment=["sigma_ptr", "mask_ptr", "seed_ptr"],
+)
 def _noise_kernel(
     x_ptr,
     out_ptr,
@@ -186,16 +191,18 @@ def _noise_kernel(
     live = tl.max(tl.where(scale != 0.0, 1, 0), axis=0) > 0
     in_row = b.to(tl.int64) * stride_b + pos.to(tl.int64) * stride_l
     for q0 in range(0, quarter, BLOCK_Q):
-        j = q0 + tl.arange(0, BLOCK_Q)
-        base_ok = row_ok[:, None] & (j < quarter)[None, :]
+        # Column indices as (1, BLOCK_Q) tiles from the start: index arithmetic on 1-D vectors
+        # would get a 1-D layout and need a layout conversion when broadcast.
+        j = q0 + tl.arange(0, BLOCK_Q)[None, :]
+        base_ok = row_ok[:, None] & (j < quarter)
         col0 = j
         col1 = j + quarter
         col2 = j + 2 * quarter
         col3 = j + 3 * quarter
-        ok0 = base_ok & (col0 < hidden)[None, :]
-        ok1 = base_ok & (col1 < hidden)[None, :]
-        ok2 = base_ok & (col2 < hidden)[None, :]
-        ok3 = base_ok & (col3 < hidden)[None, :]
+        ok0 = base_ok & (col0 < hidden)
+        ok1 = base_ok & (col1 < hidden)
+        ok2 = base_ok & (col2 < hidden)
+        ok3 = base_ok & (col3 < hidden)
         x0 = _load_tile(x_ptr, in_row, col0, ok0, HAS_X)
         x1 = _load_tile(x_ptr, in_row, col1, ok1, HAS_X)
         x2 = _load_tile(x_ptr, in_row, col2, ok2, HAS_X)
@@ -205,9 +212,9 @@ def _noise_kernel(
             out_row = global_row * hidden
             if live:
                 if WIDE_COUNTER:
-                    counter = (global_row * quarter)[:, None] + j[None, :]
+                    counter = (global_row * quarter)[:, None] + j
                 else:
-                    counter = (global_row.to(tl.int32) * quarter)[:, None] + j[None, :]
+                    counter = (global_row.to(tl.int32) * quarter)[:, None] + j
                 z0, z1, z2, z3 = _unit_noise(seed, counter, GAUSSIAN, FAST_MATH)
                 s = scale[:, None]
                 n0 = s * z0
@@ -272,10 +279,16 @@ def noise_launches(
     per_example = isinstance(sigma, Tensor)
     from_ptr = isinstance(seed, Tensor)
     if block_q is None:
-        block_q = pick_column_block(quarter, target, cap=256)
+        block_q = pick_column_block(quarter, target, cap=64)
     if block_r is None:
-        # One program: BLOCK_R rows x 4 * BLOCK_Q columns per loop trip.
+        # One program: BLOCK_R rows x 4 * BLOCK_Q columns per loop trip. On a GPU each quarter
+        # tile holds one element per thread (BLOCK_R * BLOCK_Q = 32 * NOISE_WARPS): then the
+        # loads, the Philox/Box-Muller arithmetic and the stores share one register layout and
+        # the compiler inserts no layout conversion (a wider tile gets vectorised loads in one
+        # layout and the random-number arithmetic in another, converted through shared memory).
         block_r = pick_rows(n_rows, 4 * block_q, target)
+        if not target.interpreted:
+            block_r = max(1, 32 * NOISE_WARPS // block_q)
     wide = force_wide or copies * n_rows * quarter >= 2**31 - 1
     n_row_blocks = triton.cdiv(n_rows, block_r)
     if copies_per_program is None:
@@ -312,7 +325,7 @@ def noise_launches(
         BLOCK_R=block_r,
         BLOCK_Q=block_q,
     )
-    warps = warps_for(block_r * 4 * block_q, target)
+    warps = 1 if target.interpreted else NOISE_WARPS
     return [Launch(_noise_kernel, (n_row_blocks * n_groups,), args, constexprs, warps)]
 
 

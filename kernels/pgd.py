@@ -47,7 +47,6 @@ from fastrobust.kernels.common import (
     rows_view,
     run,
     target_for,
-    warps_for,
 )
 from fastrobust.kernels.noise import noise_launches
 
@@ -55,9 +54,13 @@ FLT_MAX = tl.constexpr(3.4028234663852886e38)
 MAX_SPLIT = 64  # programs per example in pass 1
 SPLIT_BLOCK = 16  # partials summed per loop trip in pass 2
 L2_SHARE = 3  # d and g of one chunk may take up to 1/L2_SHARE of the L2 cache
+PGD_WARPS = 4
 
 
-@triton.jit(do_not_specialize=["seq_len", "rows_per_split", "n_split"])
+@triton.jit(
+    do_not_specialize=["seq_len", "rows_per_split", "n_split"],
+    do_not_specialize_on_alignment=["mask_ptr", "partial_ptr"],
+)
 def _pgd_reduce_kernel(
     delta_ptr,
     grad_ptr,
@@ -114,7 +117,10 @@ def _pgd_reduce_kernel(
     tl.store(out + 2 * n_split, tl.sum(tl.sum(acc_dd, axis=1), axis=0))
 
 
-@triton.jit(do_not_specialize=["n_rows", "seq_len", "n_split"])
+@triton.jit(
+    do_not_specialize=["n_rows", "seq_len", "n_split"],
+    do_not_specialize_on_alignment=["mask_ptr", "partial_ptr"],
+)
 def _pgd_update_kernel(
     delta_ptr,
     grad_ptr,
@@ -159,9 +165,9 @@ def _pgd_update_kernel(
         dg = tl.zeros([BLOCK_R], dtype=tl.float32)
         dd = tl.zeros([BLOCK_R], dtype=tl.float32)
         for s0 in range(0, n_split, SPLIT_BLOCK):
-            s = s0 + tl.arange(0, SPLIT_BLOCK)
-            p_ok = row_ok[:, None] & (s < n_split)[None, :]
-            p_base = partial_ptr + b[:, None] * (3 * n_split) + s[None, :]
+            s = s0 + tl.arange(0, SPLIT_BLOCK)[None, :]  # 2-D from the start: no layout change
+            p_ok = row_ok[:, None] & (s < n_split)
+            p_base = partial_ptr + b[:, None] * (3 * n_split) + s
             gg += tl.sum(tl.load(p_base, mask=p_ok, other=0.0), axis=1)
             if HAS_DELTA:
                 dg += tl.sum(tl.load(p_base + n_split, mask=p_ok, other=0.0), axis=1)
@@ -272,6 +278,12 @@ def step_launches(
         block_h = pick_column_block(hidden, target, cap=256)
     if block_r is None:
         block_r = pick_rows(n_rows, block_h, target)
+        if not target.interpreted:
+            # 16 bytes of the widest tensor per thread: every load and store gets a 128-bit (or
+            # narrower) vector in one common register layout, so the tile never goes through
+            # shared memory for a layout conversion (fp32 d' with bf16 g and e: 4 per thread).
+            widest = max(t.element_size() for t in (delta, grad, embeds, new_delta, nxt) if t is not None)
+            block_r = max(1, (32 * PGD_WARPS * (16 // widest)) // block_h)
     if chunk_examples is None:
         chunk_examples = _chunk_examples(target, delta, grad, linf)
     launches = []
@@ -313,7 +325,7 @@ def step_launches(
                     ),
                     dict(HAS_DELTA=c_delta is not None, HAS_MASK=c_mask is not None, BLOCK_R=red_block_r,
                          BLOCK_H=block_h),
-                    warps_for(red_block_r * block_h, target),
+                    1 if target.interpreted else PGD_WARPS,
                 )
             )  # fmt: skip
         e_arg = c_embeds if c_embeds is not None else c_grad
@@ -345,7 +357,7 @@ def step_launches(
                 dict(LINF=linf, HAS_EPS=epsilon is not None, HAS_MASK=c_mask is not None,
                      HAS_DELTA=c_delta is not None, HAS_EMBEDS=c_embeds is not None, SPLIT_BLOCK=SPLIT_BLOCK,
                      BLOCK_R=block_r, BLOCK_H=block_h),
-                warps_for(block_r * block_h, target),
+                1 if target.interpreted else PGD_WARPS,
             )
         )  # fmt: skip
     return launches
