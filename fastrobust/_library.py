@@ -13,10 +13,12 @@ shapes), and have their autograd formula registered here:
 
 Each op is a pure function of its inputs. Random ops receive their seed as an input: an
 int (a host scalar: the same noise at every CUDA-graph replay), or a one-element integer
-tensor (the kernels load it on the device). With ``seed_drawn`` the tensor was just drawn
-from torch's default generator by :mod:`fastrobust.ops` (so two calls never share it and are
-never merged by a compiler's common-subexpression pass); the torch reference then draws its
-noise from that generator directly instead of reading the tensor on the host.
+tensor (the kernels load it on the device). ``seed_drawn`` means seed=None: under
+torch.compile :mod:`fastrobust.ops` draws the seed tensor from torch's default generator in
+the traced code, so two calls never share an input and a compiler's common-subexpression pass
+never merges them; eager calls pass no tensor and the implementation draws it for the
+kernels. The torch reference draws its noise from the default generator directly instead
+of reading a seed on the host.
 
 The backend (``FASTROBUST_BACKEND``, see :mod:`fastrobust.dispatch`) is chosen inside the op
 at run time: changing it takes effect at the next call of a compiled graph too. Triton
@@ -32,14 +34,22 @@ from torch import Tensor
 
 from fastrobust import reference as _ref
 from fastrobust.dispatch import backend_for
+from fastrobust.validation import SEED_HIGH
 
 # torch.library infers the schema from the annotations, which must be typing.Optional.
 # ruff: noqa: UP045
 
 
-def _seed(backend: str, seed: int, seed_t: Optional[Tensor], seed_drawn: bool):
-    """The seed in the form the chosen backend takes (None: torch's default generator)."""
+def _seed(backend: str, seed: int, seed_t: Optional[Tensor], seed_drawn: bool, like: Tensor):
+    """The seed in the form the chosen backend takes (None: torch's default generator).
+
+    A drawn seed that was not drawn yet (eager calls defer the draw to here, where the
+    backend is known) is drawn on the device for the kernels; the torch path draws its
+    noise from the default generator itself.
+    """
     if backend == "triton":
+        if seed_drawn and seed_t is None:
+            return torch.randint(0, SEED_HIGH, (1,), device=like.device)
         return seed_t if seed_t is not None else seed
     if seed_drawn:
         return None
@@ -51,7 +61,7 @@ def noise_impl(embeds, sigma, sigma_t, seed, seed_t, seed_drawn, gaussian, mask,
     backend = backend_for(embeds)
     sig = sigma_t if sigma_t is not None else sigma
     distribution = "gaussian" if gaussian else "uniform"
-    s = _seed(backend, seed, seed_t, seed_drawn)
+    s = _seed(backend, seed, seed_t, seed_drawn, embeds)
     if backend == "triton":
         from fastrobust.kernels import noise
 
@@ -63,7 +73,7 @@ def init_impl(embeds, epsilon, linf, mask, seed, seed_t, seed_drawn, next_input)
     """pgd_init's (delta, embeds + delta or an empty tensor) on the backend chosen now."""
     backend = backend_for(embeds)
     norm = "linf" if linf else "l2"
-    s = _seed(backend, seed, seed_t, seed_drawn)
+    s = _seed(backend, seed, seed_t, seed_drawn, embeds)
     if backend == "triton":
         from fastrobust.kernels import pgd
 

@@ -29,7 +29,12 @@ Why fused: in eager PyTorch each touch of the embeddings is several full passes 
 (B, L, H) tensor (draw noise, scale, mask, add; or norm, divide, add, norm, rescale, add).
 The noise kernel reads x and writes x + noise once, generating the noise in registers from
 (seed, element offset) with Philox; the PGD step is one per-example reduction over
-(g, d) followed by one elementwise pass that writes d' and embeds + d'.
+(g, d) followed by one elementwise pass that writes d' and embeds + d'. On a GPU the
+Gaussian noise's Box-Muller transform uses the PTX approximations of log2/sin/cos
+(errors ~1e-6, far below what a statistical test of the noise can see);
+``FASTROBUST_PRECISE_NOISE=1`` (read at each launch) selects libdevice's precise functions.
+Compiled kernels depend on dtypes and feature flags only, never on the sequence length, so
+dynamically padded batches do not trigger recompilation.
 
 torch.compile, CUDA graphs, devices. The four ops are registered as torch custom ops
 (``torch.ops.fastrobust.*``, see :mod:`fastrobust._library`) with shape-only fake
@@ -83,14 +88,19 @@ def _sigma(sigma: float | Tensor) -> tuple[float, Tensor | None]:
     return (0.0, sigma) if isinstance(sigma, Tensor) else (sigma, None)
 
 
-def _seed(seed: int | Tensor | None, like: Tensor) -> tuple[int, Tensor | None, bool]:
+def _seed(seed: int | Tensor | None, like: Tensor, registered: bool) -> tuple[int, Tensor | None, bool]:
     """(host seed, seed tensor, drawn) for the custom ops.
 
     seed=None: a fresh draw of torch's default generator on the tensors' device. It is an
     ordinary torch RNG op, so torch.compile keeps it in the graph, CUDA graphs advance it at
-    every replay, and torch.manual_seed reproduces it.
+    every replay, and torch.manual_seed reproduces it. It is drawn here for the registered
+    op, whose output then depends on its inputs only (a compiler may merge two calls of an
+    op with equal inputs); an eager call leaves the draw to the implementation, which skips
+    it on the torch path (that path draws its noise from the same generator directly).
     """
     if seed is None:
+        if not registered:
+            return 0, None, True
         return 0, torch.randint(0, _v.SEED_HIGH, (1,), device=like.device), True
     if isinstance(seed, Tensor):
         return 0, seed, False
@@ -125,8 +135,9 @@ def add_noise(
     identity; nothing is stored for backward.
     """
     embeds, sigma, seed, distribution, mask = _v.noise_args(embeds, sigma, seed, distribution, mask)
-    args = (embeds, *_sigma(sigma), *_seed(seed, embeds), distribution == "gaussian", mask)
-    if _registered(embeds):
+    registered = _registered(embeds)
+    args = (embeds, *_sigma(sigma), *_seed(seed, embeds, registered), distribution == "gaussian", mask)
+    if registered:
         return _lib.add_noise(*args)
     return _lib.EagerNoise.apply(*args, None)
 
@@ -149,8 +160,9 @@ def noisy_copies(
     """
     embeds, sigma, seed, distribution, mask = _v.noise_args(embeds, sigma, seed, distribution, mask)
     n = _v.copies_arg(n)
-    args = (*_sigma(sigma), *_seed(seed, embeds), distribution == "gaussian", mask)
-    if _registered(embeds):
+    registered = _registered(embeds)
+    args = (*_sigma(sigma), *_seed(seed, embeds, registered), distribution == "gaussian", mask)
+    if registered:
         return _lib.noisy_copies(embeds, n, *args)
     return _lib.EagerNoise.apply(embeds, *args, n)
 
@@ -179,8 +191,9 @@ def pgd_init(
     embeds, epsilon, norm, mask, seed, next_input = _v.init_args(
         embeds, epsilon, norm, mask, seed, next_input
     )
-    args = (embeds, epsilon, norm == "linf", mask, *_seed(seed, embeds), next_input)
-    delta, nxt = (_lib.pgd_init if _registered(embeds) else _lib.EagerInit.apply)(*args)
+    registered = _registered(embeds)
+    args = (embeds, epsilon, norm == "linf", mask, *_seed(seed, embeds, registered), next_input)
+    delta, nxt = (_lib.pgd_init if registered else _lib.EagerInit.apply)(*args)
     return (delta, nxt) if next_input else delta
 
 

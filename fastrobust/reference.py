@@ -157,7 +157,7 @@ def step(delta, grad, step_size, epsilon, norm, mask, embeds):
         finite_rows = torch.isfinite(row_g2)
         # Rows with a NaN/inf gradient (padding, or an example that will be skipped) must not
         # meet a multiplication: 0 * NaN is NaN. Zero them; on CPU only when there are any.
-        if not _v._may_inspect(g) or not bool(finite_rows.all()):
+        if not _v.host_readable(g) or not bool(finite_rows.all()):
             g = torch.where(finite_rows.unsqueeze(-1), g, 0.0)
         g2 = (row_g2 if keep is None else torch.where(keep, row_g2, 0.0)).sum(1)
         ok = torch.isfinite(g2) & (g2 > 0)  # not ok: zero or non-finite gradient, no step

@@ -27,7 +27,7 @@ KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _DTYPES = (*KERNEL_DTYPES, torch.float64)
 
 
-def _may_inspect(t: Tensor) -> bool:
+def host_readable(t: Tensor) -> bool:
     """Whether reading a tensor value on the host is free: a CPU tensor outside torch.compile."""
     return t.device.type == "cpu" and not torch.compiler.is_compiling()
 
@@ -104,7 +104,7 @@ def sigma_arg(sigma: object, embeds: Tensor) -> float | Tensor:
         if sigma.dim() != 1 or sigma.shape[0] != batch:
             raise FastrobustError(f"sigma tensor must have shape (B,) = ({batch},), got {tuple(sigma.shape)}")
         same_device("sigma", sigma, "embeds", embeds)
-        if _may_inspect(sigma) and not bool(((sigma >= 0) & torch.isfinite(sigma)).all()):
+        if host_readable(sigma) and not bool(((sigma >= 0) & torch.isfinite(sigma)).all()):
             raise FastrobustError("sigma must be finite and >= 0 for every example")
         return sigma
     return nonneg("sigma", sigma)

@@ -296,13 +296,16 @@ def test_cuda_graph_replays_draw_fresh_noise(monkeypatch):
         assert not torch.equal(outs[0], outs[1])
         for o in outs:
             assert _distribution_ok(o.flatten().double().cpu().numpy(), law)
-    # torch.manual_seed reproduces a captured graph's draws
-    torch.manual_seed(3)
+    # torch.manual_seed reproduces a captured graph's draws (a replay reads the generator's
+    # seed and offset at replay time)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         out = ops.add_noise(x, 1.0)
+    torch.manual_seed(3)
     graph.replay()
     first = out.clone()
+    graph.replay()
+    assert not torch.equal(out, first)
     torch.manual_seed(3)
     graph.replay()
     assert torch.equal(out, first)
