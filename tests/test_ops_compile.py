@@ -79,8 +79,10 @@ def _check_bert_with_noise_hook(device, backend):
                     losses.append(out.loss.detach())
                 runs.append((torch.stack(losses), model.get_input_embeddings().weight.grad.clone()))
     (c_loss, c_grad), (e_loss, e_grad) = runs
-    torch.testing.assert_close(c_loss, e_loss, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(c_grad, e_grad, rtol=1e-4, atol=1e-6)
+    # aot_eager runs the same aten kernels as eager; inductor fuses and reorders reductions.
+    rtol, atol = (1e-5, 1e-6) if backend == "aot_eager" else (1e-3, 1e-5)
+    torch.testing.assert_close(c_loss, e_loss, rtol=rtol, atol=atol)
+    torch.testing.assert_close(c_grad, e_grad, rtol=10 * rtol, atol=atol)
     assert c_loss[0] != c_loss[1]  # a new seed at every forward
     assert c_grad.abs().sum() > 0  # the embedding table is trained through the noise
     # seed=None: torch.manual_seed reproduces the compiled run, and the noise is really there
@@ -95,7 +97,6 @@ def _check_bert_with_noise_hook(device, backend):
     assert not torch.allclose(a[0], clean)
 
 
-@pytest.mark.slow
 def test_compiled_bert_with_noise_hook_has_no_graph_break():
     """A compiled tiny BERT (fullgraph) with the noise hook: forward + compiled backward."""
     _check_bert_with_noise_hook(torch.device("cpu"), "aot_eager")
@@ -137,8 +138,8 @@ def _check_pgd_and_freelb_steps(device, backend):
     new, x, loss = pgd(model, batch, base, delta, grad, mask)
     (g,) = torch.autograd.grad(loss, base)
     want_new, want_x = ops.pgd_step(delta, grad, step_size=0.2, epsilon=0.5, mask=mask, embeds=embeds)
-    torch.testing.assert_close(new, want_new)
-    torch.testing.assert_close(x, want_x)
+    torch.testing.assert_close(new, want_new, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(x, want_x, rtol=1e-5, atol=1e-6)
     assert g.abs().sum() > 0 and not new.requires_grad
 
     # FreeLB reads the delta gradient as x.grad of the model's input x = e + d': compiled as a
@@ -154,7 +155,6 @@ def _check_pgd_and_freelb_steps(device, backend):
     torch.testing.assert_close(new, ops.pgd_step(None, grad, step_size=0.2, epsilon=0.5, mask=mask))
 
 
-@pytest.mark.slow
 def test_compiled_pgd_and_freelb_inner_steps_have_no_graph_break():
     _check_pgd_and_freelb_steps(torch.device("cpu"), "aot_eager")
 
