@@ -286,14 +286,13 @@ def rsda_epoch_cost(n: int = 2048, seed: int = 0) -> dict:
     tokenises once per run). Synthetic PAWS-like pairs of 12-25 words from a 3,000-word vocabulary
     in which every third word has two synonyms; a Unigram tokenizer (XLM-R's kind) trained on
     them with ``tokenizers``. Runs on the CPU, like the trainer's data pipeline."""
+    import datasets
     from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
     from fastrobust.data import encode_dataset
     from fastrobust.data.xtreme import pairs_dataset
     from fastrobust.methods.synonyms import SynonymTable, augment_dataset
-
-    import datasets
 
     datasets.disable_progress_bars()  # as the trainer: no progress bars in the measurement
     rng = random.Random(seed)
