@@ -75,10 +75,13 @@ GPU_OPS: dict[str, dict] = {
     "pgd_step_linf": {"kind": "step", "norm": "linf", "embeds": False},
     "pgd_step_l2+e_from0": {"kind": "step", "norm": "l2", "embeds": True, "zero": True},
 }
-# Ops whose compiled baseline is a target ("PGD step >= torch.compile"): compiled per shape
-# (dynamic=False), the strongest baseline inductor offers. The others are compiled once per
-# dtype with dynamic shapes (dynamic=True) to keep ~40 static compiles (~2-3 s each) out of the
-# run; they are information, not targets.
+# Why not every op static: ~50 static graphs (ops x shapes x dtypes) at ~2-3 s of compilation each
+# would not fit the few minutes of GPU time a run gets. The steps with embeds decide the target
+# "PGD step >= torch.compile", so they get one static graph per shape (dynamic=False), the
+# strongest baseline inductor offers; the other steps get one graph per dtype with dynamic
+# shapes (mark-dynamic B and L; a memory-bound elementwise-plus-reduction graph loses little by
+# it); the noise/init ops, whose targets do not involve torch.compile, are compiled only with
+# --compile-mode all (their compiled twin draws from torch's global RNG, see _noise_math).
 STATIC_COMPILE_OPS = ("pgd_step_l2+e", "pgd_step_linf+e")
 TARGET_NOTE = (
     "Targets (issue 12): add_noise / noisy_copies >= 85 % of the same-shape copy bandwidth and >= 3x "
@@ -157,7 +160,7 @@ def providers_for(case: Case, *, compile_mode: str, triton: bool) -> list[str]:
     if case.spec["kind"] == "copy":
         return ["torch"]
     out = ["eager"]
-    if compile_mode != "off":
+    if compile_kind(case.op, compile_mode) is not None:
         out.append("compile")
     if triton:
         out.append("triton")
@@ -171,10 +174,9 @@ def gpu_cases(
     masks: Iterable[str],
     features: Features,
 ) -> list[Case]:
-    """The grid, most important first: the target ops on full masks, then the rest (so that a
-    run cut short by its time budget still has the rows that decide the targets)."""
+    """The grid, most important first: the primary cases (see :func:`is_primary`), then the rest
+    (so that a run cut short by its time budget still has the rows that decide the targets)."""
     ops_ = [o for o in ops_ if not (GPU_OPS[o].get("zero") and not features.step_from_zero)]
-    first = ("copy", "add_noise", "pgd_step_l2+e", "pgd_step_linf+e")
     cases = []
     for tier in (0, 1):
         for shape in shapes:
@@ -183,10 +185,16 @@ def gpu_cases(
                     for op in ops_:
                         if op == "copy" and mask != "full":
                             continue  # the copy does not look at the mask
-                        important = op in first and mask == "full"
-                        if important == (tier == 0):
-                            cases.append(Case(op, tuple(shape), dtype, mask))
+                        case = Case(op, tuple(shape), dtype, mask)
+                        if is_primary(case) == (tier == 0):
+                            cases.append(case)
     return cases
+
+
+def is_primary(case: Case) -> bool:
+    """The copy, add_noise and the two PGD steps with embeds, every token real: the rows the
+    targets are first judged on."""
+    return case.op in ("copy", "add_noise", "pgd_step_l2+e", "pgd_step_linf+e") and case.mask == "full"
 
 
 @dataclass
@@ -320,11 +328,20 @@ def _compiled(fn: Callable, dynamic: bool) -> Callable:
 
 
 def compile_kind(op: str, compile_mode: str) -> str | None:
-    """ "static" or "dynamic" for the compiled provider of ``op`` under ``compile_mode``."""
-    if compile_mode == "off":
+    """ "static", "dynamic" or None (not compiled) for ``op`` under ``compile_mode``:
+
+    * ``targets`` (default): only the ops whose target involves torch.compile (the PGD steps):
+      static graphs per shape for the steps with embeds, dynamic shapes for the other steps;
+    * ``all``: as ``targets``, and the noise / init ops with dynamic shapes;
+    * ``static`` / ``dynamic``: every op so; ``off``: none.
+    """
+    kind = GPU_OPS[op]["kind"]
+    if compile_mode == "off" or kind == "copy":
         return None
     if compile_mode in ("static", "dynamic"):
         return compile_mode
+    if compile_mode == "targets" and kind != "step":
+        return None
     return "static" if op in STATIC_COMPILE_OPS else "dynamic"
 
 
@@ -604,10 +621,10 @@ def run_grid(
 ) -> int:
     """Measures ``cases`` and emits one dict per record; returns the number of error records.
 
-    One pass per timer, the cases in order (most important first); the graph pass measures
-    triton and compile for every case before eager (whose noise ops use a private
-    torch.Generator that CUDA-graph capture may refuse). No new case starts after ``budget_s``
-    seconds: a "budget" record lists what was not run.
+    The primary cases first (events, then graph), then the others alike; each graph pass
+    measures triton and compile before eager (whose noise ops use a private torch.Generator
+    that CUDA-graph capture may refuse). No new case starts after ``budget_s`` seconds: a
+    "budget" record lists what was not run.
     """
     restore = raise_recompile_limits()
     meta = run_meta(run, timers)
@@ -618,22 +635,24 @@ def run_grid(
     emit(meta)
     start = time.perf_counter()
     errors = 0
-    passes: list[tuple[str, tuple[str, ...] | None]] = []
-    for timer in timers:
-        if timer == "graph":
-            passes += [("graph", ("torch", "triton", "compile")), ("graph", ("eager",))]
-        else:
-            passes.append((timer, None))
+    passes: list[tuple[list[Case], str, tuple[str, ...] | None]] = []
+    for tier in (True, False):
+        group = [c for c in cases if is_primary(c) == tier]
+        for timer in timers:
+            if timer == "graph":
+                passes += [(group, "graph", ("torch", "triton", "compile")), (group, "graph", ("eager",))]
+            else:
+                passes.append((group, timer, None))
     try:
-        for k, (timer, providers) in enumerate(passes):
-            for n, case in enumerate(cases):
+        for group, timer, providers in passes:
+            for n, case in enumerate(group):
                 if time.perf_counter() - start > budget_s:
-                    rest = [c.key for c in cases[n:]]
+                    rest = [c.key for c in group[n:]]
                     emit({"kind": "budget", "timer": timer, "not_run": rest, "budget_s": budget_s})
                     break
                 t0 = time.perf_counter()
                 try:
-                    recs = measure_case(case, run, timer, providers=providers, check=k == 0)
+                    recs = measure_case(case, run, timer, providers=providers, check=timer != "graph")
                 except Exception as exc:  # the CUDA context is gone: nothing more can be measured
                     emit({"kind": "abort", "case": case.key, "timer": timer, "error": _error(exc)})
                     return errors + 1

@@ -278,9 +278,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--timers", type=_csv(["events", "graph"]), default=["events", "graph"])
     p.add_argument(
         "--compile-mode",
-        choices=["targets", "static", "dynamic", "off"],
+        choices=["targets", "all", "static", "dynamic", "off"],
         default=None,
-        help="targets (default): static graphs for the pgd_step ops with embeds, dynamic shapes elsewhere",
+        help="targets (default): the pgd_step ops only (static graphs per shape with embeds, dynamic "
+        "shapes without); all: also the noise/init ops (dynamic)",
     )
     p.add_argument("--budget-s", type=float, default=150.0, help="start no new case after this many seconds")
     args = p.parse_args(argv)

@@ -15,7 +15,7 @@
 # Environment:
 #   OUT        output folder (the device tool sets it; default ./.gpu_out). At most 8 files land
 #              there: tests.log ops.log ops.jsonl train.log train.jsonl ds.log ds.json summary.md
-#   BUDGET_S   wall seconds for all stages together (default 470); a stage gets
+#   BUDGET_S   wall seconds for all stages together (default 460); a stage gets
 #              min(its own cap, what is left - 15 s) and is skipped with less than 20 s left
 #   RUN_CPU=1  plumbing check on a machine without a GPU: tiny sizes, Triton through the
 #              interpreter, DeepSpeed on CPU, tests collected but not run
@@ -27,7 +27,7 @@ REPO=$PWD
 export OUT=${OUT:-$REPO/.gpu_out}
 export PY=${PYTHON:-python3}
 export RUN_CPU=${RUN_CPU:-0}
-BUDGET_S=${BUDGET_S:-470}
+BUDGET_S=${BUDGET_S:-460}
 START=$(date +%s)
 DEADLINE=$((START + BUDGET_S))
 mkdir -p "$OUT"
@@ -120,7 +120,7 @@ stage_ops() {
     TRITON_INTERPRET=1 "$PY" benchmarks/bench_ops.py --smoke --shapes 2x8x32 \
       --ops copy,add_noise,noisy_copies_n4,pgd_init,pgd_step_l2+e,pgd_step_linf --out "$OUT/ops.jsonl"
   else
-    "$PY" benchmarks/bench_ops.py --out "$OUT/ops.jsonl" --budget-s "${OPS_BUDGET_S:-95}"
+    "$PY" benchmarks/bench_ops.py --out "$OUT/ops.jsonl" --budget-s "${OPS_BUDGET_S:-90}"
   fi
 }
 
@@ -128,7 +128,7 @@ stage_train() {
   if [ "$RUN_CPU" = 1 ]; then
     "$PY" benchmarks/bench_train_step.py --smoke --out "$OUT/train.jsonl"
   else
-    "$PY" benchmarks/bench_train_step.py --out "$OUT/train.jsonl" --budget-s "${TRAIN_BUDGET_S:-65}" \
+    "$PY" benchmarks/bench_train_step.py --out "$OUT/train.jsonl" --budget-s "${TRAIN_BUDGET_S:-60}" \
       --rounds-s "${TRAIN_ROUNDS_S:-5}"
   fi
 }
@@ -154,7 +154,7 @@ stage_ds() {
     launch_s=200
   fi
   rm -rf "$root"
-  timeout 120 "$PY" benchmarks/gpu/ds_check.py prepare --root "$root" --size "$size" "${extra[@]}" || return 1
+  timeout 60 "$PY" benchmarks/gpu/ds_check.py prepare --root "$root" --size "$size" "${extra[@]}" || return 1
   local runs=(zero2 zero3)
   ds_launch zero2 2 "$launch_s"
   ds_launch zero3 3 "$launch_s"
@@ -169,8 +169,9 @@ stage_ds() {
 }
 export -f stage_tests stage_ops stage_train stage_ds ds_launch
 
-# Caps sum to ~455 s: with the ~15 s of setup, one call of about 8 minutes runs everything.
-declare -A CAP=([tests]=70 [ops]=125 [train]=90 [ds]=170)
+# Caps sum to 445 s: with ~15 s of setup, one call of about 7.7 minutes runs everything (see
+# BUDGET_S; OPS_BUDGET_S / TRAIN_BUDGET_S / DS_LAUNCH_S size the stages from inside).
+declare -A CAP=([tests]=65 [ops]=120 [train]=85 [ds]=175)
 if [ "$RUN_CPU" = 1 ]; then CAP=([tests]=300 [ops]=300 [train]=300 [ds]=700); fi
 
 # Runs "$@" in a new session for at most $1 seconds (log in $2). On expiry every process of
