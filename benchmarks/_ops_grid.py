@@ -78,10 +78,11 @@ GPU_OPS: dict[str, dict] = {
 # Why not every op static: ~50 static graphs (ops x shapes x dtypes) at ~2-3 s of compilation each
 # would not fit the few minutes of GPU time a run gets. The steps with embeds decide the target
 # "PGD step >= torch.compile", so they get one static graph per shape (dynamic=False), the
-# strongest baseline inductor offers; the other steps get one graph per dtype with dynamic
-# shapes (mark-dynamic B and L; a memory-bound elementwise-plus-reduction graph loses little by
-# it); the noise/init ops, whose targets do not involve torch.compile, are compiled only with
-# --compile-mode all (their compiled twin draws from torch's global RNG, see _noise_math).
+# strongest baseline inductor offers; the other steps get one graph per dtype and hidden size
+# with B and L marked dynamic (what dynamic padding varies; a memory-bound elementwise-plus-
+# reduction graph loses little by it); the noise/init ops, whose targets do not involve
+# torch.compile, are compiled only with --compile-mode all (their compiled twin draws from
+# torch's global RNG, see _noise_math).
 STATIC_COMPILE_OPS = ("pgd_step_l2+e", "pgd_step_linf+e")
 TARGET_NOTE = (
     "Targets (issue 12): add_noise / noisy_copies >= 85 % of the same-shape copy bandwidth and >= 3x "
@@ -322,8 +323,25 @@ _COMPILED: dict[str, Callable] = {}
 
 
 def _compiled(fn: Callable, dynamic: bool) -> Callable:
+    """torch.compile of ``fn``, once per process. Static: ``dynamic=False``, one graph per shape.
+    Dynamic: B and L of every tensor argument marked dynamic (the sizes dynamic padding varies),
+    H static as in any one model; automatic dynamic shapes are off for the run (see
+    :func:`raise_recompile_limits`), so H = 768 and 1024 get a graph each."""
     if fn.__name__ not in _COMPILED:
-        _COMPILED[fn.__name__] = torch.compile(fn, dynamic=dynamic)
+        if not dynamic:
+            _COMPILED[fn.__name__] = torch.compile(fn, dynamic=False)
+        else:
+            compiled = torch.compile(fn, dynamic=None)
+            mark = getattr(torch._dynamo, "maybe_mark_dynamic", torch._dynamo.mark_dynamic)
+
+            def call(*args):
+                for t in args:
+                    if isinstance(t, torch.Tensor) and not hasattr(t, "_dynamo_dynamic_indices"):
+                        mark(t, 0)
+                        mark(t, 1)
+                return compiled(*args)
+
+            _COMPILED[fn.__name__] = call
     return _COMPILED[fn.__name__]
 
 
@@ -480,8 +498,9 @@ def check_triton(case: Case, inp: Inputs, features: Features) -> str:
 
 
 def raise_recompile_limits() -> Callable[[], None]:
-    """One static graph per shape and dtype is more than dynamo's default recompile limit;
-    returns a function that restores the previous limits."""
+    """Dynamo settings of a run: one static graph per shape and dtype is more than its default
+    recompile limit, and automatic dynamic shapes are off (dynamic dims are marked explicitly,
+    see :func:`_compiled`). Returns a function that restores the previous settings."""
     cfg = torch._dynamo.config
     saved = {}
     for name, value in (
@@ -489,10 +508,11 @@ def raise_recompile_limits() -> Callable[[], None]:
         ("cache_size_limit", 256),
         ("accumulated_recompile_limit", 4096),
         ("accumulated_cache_size_limit", 4096),
+        ("automatic_dynamic_shapes", False),
     ):
         if hasattr(cfg, name):
             saved[name] = getattr(cfg, name)
-            setattr(cfg, name, max(value, saved[name]))
+            setattr(cfg, name, value if isinstance(value, bool) else max(value, saved[name]))
     return lambda: [setattr(cfg, k, v) for k, v in saved.items()]
 
 

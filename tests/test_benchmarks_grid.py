@@ -214,3 +214,17 @@ def test_ds_check_report_says_when_a_launch_left_nothing(tmp_path: Path) -> None
 
     assert ds_check.main(["report", "--root", str(tmp_path), "--out", str(tmp_path / "r.json"), "zero2"]) == 1
     assert "launch failed or timed out" in (tmp_path / "r.json").read_text()
+
+
+def test_compile_only_where_a_target_needs_it_static_where_it_decides():
+    assert grid.compile_kind("pgd_step_l2+e", "targets") == "static"
+    assert grid.compile_kind("pgd_step_linf", "targets") == "dynamic"
+    assert grid.compile_kind("add_noise", "targets") is None
+    assert grid.compile_kind("add_noise", "all") == "dynamic"
+    assert grid.compile_kind("copy", "static") is None and grid.compile_kind("pgd_init", "off") is None
+    noise = _case("add_noise")
+    assert grid.providers_for(noise, compile_mode="targets", triton=True) == ["eager", "triton"]
+    assert grid.providers_for(_case("pgd_step_l2"), compile_mode="targets", triton=False) == [
+        "eager",
+        "compile",
+    ]
