@@ -542,12 +542,20 @@ class Run:
 
 
 def measure_case(
-    case: Case, run: Run, timer: str, *, providers: Iterable[str] | None = None, check: bool = True
+    case: Case,
+    run: Run,
+    timer: str,
+    *,
+    providers: Iterable[str] | None = None,
+    check: bool = True,
+    may_refuse: bool = False,
 ) -> list[dict]:
     """One record per provider of ``case`` with ``timer`` ("events", "graph" or "cpu").
 
-    An error becomes a record with an ``error`` field; the exception is not raised, except when
-    the CUDA context itself is gone (a synchronize after the error raises), which ends the run.
+    An error becomes a record with an ``error`` field (``unsupported`` instead when
+    ``may_refuse``: a limitation of that provider, e.g. CUDA-graph capture of a private
+    torch.Generator, not a failure); the exception is not raised, except when the CUDA context
+    itself is gone (a synchronize after the error raises), which ends the run.
     """
     device = run.device
     sets = make_inputs(case, device, sets=1)
@@ -599,7 +607,7 @@ def measure_case(
             rec.update(res)
             rec["gbps"] = round(floor / (res["median_ms"] * 1e-3) / 1e9, 2)
         except Exception as exc:
-            rec["error"] = _error(exc)
+            rec["unsupported" if may_refuse else "error"] = _error(exc)
             if device.type == "cuda":
                 torch.cuda.synchronize(device)  # raises if the context is gone: the run stops
         records.append(rec)
@@ -641,10 +649,11 @@ def run_grid(
 ) -> int:
     """Measures ``cases`` and emits one dict per record; returns the number of error records.
 
-    The primary cases first (events, then graph), then the others alike; each graph pass
-    measures triton and compile before eager (whose noise ops use a private torch.Generator
-    that CUDA-graph capture may refuse). No new case starts after ``budget_s`` seconds: a
-    "budget" record lists what was not run.
+    The primary cases first (events, then graph), then the others alike. The graph timer
+    runs eager's random ops (noise, init) last of all: they draw from a private torch.Generator,
+    which CUDA-graph capture may refuse (recorded as ``unsupported``), and a refused capture
+    must not cost any other row. No new case starts after ``budget_s`` seconds: a "budget"
+    record lists what was not run.
     """
     restore = raise_recompile_limits()
     meta = run_meta(run, timers)
@@ -655,16 +664,21 @@ def run_grid(
     emit(meta)
     start = time.perf_counter()
     errors = 0
+    random_kinds = ("noise", "init")
     passes: list[tuple[list[Case], str, tuple[str, ...] | None]] = []
     for tier in (True, False):
         group = [c for c in cases if is_primary(c) == tier]
         for timer in timers:
             if timer == "graph":
-                passes += [(group, "graph", ("torch", "triton", "compile")), (group, "graph", ("eager",))]
+                steps = [c for c in group if c.spec["kind"] not in random_kinds]
+                passes += [(group, "graph", ("torch", "triton", "compile")), (steps, "graph", ("eager",))]
             else:
                 passes.append((group, timer, None))
+    if "graph" in timers:
+        passes.append(([c for c in cases if c.spec["kind"] in random_kinds], "graph", ("eager",)))
     try:
-        for group, timer, providers in passes:
+        for k, (group, timer, providers) in enumerate(passes):
+            last = "graph" in timers and k == len(passes) - 1
             for n, case in enumerate(group):
                 if time.perf_counter() - start > budget_s:
                     rest = [c.key for c in group[n:]]
@@ -672,7 +686,9 @@ def run_grid(
                     break
                 t0 = time.perf_counter()
                 try:
-                    recs = measure_case(case, run, timer, providers=providers, check=timer != "graph")
+                    recs = measure_case(
+                        case, run, timer, providers=providers, check=timer != "graph", may_refuse=last
+                    )
                 except Exception as exc:  # the CUDA context is gone: nothing more can be measured
                     emit({"kind": "abort", "case": case.key, "timer": timer, "error": _error(exc)})
                     return errors + 1

@@ -18,6 +18,8 @@ def _us(r: dict | None) -> str:
         return "—"
     if "error" in r:
         return "error"
+    if "unsupported" in r:
+        return "n/a"
     return f"{r['median_ms'] * 1e3:.1f}"
 
 
@@ -52,11 +54,15 @@ def evaluate_targets(records: list[dict], timer: str | None = None) -> list[dict
             continue
         tri, eager, comp = by.get("triton"), by.get("eager"), by.get("compile")
         copy = _copy_gbps(rows, shape, dtype)
-        ok = lambda r: r is not None and "error" not in r  # noqa: E731
+        ok = lambda r: r is not None and "error" not in r and "median_ms" in r  # noqa: E731
         entry = {"op": op, "shape": shape, "dtype": dtype, "mask": mask, "check": (tri or {}).get("check")}
         if not ok(tri):
             entry["met"] = False
-            entry["why"] = "triton not measured" if tri is None else f"triton error: {tri['error'][:80]}"
+            entry["why"] = (
+                "triton not measured"
+                if tri is None
+                else f"triton error: {str(tri.get('error') or tri.get('unsupported'))[:80]}"
+            )
             out.append(entry)
             continue
         frac = None if copy is None else tri["gbps"] / copy
@@ -190,6 +196,15 @@ def summarize_gpu(records: list[dict], *, short: bool = False) -> str:
                 _fmt(comp["median_ms"] / tri["median_ms"]) if good(tri) and good(comp) else "—",
             ]
             lines.append("| " + " | ".join(cells) + " |")
+    refused = sorted(
+        {
+            f"{r['op']} ({r['provider']}, {r['timer']}): {r['unsupported'][:150]}"
+            for r in records
+            if "unsupported" in r
+        }
+    )
+    if refused:
+        lines += ["", "Not measurable (n/a):"] + [f"- {x}" for x in refused[:12]]
     errors = [r for r in records if "error" in r]
     if errors:
         lines += ["", "Errors:"]
