@@ -249,7 +249,7 @@ def report(args: argparse.Namespace) -> int:
         f"{rows[0].get('batch', '?') if rows else '?'} x <=128 tokens.",
         "",
         "| run | ZeRO | ok | losses (first .. last) | samples/s steady (trainer's, with warm-up) "
-        "| step s (steady) | fwd / bwd / pert / other s | peak MiB | wall s |",
+        "| step s (steady) | fwd / bwd / pert / other s (all steps) | peak MiB | wall s |",
         "| --- | --- | --- | --- | ---: | ---: | --- | ---: | ---: |",
     ]
     for r in rows:
