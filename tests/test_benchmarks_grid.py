@@ -228,3 +228,21 @@ def test_compile_only_where_a_target_needs_it_static_where_it_decides():
         "eager",
         "compile",
     ]
+
+
+def test_pytest_benchmark_json_of_a_gpu_run_is_summarised_from_its_records(tmp_path: Path) -> None:
+    import json
+
+    import _util
+
+    rows = [
+        _rec("pgd_step_linf+e", "eager", 0.10),
+        _rec("pgd_step_linf+e", "compile", 0.05),
+        _rec("pgd_step_linf+e", "triton", 0.04, gbps=800.0, check="ok"),
+    ]
+    recs = _records(*rows)[1:]
+    bench = {"benchmarks": [{"extra_info": {"records": recs, "device": "NVIDIA H200"}}]}
+    path = tmp_path / "ops.json"
+    path.write_text(json.dumps(bench))
+    text = _util.summarize(path)
+    assert "NVIDIA H200" in text and "| pgd_step_linf+e | bf16 | full | 1/1 yes |" in text
