@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -61,6 +63,7 @@ def _run_script(args: list[str], tmp_path: Path, timeout: int = 300, **env_updat
     return proc.stdout
 
 
+@pytest.mark.slow  # ~25 s: the Triton interpreter runs every kernel variant of the grid
 def test_ops_cuda_grid_runs_end_to_end_on_cpu_through_the_interpreter(tmp_path: Path) -> None:
     """The CUDA grid's code path (cases, inputs, floors, the three providers' calls, the correctness
     check, JSONL, summary) with a host clock and the Triton interpreter: only the timers differ on a GPU."""
@@ -97,6 +100,7 @@ def test_ops_cuda_grid_runs_end_to_end_on_cpu_through_the_interpreter(tmp_path: 
     assert "| pgd_step_l2+e | bf16 | padded |" in text and "CPU clock" in text
 
 
+@pytest.mark.slow  # ~30 s: transformers, datasets and a tokenizer trained for RS-DA's epoch cost
 def test_train_step_grid_runs_end_to_end_on_cpu(tmp_path: Path) -> None:
     out = tmp_path / "train.jsonl"
     _run_script(
