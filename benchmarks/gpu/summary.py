@@ -114,6 +114,10 @@ def main(argv: list[str] | None = None) -> int:
     stage_table = ["| stage | status | seconds |", "|---|---|---|"]
     stage_table += ["| " + " | ".join((s + ["", ""])[:3]) + " |" for s in stages]
     tests = tests_line(out / "tests.log")
+    log = (out / "tests.log").read_text(errors="replace") if (out / "tests.log").is_file() else ""
+    copy = re.findall(r"^copy bandwidth: .*$", log, flags=re.MULTILINE)
+    if copy:
+        tests = f"{tests}; {copy[0]}"
 
     full = ["# GPU run (benchmarks/gpu/run.sh)", "", "```", env.strip(), "```", "", *stage_table, ""]
     full += [f"Kernel and op tests (native CUDA): {tests}", ""]
