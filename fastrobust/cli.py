@@ -1,4 +1,4 @@
-"""The ``fastrobust`` command: ``train``, ``evaluate``, ``certify``, ``augment``.
+"""The ``fastrobust`` command: ``train``, ``evaluate``, ``certify``, ``augment``, ``synonyms``.
 
 Each subcommand lives next to the code it drives and exposes ``add_arguments(parser)``
 and ``run(args) -> int``. Bad input (``FastrobustError``, a missing file) prints one
@@ -19,6 +19,7 @@ SUBCOMMANDS = {
         "fastrobust.methods.augment_cli",
         "write synonym-augmented copies of a training file (RS-DA)",
     ),
+    "synonyms": ("fastrobust.data.synonyms_cli", "build an English synonym table for RS-DA from WordNet"),
 }
 
 
