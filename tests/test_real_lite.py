@@ -61,6 +61,13 @@ def test_lite_loop_equals_the_trainer(section, tiny_pawsx, tmp_path):
             assert got["averages"][key] == pytest.approx(value), key
 
 
+def test_label_names_are_pawsx():
+    from benchmarks.real.lite import LABEL_NAMES
+    from fastrobust.data.tasks import PAWSX
+
+    assert LABEL_NAMES == PAWSX.label_names
+
+
 def test_lite_run_is_read_by_compare(tiny_pawsx, tmp_path):
     data, model = tiny_pawsx
     cfg = load_config(None, _overrides(data, model, tmp_path, {"kind": "baseline"}))

@@ -32,6 +32,11 @@ import numpy as np
 import torch
 
 
+# PAWS-X's labels (fastrobust.data.tasks.PAWSX.label_names; not imported: fastrobust.data needs
+# the datasets package, which this loop does without)
+LABEL_NAMES = ("not_paraphrase", "paraphrase")
+
+
 def _ensure_datasets_importable() -> None:
     """fastrobust.methods imports ``datasets`` for type hints and RS-DA's ``augment_dataset``, which
     this loop does not call; where the package is absent, an empty stand-in lets the import pass."""
@@ -103,7 +108,6 @@ def run_one(cfg, section: dict, out_dir: Path, device: str = "cpu", log=print) -
     _ensure_datasets_importable()
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, get_scheduler
 
-    from fastrobust.data.tasks import PAWSX
     from fastrobust.evaluate.metrics import accuracy
     from fastrobust.evaluate.predictions import FILE_NAME, SetPredictions, TaskPredictions
     from fastrobust.methods import build_method
@@ -111,6 +115,10 @@ def run_one(cfg, section: dict, out_dir: Path, device: str = "cpu", log=print) -
     from fastrobust.train.batches import GlobalBatchSampler, micro_seed
     from fastrobust.train.trainer import _param_groups
 
+    import transformers
+
+    transformers.logging.set_verbosity_error()  # the "newly initialized classifier" report, per run
+    transformers.utils.logging.disable_progress_bar()
     t_start = time.perf_counter()
     task_dir = Path(cfg.task.path)
     langs = list(cfg.task.languages)
@@ -126,7 +134,7 @@ def run_one(cfg, section: dict, out_dir: Path, device: str = "cpu", log=print) -
     if syn_path.is_file():
         synonyms = json.loads(syn_path.read_text(encoding="utf-8"))
     method = build_method(section, task_synonyms=synonyms)
-    names = list(PAWSX.label_names)
+    names = list(LABEL_NAMES)
     torch.manual_seed(seed)
     model = AutoModelForSequenceClassification.from_pretrained(
         cfg.model.name_or_path,
