@@ -65,7 +65,7 @@ def test_label_names_are_pawsx():
     from benchmarks.real.lite import LABEL_NAMES
     from fastrobust.data.tasks import PAWSX
 
-    assert LABEL_NAMES == PAWSX.label_names
+    assert PAWSX.label_names == LABEL_NAMES
 
 
 def test_lite_run_is_read_by_compare(tiny_pawsx, tmp_path):

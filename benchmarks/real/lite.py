@@ -31,7 +31,6 @@ from typing import Any
 import numpy as np
 import torch
 
-
 # PAWS-X's labels (fastrobust.data.tasks.PAWSX.label_names; not imported: fastrobust.data needs
 # the datasets package, which this loop does without)
 LABEL_NAMES = ("not_paraphrase", "paraphrase")
@@ -106,6 +105,7 @@ def _write_json(path: Path, obj: Any) -> None:
 def run_one(cfg, section: dict, out_dir: Path, device: str = "cpu", log=print) -> dict:
     """Train, select and test one method section with ``cfg`` (a fastrobust ``Config``); see module doc."""
     _ensure_datasets_importable()
+    import transformers
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, get_scheduler
 
     from fastrobust.evaluate.metrics import accuracy
@@ -114,8 +114,6 @@ def run_one(cfg, section: dict, out_dir: Path, device: str = "cpu", log=print) -
     from fastrobust.methods.synonyms import SynonymTable, augment_examples
     from fastrobust.train.batches import GlobalBatchSampler, micro_seed
     from fastrobust.train.trainer import _param_groups
-
-    import transformers
 
     transformers.logging.set_verbosity_error()  # the "newly initialized classifier" report, per run
     transformers.utils.logging.disable_progress_bar()
