@@ -7,7 +7,8 @@
   accuracy, and (for reading only, never for choosing) the mean XLT average, zero-shot average,
   G-XLT same-language and cross-language averages and the gap;
 * ``selected.json``: per family, the label chosen by the rule of ``sweep.py`` (highest mean
-  English dev accuracy; < 0.1 point difference goes to the larger scale);
+  English dev accuracy; < 0.1 point difference goes to the larger scale; a family below 60% English
+  dev at every scale did not learn and has no selection);
 * ``comparison.*`` (``fastrobust.evaluate.write_comparison``): the baseline and each family's
   selected label, mean ± sd over seeds and differences to the baseline with 95% paired bootstrap
   intervals (test examples and seeds resampled; docs/statistics.md);
@@ -32,6 +33,12 @@ def _scale(label: str) -> float:
         return 0.0
 
 
+# A family whose every scale leaves English dev below this did not learn the task at all
+# (chance is 50%); it has nothing to select (amendment to the rule, added after the first sweep
+# showed PGD collapsing to constant predictions at large radii; it uses English dev only).
+COLLAPSED_DEV = 0.60
+
+
 def select(grid: dict[str, dict], fams: list[tuple[str, list[dict]]]) -> dict[str, str]:
     """family -> chosen label (English dev only; see module doc)."""
     chosen = {}
@@ -40,6 +47,8 @@ def select(grid: dict[str, dict], fams: list[tuple[str, list[dict]]]) -> dict[st
         if not labels:
             continue
         best = max(grid[x]["dev_mean"] for x in labels)
+        if best < COLLAPSED_DEV:
+            continue
         near = [x for x in labels if grid[x]["dev_mean"] >= best - 0.001]
         chosen[fam] = max(near, key=_scale)
     return chosen
