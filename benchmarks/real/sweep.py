@@ -194,6 +194,36 @@ def _claim(path: Path) -> bool:
     return True
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def release_stale_claims(out: Path) -> int:
+    """Remove the claims of unfinished runs whose process is gone (a killed sweep), so that a
+    resumed sweep runs them; returns how many were removed."""
+    n = 0
+    for claim in (out / "claims").glob("*@*"):
+        if claim.suffix == ".error":
+            continue
+        label, seed = claim.name.rsplit("@", 1)
+        if finished(out / f"seed-{seed}" / label):
+            continue
+        try:
+            pid = int(claim.read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            pid = -1
+        if pid <= 0 or not _pid_alive(pid):
+            claim.unlink(missing_ok=True)
+            n += 1
+    return n
+
+
 def run_items(
     config: Path, out: Path, items, *, device: str, deadline: float | None, worker: int = 0, extra=()
 ) -> None:
@@ -327,6 +357,9 @@ def sweep(
     deadline = None if budget is None else t0 + budget
     hard = None if budget is None else t0 + budget + 45
     out.mkdir(parents=True, exist_ok=True)
+    stale = release_stale_claims(out)
+    if stale:
+        print(f"sweep: released {stale} claim(s) of runs whose process is gone", flush=True)
     if not (out / "lr.json").is_file():
         run_parallel(
             config,
