@@ -34,7 +34,8 @@ def main(argv: list[str]) -> None:
     if stage is not None:
         # Trainer fills every "auto" from TrainingArguments and hands DeepSpeed its torch AdamW.
         extra["deepspeed"] = {
-            "zero_optimization": {"stage": stage},
+            # ZeRO-3: gather the shards into one model.safetensors when saving
+            "zero_optimization": {"stage": stage, "stage3_gather_16bit_weights_on_model_save": stage == 3},
             "train_micro_batch_size_per_gpu": "auto",
             "gradient_accumulation_steps": "auto",
             "train_batch_size": "auto",

@@ -359,3 +359,27 @@ def test_deepspeed_zero_in_training_arguments(tiny_pawsx, tmp_path: Path, stage:
     zero = _worker(tiny_pawsx, tmp_path / "zero", FREELB, 4, 1, procs=2, stage=stage)
     assert zero == pytest.approx(one, abs=1e-5, rel=0)
     _compare_models(tmp_path / "one", tmp_path / "zero")
+
+
+def test_docs_example_runs(tiny_pawsx, tmp_path: Path) -> None:
+    """The complete example of docs/integrations.md runs as written (tiny model, hub-layout folder)."""
+    text = (ROOT / "docs" / "integrations.md").read_text(encoding="utf-8")
+    blocks = [b.split("```", 1)[0] for b in text.split("```python\n")[1:]]
+    example = next(b for b in blocks if "zero-shot" in b and "trainer.train()" in b)
+    script = tmp_path / "example.py"
+    script.write_text(example, encoding="utf-8")
+    env = _env()
+    env.update(
+        MODEL=str(tiny_pawsx[1]),
+        DATA=str(ROOT / "tests" / "fixtures" / "hub_pawsx"),
+        OUT=str(tmp_path / "out"),
+        LANGUAGES="en fr",
+        EPOCHS="1",
+    )
+    proc = subprocess.run(
+        [sys.executable, str(script)], env=env, cwd=tmp_path, timeout=300, capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    lines = [line.split() for line in proc.stdout.splitlines() if line.split()[:1] in (["en"], ["fr"])]
+    assert [x[0] for x in lines] == ["en", "fr"] and all(0 <= float(x[1]) <= 1 for x in lines)
+    assert (tmp_path / "out" / "best" / "fastrobust.json").is_file()

@@ -275,7 +275,9 @@ class RobustTrainer(Trainer):
     method; default ``"baseline"``) and the method section's fields (``epsilon=``, ``sigma=`` ...),
     ``task_synonyms`` (RS-DA's word -> [synonyms] table when the section names no file),
     ``max_length`` (for text datasets; default 128), ``data_order`` (``"trainer"`` or
-    ``"fastrobust"``) and ``reseed`` (default True).
+    ``"fastrobust"``), ``reseed`` (default True) and ``task`` (a fastrobust task section, written
+    to ``fastrobust.json`` so that ``fastrobust evaluate MODEL_DIR`` knows what to test on).
+    ``evaluate``/``predict`` also accept text datasets.
     """
 
     def __init__(
@@ -286,6 +288,7 @@ class RobustTrainer(Trainer):
         max_length: int = 128,
         data_order: str = "trainer",
         reseed: bool = True,
+        task: Any = None,
         **kwargs: Any,
     ) -> None:
         accepted = _trainer_kwargs()
@@ -303,6 +306,7 @@ class RobustTrainer(Trainer):
         self.data_order = data_order
         self.reseed = reseed
         self.max_length = max_length
+        self.task_section = task.model_dump(mode="json") if hasattr(task, "model_dump") else task
         tokenizer = kwargs.get("processing_class")
         if tokenizer is None and len(args) > 5:
             tokenizer = args[5]
@@ -350,6 +354,14 @@ class RobustTrainer(Trainer):
         args = self.args
         batch = args.per_device_train_batch_size * args.gradient_accumulation_steps * max(1, args.world_size)
         return EpochPermutationSampler(len(dataset), batch, args.seed)
+
+    def evaluate(self, eval_dataset: Any = None, *args: Any, **kwargs: Any) -> dict[str, float]:
+        if eval_dataset is not None and not isinstance(eval_dataset, str):
+            eval_dataset = self._prepare_text(eval_dataset, train=False)
+        return super().evaluate(eval_dataset, *args, **kwargs)
+
+    def predict(self, test_dataset: Any, *args: Any, **kwargs: Any) -> Any:
+        return super().predict(self._prepare_text(test_dataset, train=False), *args, **kwargs)
 
     # ---- one micro-batch ------------------------------------------------------------------
 
@@ -428,6 +440,8 @@ class RobustTrainer(Trainer):
         }
         if hasattr(m, "scales"):
             info["resolved_scales"] = m.scales()
+        if self.task_section is not None:
+            info["task"] = self.task_section
         out.mkdir(parents=True, exist_ok=True)
         write_json(out / "fastrobust.json", info)
 
