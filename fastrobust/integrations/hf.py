@@ -35,15 +35,21 @@ resumed run continues exactly.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import Sampler
 from transformers import Trainer, TrainerCallback
 
 from fastrobust.errors import ConfigError, DataError
+from fastrobust.integrations.hf_data import (
+    EpochPermutationSampler,
+    RightPadding,
+    TextClassificationDataset,
+    redraws_per_epoch,
+)
 from fastrobust.methods import RobustMethod, build_method
 from fastrobust.timing import NULL_TIMER
 from fastrobust.train.batches import micro_seed
@@ -58,7 +64,6 @@ __all__ = [
     "training_arguments",
 ]
 
-_TEXT = ("sentence1", "sentence2", "label")
 _METHOD_FIELDS = (
     "label",
     "steps",
@@ -102,117 +107,6 @@ def resolve_method(
             f"got {type(method).__name__}"
         )
     return build_method(section, task_synonyms=task_synonyms)
-
-
-# --------------------------------------------------------------------------------------------
-# data
-
-
-class TextClassificationDataset(Dataset):
-    """A text dataset (sentence1, [sentence2], label) tokenized as ``fastrobust train`` does.
-
-    With a method that re-draws the training set per epoch (RS-DA), ``set_epoch(e)`` (called by
-    Trainer's data loader before every epoch) builds ``method.epoch_train_dataset(texts, e, seed)``
-    and tokenizes it; otherwise the texts are tokenized once. Rows: ``input_ids``,
-    ``attention_mask``, ``[token_type_ids]``, ``labels``.
-    """
-
-    def __init__(
-        self,
-        texts: Any,
-        tokenizer: Any,
-        max_length: int,
-        *,
-        method: RobustMethod | None = None,
-        seed: int = 0,
-    ) -> None:
-        missing = [c for c in ("sentence1", "label") if c not in texts.column_names]
-        if missing:
-            raise DataError(f"text dataset: missing column(s) {missing}; has {texts.column_names}")
-        self.texts = texts.select_columns([c for c in _TEXT if c in texts.column_names])
-        self.tokenizer = tokenizer
-        self.max_length = max_length
-        self.method = method
-        self.seed = seed
-        self.epoch: int | None = None
-        self._encoded: Any = None
-        self.set_epoch(0)
-
-    @property
-    def per_epoch(self) -> bool:
-        m = self.method
-        return m is not None and type(m).epoch_train_dataset is not RobustMethod.epoch_train_dataset
-
-    def set_epoch(self, epoch: int) -> None:
-        epoch = int(epoch)
-        if self._encoded is not None and (epoch == self.epoch or not self.per_epoch):
-            self.epoch = epoch
-            return
-        from fastrobust.data import encode_dataset
-
-        texts = self.texts
-        if self.per_epoch:
-            texts = self.method.epoch_train_dataset(texts, epoch, self.seed)
-            if len(texts) != len(self.texts):
-                raise DataError(f"{self.method.label}: epoch_train_dataset changed the dataset size")
-        self._encoded = encode_dataset(texts, self.tokenizer, self.max_length)
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return len(self.texts)
-
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        return self._encoded[int(i)]
-
-
-class _RightPadding:
-    """Right-padding collator that also accepts a ``label`` column (renamed ``labels``)."""
-
-    def __init__(self, tokenizer: Any) -> None:
-        from fastrobust.data import make_collator
-
-        self._collate = make_collator(tokenizer)
-
-    def __call__(self, features: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
-        rows = []
-        for f in features:
-            f = dict(f)
-            if "labels" not in f and "label" in f:
-                f["labels"] = f.pop("label")
-            rows.append(
-                {
-                    k: v
-                    for k, v in f.items()
-                    if k in ("input_ids", "attention_mask", "token_type_ids", "labels")
-                }
-            )
-        return self._collate(rows)
-
-
-class EpochPermutationSampler(Sampler[int]):
-    """``fastrobust train``'s data order: ``randperm(n, seed + epoch)`` cut to whole global batches.
-
-    Trainer's data loader cuts it into per-process micro-batches and (accelerate's
-    ``BatchSamplerShard``) gives micro-batch ``j`` to rank ``j % W`` — the layout of
-    :class:`fastrobust.train.batches.GlobalBatchSampler`.
-    """
-
-    def __init__(self, num_examples: int, global_batch: int, seed: int) -> None:
-        if global_batch > num_examples:
-            raise DataError(
-                f"global batch {global_batch} is larger than the training set ({num_examples} examples)"
-            )
-        self.n, self.B, self.seed, self.epoch = num_examples, global_batch, seed, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-
-    def __iter__(self):
-        g = torch.Generator().manual_seed(self.seed + self.epoch)
-        return iter(torch.randperm(self.n, generator=g)[: len(self)].tolist())
-
-    def __len__(self) -> int:
-        return (self.n // self.B) * self.B
 
 
 def training_arguments(cfg: Any, output_dir: str | Path, **overrides: Any) -> Any:
@@ -311,7 +205,7 @@ class RobustTrainer(Trainer):
         if tokenizer is None and len(args) > 5:
             tokenizer = args[5]
         if kwargs.get("data_collator") is None and len(args) <= 2 and tokenizer is not None:
-            kwargs["data_collator"] = _RightPadding(tokenizer)
+            kwargs["data_collator"] = RightPadding(tokenizer)
         super().__init__(*args, **kwargs)
         self.train_dataset = self._prepare_text(self.train_dataset, train=True)
         if isinstance(self.eval_dataset, Mapping):
@@ -327,7 +221,7 @@ class RobustTrainer(Trainer):
 
     def _prepare_text(self, dataset: Any, *, train: bool) -> Any:
         names = getattr(dataset, "column_names", None)
-        per_epoch = type(self.robust_method).epoch_train_dataset is not RobustMethod.epoch_train_dataset
+        per_epoch = redraws_per_epoch(self.robust_method)
         if names is None or "input_ids" in names:
             if train and per_epoch:
                 raise DataError(
