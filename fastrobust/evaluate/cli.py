@@ -45,7 +45,7 @@ def _read_meta(model_dir: Path) -> dict | None:
         meta = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise DataError(f"{path}: invalid JSON at line {exc.lineno} ({exc.msg})") from None
-    if not isinstance(meta, dict) or not isinstance(meta.get("task"), dict):
+    if not isinstance(meta, dict) or not isinstance(meta.get("task", {}), dict):
         raise DataError(f"{path}: expected an object with a 'task' section")
     return meta
 
@@ -60,6 +60,9 @@ def resolve(args: argparse.Namespace):
     meta = _read_meta(model_dir)
     if args.config is not None:
         cfg = load_config(args.config, args.overrides)
+    elif meta is not None and "task" not in meta:
+        # e.g. saved by RobustTrainer without task=: the file records the method, not the task
+        raise ConfigError(f"{model_dir / META_FILE}: has no 'task' section; give --config to say which task")
     elif meta is not None:
         # methods are irrelevant to evaluation; given explicitly so the Config validator sees a parsed list
         data = {
