@@ -15,26 +15,30 @@ import torch
 from fastrobust.errors import DataError
 
 TEXT_COLUMNS = ("sentence1", "sentence2", "label")
+REQUIRED_COLUMNS = ("sentence1", "label")  # sentence2 only for pair tasks
 
 
 def encode_dataset(dataset: datasets.Dataset, tokenizer: Any, max_length: int) -> datasets.Dataset:
-    """Tokenize each (sentence1, sentence2) pair into one model input of at most ``max_length`` tokens.
+    """Tokenize each (sentence1, sentence2) pair — or each sentence1 of a single-sentence task
+    (no ``sentence2`` column) — into one model input of at most ``max_length`` tokens.
 
     Pairs are truncated with ``longest_first`` (tokens are removed from the longer sentence first)
     and not padded (the collator pads per batch). Returns a Dataset with columns ``input_ids``,
     ``attention_mask``, ``[token_type_ids]`` (each a list of length L_i <= max_length) and
     ``labels`` (int); the text columns are dropped so that batches hold only tensors.
     """
-    missing = [c for c in TEXT_COLUMNS if c not in dataset.column_names]
+    missing = [c for c in REQUIRED_COLUMNS if c not in dataset.column_names]
     if missing:
         raise DataError(f"encode_dataset: dataset lacks column(s) {missing}; has {dataset.column_names}")
     if max_length < 2:
         raise DataError(f"encode_dataset: max_length must be >= 2, got {max_length}")
 
+    pair = "sentence2" in dataset.column_names
+
     def tokenize(batch: dict[str, list]) -> dict[str, list]:
         out = tokenizer(
             batch["sentence1"],
-            batch["sentence2"],
+            batch["sentence2"] if pair else None,
             truncation="longest_first",
             max_length=max_length,
             padding=False,

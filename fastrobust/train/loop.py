@@ -1,0 +1,258 @@
+"""The step loop of one method: build, (resume,) train with dev evaluation and checkpoints, finish.
+
+Each optimizer step runs ``A`` micro-batches through ``method.training_step`` (via
+:meth:`fastrobust.train.engine.TrainEngine.micro_step`), re-seeding torch's generator before each
+with :func:`fastrobust.train.batches.micro_seed`, then one optimizer step. Dev evaluation
+(:mod:`.selection`) runs every ``eval.every_steps`` (or every epoch) and at the end; checkpoints
+(:mod:`.resume`) every ``output.checkpoint_every`` steps and at the end; then :func:`.final.finish`.
+"""
+
+from __future__ import annotations
+
+import gc
+import sys
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+
+from fastrobust.config import method_label
+from fastrobust.errors import ConfigError
+from fastrobust.timing import SectionTimer
+from fastrobust.train import checkpoint as ckpt
+from fastrobust.train.batches import GlobalBatchSampler, micro_seed
+from fastrobust.train.console import log_step_scalars
+from fastrobust.train.engine import TrainEngine, backward_calls
+from fastrobust.train.final import finish
+from fastrobust.train.meter import ThroughputMeter, peak_memory_mb
+from fastrobust.train.resume import load_checkpoint, save_checkpoint
+from fastrobust.train.run import RunContext, fingerprint, log, quiet_transformers
+from fastrobust.train.selection import DevSelection
+
+MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "labels")
+
+
+class MethodTrainer:
+    """Trains, selects, evaluates and saves one method section."""
+
+    def __init__(self, run: RunContext, mcfg: Any) -> None:
+        from fastrobust.methods import build_method
+
+        self.run = run
+        self.cfg = run.cfg
+        self.dist = run.dist
+        self.mcfg = mcfg
+        self.label = method_label(mcfg)
+        self.dir = run.out_dir / self.label
+        self.ckpt_root = self.dir / "checkpoints"
+        self.method = build_method(mcfg, task_synonyms=run.task.synonyms)
+        self.device = run.dist.device
+        self.eng: TrainEngine | None = None
+        self.step = 0
+        self.selection = DevSelection()
+        self.losses: list[float] = []
+        self.meter = ThroughputMeter()
+        self.resumed_from: int | None = None
+        self._pending_losses: list[torch.Tensor] = []
+        self._pending_tokens = torch.zeros((), dtype=torch.float64, device=self.device)
+        self._encoded: dict[int, Any] = {}
+        self.fingerprint = fingerprint(self.cfg, mcfg, run.dist.world_size)
+
+    # ---- building -------------------------------------------------------------------------
+
+    def build(self) -> None:
+        from transformers import AutoModelForSequenceClassification
+
+        names = list(self.run.task.label_names)
+        # Same seed before every method's model: the freshly initialised head is identical.
+        torch.manual_seed(self.cfg.seed)
+        with quiet_transformers():
+            model = AutoModelForSequenceClassification.from_pretrained(
+                self.run.model_path,
+                num_labels=len(names),
+                id2label=dict(enumerate(names)),
+                label2id={n: i for i, n in enumerate(names)},
+            )
+        model.to(self.device)
+        model.train()
+        # Relative scales are resolved on the full embedding table, before ZeRO-3 partitions it.
+        self.method.setup(model)
+        self.eng = TrainEngine(model, self.run, backward_calls=backward_calls(self.mcfg))
+
+    # ---- data -----------------------------------------------------------------------------
+
+    def _loader(self, epoch: int, start_step: int) -> Iterator[dict[str, torch.Tensor]]:
+        from fastrobust.data import encode_dataset, make_collator
+
+        train = self.method.epoch_train_dataset(self.run.task.train, epoch, self.cfg.seed)
+        key = id(train) if train is self.run.task.train else -1
+        encoded = self._encoded.get(key)
+        if encoded is None:
+            encoded = encode_dataset(train, self.run.tokenizer, self.cfg.model.max_length)
+            encoded = encoded.select_columns([c for c in MODEL_INPUTS if c in encoded.column_names])
+            if key != -1:
+                self._encoded[key] = encoded  # unchanged across epochs: tokenize once
+        if len(encoded) != len(self.run.task.train):
+            raise ConfigError(
+                f"method {self.label}: epoch_train_dataset changed the training-set size "
+                f"({len(self.run.task.train)} -> {len(encoded)})"
+            )
+        sampler = GlobalBatchSampler(
+            len(encoded),
+            global_batch=self.cfg.optim.batch_size,
+            micro_batch=self.run.micro,
+            world_size=self.dist.world_size,
+            rank=self.dist.rank,
+            seed=self.cfg.seed,
+            epoch=epoch,
+            start_step=start_step,
+        )
+        loader = torch.utils.data.DataLoader(
+            encoded, batch_size=self.run.micro, sampler=sampler, collate_fn=make_collator(self.run.tokenizer)
+        )
+        return iter(loader)
+
+    # ---- one optimizer step ---------------------------------------------------------------
+
+    def _train_step(
+        self, it: Iterator[dict[str, torch.Tensor]], timer: SectionTimer
+    ) -> tuple[torch.Tensor, Any]:
+        """Runs A micro-batches and one optimizer step; returns (mean micro loss, grad norm or None)."""
+        losses = []
+        for k in range(self.run.accum):
+            batch = next(it)
+            batch = {key: v.to(self.device, non_blocking=True) for key, v in batch.items()}
+            self._pending_tokens += batch["attention_mask"].sum()
+            q = k * self.dist.world_size + self.dist.rank
+            # Randomness of this micro-batch depends on (seed, step, q) only: see batches.py.
+            torch.manual_seed(micro_seed(self.cfg.seed, self.step, q))
+            loss = self.eng.micro_step(self.method, batch, timer)
+            losses.append(loss.detach().float())
+        grad_norm = self.eng.optimizer_step()
+        return torch.stack(losses).mean(), grad_norm
+
+    def _flush(self) -> list[float]:
+        """Mean-over-ranks losses of the steps since the last flush (a collective on every rank)."""
+        if not self._pending_losses:
+            return []
+        local = torch.stack(self._pending_losses).to(torch.float64)
+        values = self.dist.all_reduce_mean(local).cpu().tolist()
+        tokens = self.dist.all_reduce_sum(self._pending_tokens.clone()).item()
+        self.meter.tokens += int(tokens)
+        self._pending_tokens.zero_()
+        self._pending_losses = []
+        self.losses.extend(values)
+        return values
+
+    # ---- the loop -------------------------------------------------------------------------
+
+    def _due(self, every: int | None) -> bool:
+        return bool(every) and self.step % every == 0
+
+    def _start(self) -> None:
+        """Build, then resume from the newest complete checkpoint or clear old ones."""
+        run, dist = self.run, self.dist
+        self.build()
+        if run.resume:
+            found = ckpt.latest(self.ckpt_root)
+            if found is not None:
+                load_checkpoint(self, found)
+                log(dist, f"[{self.label}] resumed from {found} (step {self.step}/{run.total_steps})")
+            else:
+                log(
+                    dist,
+                    f"[{self.label}] --resume: no complete checkpoint under {self.ckpt_root}; starting anew",
+                )
+        elif dist.is_main and self.ckpt_root.exists():
+            # A fresh run must not leave older checkpoints for a later --resume to mix in.
+            import shutil
+
+            shutil.rmtree(self.ckpt_root)
+        dist.barrier()
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+
+    def train(self) -> dict[str, Any]:
+        from tqdm.auto import tqdm
+
+        run, cfg, dist = self.run, self.cfg, self.dist
+        t_start = time.perf_counter()
+        self._start()
+        writer = None
+        if dist.is_main and cfg.output.tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            writer = SummaryWriter(log_dir=str(self.dir / "tb"))
+        spe, total, log_every = run.steps_per_epoch, run.total_steps, cfg.output.log_every
+        bar = tqdm(
+            total=total,
+            initial=self.step,
+            desc=self.label,
+            unit="step",
+            disable=not dist.is_main,
+            dynamic_ncols=True,
+            mininterval=1.0,
+            file=sys.stderr,
+        )
+        it: Iterator[dict[str, torch.Tensor]] | None = None
+        eval_seconds = 0.0
+        while self.step < total:
+            if it is None or self.step % spe == 0:
+                it = self._loader(self.step // spe, self.step % spe)
+            logged = (self.step + 1) % log_every == 0 or self.step + 1 == total
+            timer = SectionTimer(enabled=logged, device=self.device)
+            t0 = time.perf_counter()
+            loss, grad_norm = self._train_step(it, timer)
+            self._pending_losses.append(loss)
+            self.step += 1
+            if logged and self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            seconds = time.perf_counter() - t0
+            self.meter.add_step(seconds, cfg.optim.batch_size, 0)
+            if logged:
+                self.meter.add_timed(seconds, timer.totals)
+                values = self._flush()
+                s = self.meter.summary()
+                if dist.is_main:
+                    bar.set_postfix(loss=f"{values[-1]:.4f}", samples_s=f"{s['samples_per_s']:.1f}")
+                if writer is not None:
+                    log_step_scalars(
+                        writer,
+                        self.step,
+                        values,
+                        lr=self.eng.lr(),
+                        grad_norm=grad_norm,
+                        throughput=s,
+                        sections=timer.totals,
+                        step_seconds=seconds,
+                        peak_mb=peak_memory_mb(self.device),
+                    )
+            bar.update(1)
+            every = cfg.eval.every_steps or spe
+            t_eval = time.perf_counter()
+            if self._due(every) or self.step == total:
+                self.selection.evaluate(self, writer)
+            if self._due(cfg.output.checkpoint_every) or self.step == total:
+                self._flush()
+                save_checkpoint(self)
+            eval_seconds += time.perf_counter() - t_eval
+        bar.close()
+        self._flush()
+        if writer is not None:
+            writer.flush()
+        if not self.selection.history:  # defensive: a resumed final checkpoint without any dev evaluation
+            self.selection.evaluate(self, writer)
+        summary = finish(self, time.perf_counter() - t_start, eval_seconds)
+        if writer is not None:
+            writer.close()
+        return summary
+
+    def close(self) -> None:
+        if self.eng is not None:
+            self.eng.close()
+        self.eng = None
+        self.selection.best_state = None
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()

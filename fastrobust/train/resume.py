@@ -1,0 +1,92 @@
+"""Saving and restoring one method's training state (the folder layout is in :mod:`.checkpoint`).
+
+A checkpoint holds the step, the data position (implied by the step), optimizer, scheduler and
+scaler states (DeepSpeed: its own ``ds/`` shards), every random generator, the dev history and
+best parameters, the losses and the throughput meter — enough for ``--resume`` to continue
+bit-for-bit. A fingerprint of the config sections it depends on refuses a resume into a changed run.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from fastrobust.errors import ConfigError
+from fastrobust.train import checkpoint as ckpt
+
+STATE_VERSION = 1
+
+
+def trainer_state(t: Any) -> dict[str, Any]:
+    """The picklable-free state of method trainer ``t`` (tensors, numbers, lists, dicts)."""
+    sel = t.selection
+    state: dict[str, Any] = {
+        "version": STATE_VERSION,
+        "step": t.step,
+        "steps_per_epoch": t.run.steps_per_epoch,
+        "total_steps": t.run.total_steps,
+        "world_size": t.dist.world_size,
+        "fingerprint": t.fingerprint,
+        "rng": ckpt.rng_state(),
+        "best_acc": sel.best_acc,
+        "best_step": sel.best_step,
+        "dev_history": sel.history,
+        "losses": t.losses,
+        "meter": t.meter.state_dict(),
+    }
+    state.update(t.eng.state_dict())
+    return state
+
+
+def save_checkpoint(t: Any) -> None:
+    """Writes checkpoint ``step-N`` of trainer ``t`` atomically (a collective on every rank)."""
+    from safetensors.torch import save_file, save_model
+
+    dist, eng = t.dist, t.eng
+    name = ckpt.step_dir(t.ckpt_root, t.step).name + ".tmp"
+    tmp = t.ckpt_root / name
+    if dist.is_main:
+        ckpt.begin(t.ckpt_root, t.step)
+    dist.barrier()
+    if eng.engine is not None:
+        eng.engine.save_checkpoint(str(tmp), tag="ds")
+        dist.barrier()
+    if dist.is_main:
+        if eng.engine is None:
+            save_model(eng.module, str(tmp / ckpt.MODEL_FILE))
+        if t.selection.best_state is not None:
+            save_file(t.selection.best_state, str(tmp / ckpt.BEST_FILE))
+        ckpt.save_state(tmp / ckpt.STATE_FILE, trainer_state(t))
+        ckpt.commit(tmp, t.cfg.output.keep_checkpoints)
+    dist.barrier()
+
+
+def load_checkpoint(t: Any, path: Path) -> None:
+    """Restores trainer ``t`` from the complete checkpoint ``path``; ConfigError if it does not fit."""
+    from safetensors.torch import load_file, load_model
+
+    eng = t.eng
+    state = ckpt.load_state(path / ckpt.STATE_FILE)
+    if state.get("version") != STATE_VERSION:
+        raise ConfigError(f"{path}: checkpoint format version {state.get('version')} is not supported")
+    changed = [k for k, v in t.fingerprint.items() if state["fingerprint"].get(k) != v]
+    if changed:
+        raise ConfigError(
+            f"--resume: {path} was written with a different {', '.join(changed)} "
+            "(config or number of processes changed); start without --resume or restore them"
+        )
+    if eng.engine is not None:
+        eng.engine.load_checkpoint(
+            str(path), tag="ds", load_optimizer_states=True, load_lr_scheduler_states=True
+        )
+    else:
+        load_model(eng.module, str(path / ckpt.MODEL_FILE), strict=True, device=str(t.device))
+        eng.load_state_dict(state)
+    t.step = int(state["step"])
+    t.selection.load_state_dict(state)
+    t.losses = list(state["losses"])
+    t.meter.load_state_dict(state["meter"])
+    if t.dist.is_main and (path / ckpt.BEST_FILE).is_file():
+        t.selection.best_state = load_file(str(path / ckpt.BEST_FILE), device="cpu")
+    ckpt.set_rng_state(state["rng"])
+    t.resumed_from = t.step

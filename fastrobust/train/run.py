@@ -1,0 +1,172 @@
+"""What every method of one ``train()`` call shares: the resolved config, the processes, the task,
+the tokenizer and the step budget; plus the small helpers the training modules use.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fastrobust.config import Config, apply_override, config_from_dict, load_config
+from fastrobust.errors import ConfigError
+from fastrobust.train.distributed import DistContext
+
+# --------------------------------------------------------------------------------------------
+# config resolution
+
+
+def resolve_config(config: Config | str | Path | None, overrides: Sequence[str] = ()) -> Config:
+    """A validated Config from a Config object, a YAML path or None (the packaged demo), plus overrides."""
+    if isinstance(config, Config):
+        if not overrides:
+            return config.model_copy(deep=True)
+        data = config.model_dump(mode="json")
+        for o in overrides:
+            apply_override(data, o)
+        return config_from_dict(data, source="<config>")
+    if config is not None and not isinstance(config, str | Path):
+        raise ConfigError(f"train: config must be a Config, a path or None, got {type(config).__name__}")
+    return load_config(config, list(overrides))
+
+
+def batch_layout(cfg: Config, world_size: int) -> tuple[int, int]:
+    """(micro batch per process, accumulation steps) with batch = micro * accum * world size."""
+    b = cfg.optim.batch_size
+    micro = cfg.optim.micro_batch_size
+    if micro is None:
+        if b % world_size:
+            raise ConfigError(
+                f"optim.batch_size ({b}) must be a multiple of the number of processes ({world_size}); "
+                "or set optim.micro_batch_size"
+            )
+        micro = b // world_size
+    if b % (micro * world_size):
+        raise ConfigError(
+            f"optim.batch_size ({b}) must be a multiple of optim.micro_batch_size ({micro}) x the number "
+            f"of processes ({world_size}) = {micro * world_size}"
+        )
+    return micro, b // (micro * world_size)
+
+
+# --------------------------------------------------------------------------------------------
+# helpers
+
+
+def log(dist: DistContext, msg: str) -> None:
+    """Prints ``msg`` on rank 0 only."""
+    if dist.is_main:
+        print(msg, flush=True)
+
+
+@contextlib.contextmanager
+def quiet_transformers() -> Iterator[None]:
+    # "Some weights were newly initialized" is expected when fine-tuning a classifier head.
+    import transformers
+
+    level = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        transformers.logging.set_verbosity(level)
+
+
+def fingerprint(cfg: Config, mcfg: Any, world_size: int) -> dict[str, str]:
+    """Hashes of the config sections a checkpoint depends on (a resume must not silently mix runs)."""
+    parts = {
+        "seed": cfg.seed,
+        "model": cfg.model.model_dump(mode="json"),
+        "task": cfg.task.model_dump(mode="json"),
+        "optim": cfg.optim.model_dump(mode="json"),
+        "method": mcfg.model_dump(mode="json"),
+        "world_size": world_size,
+    }
+    return {
+        k: hashlib.sha256(json.dumps(v, sort_keys=True).encode()).hexdigest()[:16] for k, v in parts.items()
+    }
+
+
+def cpu_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A detached CPU copy of ``module.state_dict()``."""
+    return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in module.state_dict().items()}
+
+
+def _json_default(x: Any) -> Any:
+    if isinstance(x, Path):
+        return str(x)
+    if isinstance(x, torch.Tensor):
+        return x.tolist()
+    raise TypeError(f"not JSON serializable: {type(x).__name__}")
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """Writes ``obj`` as indented JSON atomically (a temporary file renamed over ``path``)."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=_json_default) + "\n", encoding="utf-8")
+    tmp.replace(path)
+
+
+# --------------------------------------------------------------------------------------------
+# shared state of one train() call
+
+
+class RunContext:
+    """What every method of one ``train()`` call shares: config, processes, task, tokenizer.
+
+    Step budget: ``steps_per_epoch = len(train) // batch_size`` (the incomplete last batch is
+    dropped), ``total_steps = optim.max_steps`` or ``ceil(epochs * steps_per_epoch)``,
+    ``warmup_steps = ceil(warmup_ratio * total_steps)``.
+    """
+
+    def __init__(self, cfg: Config, dist: DistContext, resume: bool) -> None:
+        from transformers import AutoConfig, AutoTokenizer
+
+        from fastrobust.data import load_task
+
+        self.cfg = cfg
+        self.dist = dist
+        self.resume = resume
+        self.out_dir = Path(cfg.output.dir)
+        # Rank 0 first: the synthetic benchmark and the datasets cache are built once, then read.
+        if not dist.is_main:
+            dist.barrier()
+        self.task = load_task(cfg.task)
+        self.model_path = self._model_path()
+        with quiet_transformers():
+            self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
+            self.hf_config = AutoConfig.from_pretrained(self.model_path)
+        if dist.is_main:
+            dist.barrier()
+        self.micro, self.accum = batch_layout(cfg, dist.world_size)
+        n = len(self.task.train)
+        self.steps_per_epoch = n // cfg.optim.batch_size
+        if self.steps_per_epoch == 0:
+            raise ConfigError(
+                f"optim.batch_size ({cfg.optim.batch_size}) is larger than the training set ({n} examples)"
+            )
+        if cfg.optim.max_steps is not None:
+            self.total_steps = cfg.optim.max_steps
+        else:
+            self.total_steps = max(1, math.ceil(cfg.optim.epochs * self.steps_per_epoch))
+        self.warmup_steps = math.ceil(cfg.optim.warmup_ratio * self.total_steps)
+        self.ds_raw: dict[str, Any] | None = None
+        if cfg.deepspeed.config:
+            from fastrobust.train.ds_config import load_deepspeed_json
+
+            self.ds_raw = load_deepspeed_json(cfg.deepspeed.config)
+
+    def _model_path(self) -> str:
+        if self.cfg.model.name_or_path:
+            return self.cfg.model.name_or_path
+        if self.cfg.task.name != "synthetic":
+            raise ConfigError("model.name_or_path: required unless task.name is 'synthetic'")
+        from fastrobust.data.synthetic import prepare_synthetic
+
+        return str(prepare_synthetic(self.cfg.task.synthetic).model_dir)

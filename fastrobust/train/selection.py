@@ -1,0 +1,89 @@
+"""Checkpoint selection on English dev: evaluate, remember the best parameters (on rank 0's CPU).
+
+As in the paper, the model that is tested on every language is the one with the highest accuracy
+on the training language's dev set; ties keep the earlier step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import Any
+
+import torch
+
+from fastrobust.train.distributed import DistContext
+from fastrobust.train.run import cpu_state, log
+
+
+def dev_accuracy(
+    module: torch.nn.Module,
+    run: Any,
+    dist: DistContext,
+    autocast: contextlib.AbstractContextManager,
+) -> float:
+    """Accuracy of ``module`` on the training language's dev set; rank 0's number on every rank."""
+    from fastrobust.evaluate import evaluate_dev
+
+    task = run.task
+    dev = task.dev[task.train_language]
+    # Every rank evaluates (under ZeRO-3 each forward gathers shards collectively); rank 0's
+    # number is broadcast so that all ranks take the same best-state decision.
+    with autocast:
+        acc = evaluate_dev(
+            module,
+            run.tokenizer,
+            dev,
+            max_length=run.cfg.model.max_length,
+            batch_size=run.cfg.eval.batch_size,
+            device=dist.device,
+        )
+    module.train()
+    return dist.broadcast_float(float(acc))
+
+
+def gather_state(
+    module: torch.nn.Module, zero_stage: int, dist: DistContext
+) -> dict[str, torch.Tensor] | None:
+    """Full parameters on rank 0's CPU (None elsewhere); a collective under ZeRO-3."""
+    if zero_stage == 3:
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None):
+            return cpu_state(module) if dist.is_main else None
+    return cpu_state(module) if dist.is_main else None
+
+
+class DevSelection:
+    """English-dev history and the best parameters so far (restorable from a checkpoint)."""
+
+    def __init__(self) -> None:
+        self.best_acc = -math.inf
+        self.best_step = -1
+        self.best_state: dict[str, torch.Tensor] | None = None
+        self.history: list[list[float]] = []
+
+    def evaluate(self, trainer: Any, writer: Any) -> None:
+        """Evaluates the trainer's model at its current step and keeps its parameters if best."""
+        dist, step = trainer.dist, trainer.step
+        eng = trainer.eng
+        acc = dev_accuracy(eng.module, trainer.run, dist, eng.autocast())
+        self.history.append([step, acc])
+        if acc > self.best_acc:
+            self.best_acc, self.best_step = acc, step
+            self.best_state = gather_state(eng.module, eng.zero_stage, dist)
+        if writer is not None:
+            writer.add_scalar("dev/accuracy", acc, step)
+        log(
+            dist,
+            f"[{trainer.label}] step {step}: English dev accuracy {100 * acc:.2f}% "
+            f"(best {100 * self.best_acc:.2f}% at step {self.best_step})",
+        )
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best_acc": self.best_acc, "best_step": self.best_step, "dev_history": self.history}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.best_acc = float(state["best_acc"])
+        self.best_step = int(state["best_step"])
+        self.history = [list(x) for x in state["dev_history"]]
