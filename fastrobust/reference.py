@@ -112,7 +112,7 @@ def init(
         n_real = (
             torch.full((batch,), float(length), device=embeds.device, dtype=dtype) if m is None else m.sum(1)
         )
-        per_example = epsilon * torch.rsqrt(n_real.clamp(min=1.0) * hidden)  # (B,)
+        per_example = epsilon / torch.sqrt(n_real.clamp(min=1.0) * hidden)  # (B,)
         scale = per_example.view(batch, 1, 1) if m is None else (m * per_example.view(batch, 1)).unsqueeze(-1)
     delta = u.mul_(scale).to(embeds.dtype)
     if not next_input:

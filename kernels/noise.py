@@ -154,6 +154,7 @@ def _noise_kernel(
     HAS_X: tl.constexpr,
     WRITE_NOISE: tl.constexpr,
     SIGMA_PER_EXAMPLE: tl.constexpr,
+    SIGMA_OVER_COUNT: tl.constexpr,
     HAS_MASK: tl.constexpr,
     GAUSSIAN: tl.constexpr,
     SEED_FROM_PTR: tl.constexpr,
@@ -181,6 +182,12 @@ def _noise_kernel(
         seed = tl.load(seed_ptr)
     if SIGMA_PER_EXAMPLE:
         scale = tl.load(sigma_ptr + b, mask=row_ok, other=0.0).to(tl.float32)
+    elif SIGMA_OVER_COUNT:
+        # pgd_init's L2 scale sigma / sqrt(max(n_b, 1) * H), n_b = real tokens of example b
+        # (sigma_ptr holds the counts): no separate launches for the per-example scale.
+        count = tl.load(sigma_ptr + b, mask=row_ok, other=1).to(tl.float32)
+        norm = tl.sqrt_rn(tl.maximum(count, 1.0) * hidden)
+        scale = tl.div_rn(tl.zeros([BLOCK_R], dtype=tl.float32) + sigma, norm)
     else:
         scale = tl.zeros([BLOCK_R], dtype=tl.float32) + sigma
     if HAS_MASK:
@@ -257,6 +264,7 @@ def noise_launches(
     copies: int,
     *,
     noise_out: Tensor | None = None,
+    counts: Tensor | None = None,
     target: Target | None = None,
     block_r: int | None = None,
     block_q: int | None = None,
@@ -277,6 +285,7 @@ def noise_launches(
         x_arg = rows_view(x)
         stride_b, stride_l = x_arg.stride(0), x_arg.stride(1)
     per_example = isinstance(sigma, Tensor)
+    over_count = counts is not None
     from_ptr = isinstance(seed, Tensor)
     if block_q is None:
         block_q = pick_column_block(quarter, target, cap=64)
@@ -298,7 +307,7 @@ def noise_launches(
         x_arg,
         out,
         noise_out if noise_out is not None else out,
-        sigma.contiguous() if per_example else out,
+        sigma.contiguous() if per_example else (counts if over_count else out),
         mask.contiguous() if mask is not None else out,
         seed if from_ptr else out,
         0.0 if per_example else float(sigma),
@@ -317,6 +326,7 @@ def noise_launches(
         HAS_X=x is not None,
         WRITE_NOISE=noise_out is not None,
         SIGMA_PER_EXAMPLE=per_example,
+        SIGMA_OVER_COUNT=over_count,
         HAS_MASK=mask is not None,
         GAUSSIAN=gaussian,
         SEED_FROM_PTR=from_ptr,
@@ -343,7 +353,9 @@ def launch_noise(
     """Run ``_noise_kernel``: out[c] = x + sigma * z_c * mask (x=None: just sigma * z_c * mask).
 
     out must be contiguous with ``copies * B * L * H`` elements. sigma: float or (B,) tensor.
-    seed: int, or a one-element integer tensor read on the device. ``noise_out`` (same size
+    seed: int, or a one-element integer tensor read on the device. ``counts`` (B,) integers
+    with a float sigma: the scale of example b is sigma / sqrt(max(counts[b], 1) * H).
+    ``noise_out`` (same size
     as out, copies == 1) also receives sigma * z * mask, and then out = x + noise_out
     exactly. block_r / block_q / copies_per_program / force_wide / fast_math (and target)
     override the tuning so that tests can drive

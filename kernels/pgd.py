@@ -34,6 +34,7 @@ shapes only, so a PGD loop built from these launches can be captured in a CUDA g
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import triton
 import triton.language as tl
@@ -393,6 +394,43 @@ def pgd_step_forward(
     return new_delta if nxt is None else (new_delta, nxt)
 
 
+def init_launches(
+    embeds: Tensor,
+    epsilon: float,
+    norm: str,
+    mask: Tensor | None,
+    seed: int | Tensor,
+    delta: Tensor,
+    nxt: Tensor | None,
+    **tuning,
+) -> list[Launch]:
+    """The launches of ``pgd_init`` for these (already allocated) outputs.
+
+    delta = u * mask * s_b with u ~ U(-1, 1) from the noise stream of ``seed``;
+    s_b = epsilon (Linf) or epsilon / sqrt(max(n_real_b, 1) * H) (L2), n_real_b counted by
+    one ``count_nonzero`` launch and the scale computed in the noise kernel. With ``nxt`` the
+    same pass reads embeds and also writes embeds + delta (equal to torch's sum of the two).
+    No host synchronisation.
+    """
+    batch, seq_len, hidden = embeds.shape
+    counts = None
+    sigma = float(epsilon)
+    if norm != "linf":
+        if mask is None:
+            # fp32 arithmetic, as the kernel and the reference compute eps / sqrt(n * H)
+            sigma = float(np.float32(epsilon) / np.sqrt(np.float32(max(seq_len, 1) * hidden)))
+        else:
+            counts = torch.count_nonzero(mask, dim=1)
+    if mask is not None:
+        mask = mask.contiguous()
+    shape = (batch, seq_len, hidden)
+    if nxt is None:
+        return noise_launches(None, shape, delta, sigma, seed, False, mask, 1, counts=counts, **tuning)
+    return noise_launches(
+        embeds, shape, nxt, sigma, seed, False, mask, 1, noise_out=delta, counts=counts, **tuning
+    )
+
+
 def pgd_init_forward(
     embeds: Tensor,
     epsilon: float,
@@ -402,28 +440,9 @@ def pgd_init_forward(
     next_input: bool = False,
     **tuning,
 ) -> Tensor | tuple[Tensor, Tensor]:
-    """Random start (see ``fastrobust.ops.pgd_init``) through the noise kernel.
-
-    delta = u * mask * s_b with u ~ U(-1, 1) from the noise stream of ``seed``;
-    s_b = epsilon (Linf) or epsilon / sqrt(max(n_real_b, 1) * H) (L2). The per-example L2
-    scale is a (B,)-sized torch expression: no host synchronisation. With next_input the
-    same pass reads embeds and also writes embeds + delta (equal to torch's sum of the two).
-    """
-    batch, seq_len, hidden = embeds.shape
+    """Random start (see ``fastrobust.ops.pgd_init`` and :func:`init_launches`): delta, or
+    (delta, embeds + delta) with next_input."""
     delta = torch.empty(embeds.shape, device=embeds.device, dtype=embeds.dtype)
-    if norm == "linf":
-        sigma: float | Tensor = float(epsilon)
-    else:
-        if mask is None:
-            n_real = torch.full((batch,), float(seq_len), device=embeds.device)
-        else:
-            n_real = (mask != 0).sum(1, dtype=torch.float32)
-        sigma = epsilon * torch.rsqrt(n_real.clamp(min=1.0) * hidden)
-    mask = None if mask is None else mask.contiguous()
-    shape = (batch, seq_len, hidden)
-    if not next_input:
-        run(noise_launches(None, shape, delta, sigma, seed, False, mask, 1, **tuning), delta)
-        return delta
-    nxt = torch.empty(embeds.shape, device=embeds.device, dtype=embeds.dtype)
-    run(noise_launches(embeds, shape, nxt, sigma, seed, False, mask, 1, noise_out=delta, **tuning), nxt)
-    return delta, nxt
+    nxt = torch.empty(embeds.shape, device=embeds.device, dtype=embeds.dtype) if next_input else None
+    run(init_launches(embeds, epsilon, norm, mask, seed, delta, nxt, **tuning), delta)
+    return delta if nxt is None else (delta, nxt)

@@ -64,10 +64,9 @@ def _variants():
                 "copies-gauss": noise.noise_launches(
                     x, shape, t(32, *shape), 0.1, 3, True, mask, 32, target=target
                 ),
-                "init": noise.noise_launches(None, shape, out, sigma, seed, False, mask, 1, target=target),
-                "init-next": noise.noise_launches(
-                    x, shape, out, sigma, seed, False, mask, 1, noise_out=out, target=target
-                ),
+                "init": pgd.init_launches(x, 0.5, "l2", mask, seed, out, None, target=target),
+                "init-next": pgd.init_launches(x, 0.5, "l2", mask, seed, out, out, target=target),
+                "init-linf": pgd.init_launches(x, 0.5, "linf", None, 3, out, None, target=target),
             }
             for norm in ("l2", "linf"):
                 for start in ("zero", "delta"):

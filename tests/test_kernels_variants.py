@@ -51,12 +51,8 @@ def _training_launches(batch: int, seq_len: int, dtype) -> dict[str, list]:
             x, (batch, seq_len, HIDDEN), copies, 0.1, 7, True, mask, 32, target=target
         ),
         "pgd-l2": (
-            noise.noise_launches(
-                None, (batch, seq_len, HIDDEN), out, sigma, seed, False, mask, 1, target=target
-            )
-            + noise.noise_launches(
-                x, (batch, seq_len, HIDDEN), out, sigma, seed, False, mask, 1, noise_out=out, target=target
-            )
+            pgd.init_launches(x, 0.5, "l2", mask, seed, out, None, target=target)
+            + pgd.init_launches(x, 0.5, "l2", mask, seed, out, out, target=target)
             + step("l2", None, x)
             + step("l2", x, x)
             + step("l2", x, None)
