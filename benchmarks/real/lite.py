@@ -113,7 +113,7 @@ def run_one(cfg, section: dict, out_dir: Path, device: str = "cpu", log=print) -
     from fastrobust.methods import build_method
     from fastrobust.methods.synonyms import SynonymTable, augment_examples
     from fastrobust.train.batches import GlobalBatchSampler, micro_seed
-    from fastrobust.train.trainer import _param_groups
+    from fastrobust.train.engine import param_groups
 
     transformers.logging.set_verbosity_error()  # the "newly initialized classifier" report, per run
     transformers.utils.logging.disable_progress_bar()
@@ -142,7 +142,7 @@ def run_one(cfg, section: dict, out_dir: Path, device: str = "cpu", log=print) -
     ).to(device)
     model.train()
     method.setup(model)
-    opt = torch.optim.AdamW(_param_groups(model, o.weight_decay), lr=o.learning_rate, eps=o.adam_epsilon)
+    opt = torch.optim.AdamW(param_groups(model, o.weight_decay), lr=o.learning_rate, eps=o.adam_epsilon)
     spe = len(train[0]) // o.batch_size
     total = o.max_steps if o.max_steps is not None else max(1, math.ceil(o.epochs * spe))
     sched = get_scheduler(
