@@ -1,4 +1,5 @@
-"""The ``fastrobust`` command: ``train``, ``evaluate``, ``certify``, ``augment``.
+"""The ``fastrobust`` command: ``train``, ``evaluate``, ``compare``, ``certify``, ``augment``,
+``synonyms``.
 
 Each subcommand lives next to the code it drives and exposes ``add_arguments(parser)``
 and ``run(args) -> int``. Errors print one line ``fastrobust <cmd>: error: ...`` without a
@@ -17,11 +18,16 @@ from collections.abc import Iterable, Sequence
 SUBCOMMANDS = {
     "train": ("fastrobust.train.cli", "fine-tune (baseline, AT, FreeLB, RS-RP, RS-DA) and evaluate"),
     "evaluate": ("fastrobust.evaluate.cli", "XLT and G-XLT report of a trained model directory"),
+    "compare": (
+        "fastrobust.evaluate.compare_cli",
+        "merge finished runs into one comparison (mean ± sd over seeds, bootstrap intervals)",
+    ),
     "certify": ("fastrobust.methods.certify_cli", "certified accuracy of the smoothed classifier"),
     "augment": (
         "fastrobust.methods.augment_cli",
         "write synonym-augmented copies of a training file (RS-DA)",
     ),
+    "synonyms": ("fastrobust.data.synonyms_cli", "build an English synonym table for RS-DA from WordNet"),
 }
 
 

@@ -41,7 +41,9 @@ def model_dir(tmp_path_factory):
 def test_evaluate_cli_writes_report(model_dir, tmp_path, capsys):
     assert run_cli([str(model_dir), "--out", str(tmp_path / "rep"), "--batch-size", "4"]) == 0
     files = {p.name for p in (tmp_path / "rep").iterdir()}
-    assert files == {"report.json", "xlt.csv", "gxlt.csv", "report.md", "gxlt_heatmap.png"}
+    assert files == {
+        "report.json", "xlt.csv", "gxlt.csv", "report.md", "gxlt_heatmap.png", "sets.csv", "predictions.npz",
+    }  # fmt: skip
     report = EvalReport.from_dict(json.loads((tmp_path / "rep" / "report.json").read_text()))
     assert report.languages == ["en", "de", "fr"] and len(report.gxlt) == 9
     # the same numbers as evaluating in-process with the saved model and the saved max_length
@@ -106,7 +108,7 @@ def test_evaluate_cli_errors(model_dir, tmp_path):
             ]
         )
     with pytest.raises(ConfigError, match="task.format"):
-        run_cli([str(model_dir), "--set", "task.format=csv"])
+        run_cli([str(model_dir), "--set", "task.format=xml"])
 
 
 def test_fastrobust_command_reports_one_line_and_exit_2(tmp_path, capsys):

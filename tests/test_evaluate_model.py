@@ -74,3 +74,24 @@ def test_evaluate_task_uses_eval_mode_and_restores_training(task):
     ref = one_by_one(model, tok, task.gxlt[("ja", "en")], 32)
     assert report.gxlt[("ja", "en")] == accuracy(ref, column(task.gxlt[("ja", "en")], "label"))
     assert evaluate_task(model, tok, task, max_length=32, batch_size=4, device="cpu", gxlt=False).gxlt == {}
+
+
+def test_predict_task_probabilities_labels_and_rates(task, tmp_path):
+    from fastrobust.evaluate import TaskPredictions, predict_task
+
+    tok = word_tokenizer("bert")
+    model = tiny_classifier(tok, "bert", seed=2, init_range=0.5)
+    model.eval()
+    preds = predict_task(model, tok, task, max_length=32, batch_size=4, device="cpu")
+    assert preds.label_names == list(task.label_names) and preds.train_language == "en"
+    assert preds.gxlt[("de", "de")] is preds.xlt["de"]  # the joined diagonal is predicted once
+    logits = one_by_one_logits(model, tok, task.gxlt[("ja", "en")], 32)
+    expected = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(preds.gxlt[("ja", "en")].probs, expected, rtol=1e-4, atol=1e-6)
+    np.testing.assert_array_equal(preds.xlt["ja"].labels, column(task.test["ja"], "label"))
+    report = preds.report()
+    positive = float((one_by_one(model, tok, task.test["de"], 32) == 1).mean())
+    assert report.xlt_pred_rates["de"][1] == pytest.approx(positive)
+    assert report == evaluate_task(model, tok, task, max_length=32, batch_size=4, device="cpu")
+    back = TaskPredictions.load(preds.save(tmp_path / "p.npz"))
+    assert back.report() == report

@@ -6,6 +6,7 @@ import csv
 import json
 
 import matplotlib.image as mpimg
+import numpy as np
 import pytest
 
 from fastrobust.evaluate import EvalReport, write_comparison, write_report
@@ -66,17 +67,102 @@ def test_report_without_gxlt(tmp_path):
 
 
 def test_write_comparison(tmp_path):
+    """Bare reports (one run each, no predictions): means, no intervals, every file written."""
     reports = {"baseline": make_report(0.1), "rs-rp": make_report(0.0)}
     md = write_comparison(reports, tmp_path)
     assert (tmp_path / "comparison.md").read_text() == md
-    assert "| baseline | 90.0 | 70.0 | 60.0 | 73.3 | 70.0 |" in md
-    assert "| rs-rp | 90.0 | 80.0 | 70.0 | 80.0 | 77.5 |" in md
+    assert "| baseline | 1 | 90.0 | 70.0 | 60.0 | 73.3 | 65.0 |" in md
+    assert "| rs-rp | 1 | 90.0 | 80.0 | 70.0 | 80.0 | 75.0 |" in md
     assert md.index("## XLT") < md.index("## G-XLT")
+    assert "rs-rp: no per-example predictions for baseline: no intervals." in md
     payload = json.loads((tmp_path / "comparison.json").read_text())
-    assert {k: EvalReport.from_dict(v) for k, v in payload.items()} == reports
+    assert payload["baseline"] == "baseline" and set(payload["methods"]) == set(reports)
+    assert {k: EvalReport.from_dict(v["reports"]["0"]) for k, v in payload["methods"].items()} == reports
+    assert payload["methods"]["rs-rp"]["cells"]["xlt:de"]["mean"] == pytest.approx(0.8)
+    rows = list(csv.DictReader((tmp_path / "comparison.csv").open()))
+    row = next(r for r in rows if r["method"] == "rs-rp" and r["cell"] == "gxlt_gap")
+    assert float(row["mean"]) == pytest.approx(0.1) and row["ci_low"] == ""
     assert_png(tmp_path / "comparison.png")
     with pytest.raises(ValueError, match="no reports"):
         write_comparison({}, tmp_path)
+
+
+def comparison_with_seeds():
+    from fastrobust.evaluate import RunResult, SetPredictions, TaskPredictions, compare
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 300)
+    runs = []
+    for label, acc in (("baseline", 0.7), ("rs-rp", 0.8), ("pgd", 0.7)):
+        for seed in (0, 1, 2):
+            sets = {}
+            for lang in ("en", "de", "zh"):
+                pred = np.where(rng.random(300) < acc + (0.15 if lang == "en" else 0), labels, 1 - labels)
+                sets[lang] = SetPredictions(np.eye(2)[pred], labels)
+            gx = {(a, b): sets[a] if a == b else sets[b] for a in sets for b in sets}
+            tp = TaskPredictions(xlt=sets, gxlt=gx, task="toy", train_language="en", label_names=["n", "p"])
+            runs.append(RunResult(label, seed, tp.report(), tp))
+    return compare(runs, n_boot=500)
+
+
+def test_comparison_with_seeds_markdown_csv_and_marks(tmp_path):
+    comp = comparison_with_seeds()
+    md = write_comparison(comp, tmp_path)
+    assert "mean ± sd over seeds" in md and "difference to baseline (points) [95% CI]" in md
+    rs_rp = next(line for line in md.splitlines() if line.startswith("| rs-rp |") and "[" in line)
+    assert rs_rp.count(" *") >= 3  # +10 points on 900 examples x 3 seeds is far outside the noise
+    rows = list(csv.DictReader((tmp_path / "comparison.csv").open()))
+    row = next(r for r in rows if r["method"] == "rs-rp" and r["cell"] == "xlt_zero_shot_avg")
+    assert float(row["ci_low"]) > 0 and row["excludes_zero"] == "True" and row["n_seeds"] == "3"
+    assert row["interval_scope"] == "test examples and seeds"
+    from fastrobust.evaluate.report import comparison_text
+
+    text = comparison_text(comp)
+    assert "XLT: difference to baseline" in text and "zero-shot avg" in text
+
+
+def test_comparison_png_legend_covers_no_bar_and_bars_carry_values():
+    from matplotlib.transforms import Bbox
+
+    from fastrobust.evaluate.plots import comparison_figure
+
+    fig = comparison_figure(comparison_with_seeds())
+    try:
+        fig.canvas.draw()
+        renderer = fig.canvas.get_renderer()
+        legend = fig.legends[0].get_window_extent(renderer)
+        axes = fig.axes
+        bars = [(ax, p) for ax in axes[:2] for p in ax.patches]
+        assert len(bars) == 3 * (5 + 3)  # 3 methods x (XLT: 3 languages, avg, zero-shot; G-XLT: 3)
+        # what is drawn of a bar: its extent clipped to its axes (bars start at 0, the axis higher)
+        shown = [
+            Bbox.intersection(p.get_window_extent(renderer), ax.get_window_extent(renderer)) for ax, p in bars
+        ]
+        assert all(b is not None for b in shown)
+        assert not any(legend.overlaps(b) for b in shown)
+        for ax in axes:
+            assert ax.get_ylabel()  # every panel, G-XLT included, says what its axis is
+        values = [t.get_text() for ax in axes[:2] for t in ax.texts]
+        assert len(values) == len(bars) and all(v.replace(".", "").isdigit() for v in values)
+        assert "difference to baseline" in axes[2].get_ylabel()
+    finally:
+        import matplotlib.pyplot as plt
+
+        plt.close(fig)
+
+
+def test_report_with_predicted_rates(tmp_path):
+    from fastrobust.evaluate import SetPredictions, TaskPredictions
+
+    labels = np.array([0, 1, 1, 0])
+    sets = {lang: SetPredictions(np.eye(2)[[1, 1, 1, 0]], labels) for lang in ("en", "de")}
+    gx = {(a, b): sets[a] for a in sets for b in sets}
+    rep = TaskPredictions(xlt=sets, gxlt=gx, train_language="en", label_names=["no", "yes"]).report()
+    written = write_report(rep, tmp_path)
+    md = (tmp_path / "report.md").read_text()
+    assert "| predicted yes | 75.0 | 75.0 |  |  |" in md and "Predicted yes (%)" in md
+    rows = list(csv.DictReader(written["sets.csv"].open()))
+    assert rows[0]["predicted_yes"] == "0.75" and rows[0]["accuracy"] == "0.75" and len(rows) == 2 + 4
 
 
 def test_atomic_write_replaces_whole_file(tmp_path):

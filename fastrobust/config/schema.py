@@ -78,11 +78,36 @@ class SyntheticConfig(StrictModel):
 
 
 class TaskConfig(StrictModel):
-    name: Literal["pawsx", "xnli", "synthetic"] = "synthetic"
+    """The task: a preset (``pawsx``, ``xnli``), the ``synthetic`` benchmark, or ``custom``.
+
+    ``custom`` is any sentence or sentence-pair classification task: ``text_columns`` names the
+    text column (one) or the two sentence columns (a pair) of the files or hub dataset,
+    ``label_column`` the label; ``labels`` lists the label names in id order (null: the sorted
+    distinct values of the training labels). Local files are ``train-<lang>``, ``dev-<lang>``,
+    ``test-<lang>`` (.tsv/.jsonl/.csv); with ``languages: null`` the languages are those of the
+    ``test-<lang>`` files (hub: the dataset's configs). G-XLT is built only for pair tasks.
+    The presets fix their columns and labels; the same keys override them.
+    """
+
+    name: Literal["pawsx", "xnli", "synthetic", "custom"] = "synthetic"
     source: Literal["auto", "hub", "local"] = "auto"
-    path: str | None = Field(None, description="local folder in the XTREME layout (or JSONL)")
-    format: Literal["tsv", "jsonl"] = "tsv"
-    languages: list[str] | None = Field(None, description="null = every language of the task")
+    path: str | None = Field(
+        None, description="local folder (train-<lang>.<ext>, ...), or with source hub any load_dataset path"
+    )
+    format: Literal["tsv", "jsonl", "csv"] = "tsv"
+    text_columns: list[str] | None = Field(
+        None,
+        min_length=1,
+        max_length=2,
+        description="custom: the text column, or the 2 sentence columns of a pair task; null = the preset's",
+    )
+    label_column: str = "label"
+    labels: list[str] | None = Field(
+        None, min_length=2, description="label names in id order; null = the preset's, or read from the data"
+    )
+    languages: list[str] | None = Field(
+        None, description="null = every language of the task (or of the files)"
+    )
     train_language: str = "en"
     gxlt: bool = True
     max_train_examples: int | None = Field(None, ge=1)
@@ -97,6 +122,22 @@ class TaskConfig(StrictModel):
     )
     synonyms: str | None = Field(None, description="JSON word -> [synonyms] table for RS-DA")
     synthetic: SyntheticConfig = Field(default_factory=SyntheticConfig)
+
+    @model_validator(mode="after")
+    def _check(self) -> TaskConfig:
+        for key in ("text_columns", "labels"):
+            values = getattr(self, key) or []
+            dup = sorted({x for x in values if values.count(x) > 1})
+            if dup:
+                raise ValueError(f"{key}: {dup} listed twice")
+        if self.name == "custom" and not self.text_columns:
+            raise ValueError(
+                "text_columns: required for task 'custom', e.g. [text] (one sentence) "
+                "or [sentence1, sentence2] (a pair)"
+            )
+        if self.name == "synthetic" and (self.text_columns or self.labels):
+            raise ValueError("text_columns/labels: the synthetic benchmark fixes its own columns and labels")
+        return self
 
 
 # transformers' schedules that need nothing but the warmup and total step counts; the others

@@ -1,45 +1,61 @@
-"""Evaluation: XLT accuracy per language, the G-XLT matrix, their averages, and reports.
+"""Evaluation: XLT accuracy per language, the G-XLT matrix, their averages, reports and statistics.
 
 Public API::
 
     evaluate_task(model, tokenizer, task, *, max_length, batch_size, device, gxlt=True) -> EvalReport
+    predict_task(model, tokenizer, task, ...) -> TaskPredictions      # per-example probabilities
     evaluate_dev(model, tokenizer, dataset, *, max_length, batch_size, device) -> float
     evaluate_predictions(task, predict_fn, gxlt=True) -> EvalReport   # any predictor
     EvalReport (to_dict / from_dict, averages), accuracy(predictions, labels)
-    write_report(report, out_dir), write_comparison(reports, out_dir) -> markdown
+    TaskPredictions / SetPredictions (per-example probabilities and labels; save / load .npz)
+    RunResult, compare(runs, baseline=...) -> Comparison   # mean ± sd over seeds, bootstrap CIs
+    write_report(report, out_dir), write_comparison(comparison or {label: report}, out_dir) -> markdown
 
-matplotlib is imported only when a figure is written.
+Names are imported on first use, so that the statistics and reports (numpy only) load without
+torch and datasets (``fastrobust compare`` starts in a fraction of a second); matplotlib is
+imported only when a figure is written.
 """
 
-from fastrobust.evaluate.metrics import EvalReport, accuracy
-from fastrobust.evaluate.predict import (
-    evaluate_dev,
-    evaluate_predictions,
-    evaluate_task,
-    predict,
-    predict_logits,
-)
-from fastrobust.evaluate.report import (
-    comparison_markdown,
-    gxlt_markdown,
-    report_markdown,
-    write_comparison,
-    write_report,
-    xlt_markdown,
-)
+from __future__ import annotations
 
-__all__ = [
-    "EvalReport",
-    "accuracy",
-    "comparison_markdown",
-    "evaluate_dev",
-    "evaluate_predictions",
-    "evaluate_task",
-    "gxlt_markdown",
-    "predict",
-    "predict_logits",
-    "report_markdown",
-    "write_comparison",
-    "write_report",
-    "xlt_markdown",
-]
+import importlib
+from typing import Any
+
+_LAZY = {
+    "EvalReport": "fastrobust.evaluate.metrics",
+    "accuracy": "fastrobust.evaluate.metrics",
+    "SetPredictions": "fastrobust.evaluate.predictions",
+    "TaskPredictions": "fastrobust.evaluate.predictions",
+    "Comparison": "fastrobust.evaluate.stats",
+    "Interval": "fastrobust.evaluate.stats",
+    "RunResult": "fastrobust.evaluate.stats",
+    "compare": "fastrobust.evaluate.stats",
+    "evaluate_dev": "fastrobust.evaluate.predict",
+    "evaluate_predictions": "fastrobust.evaluate.predict",
+    "evaluate_task": "fastrobust.evaluate.predict",
+    "predict": "fastrobust.evaluate.predict",
+    "predict_logits": "fastrobust.evaluate.predict",
+    "predict_task": "fastrobust.evaluate.predict",
+    "comparison_markdown": "fastrobust.evaluate.report",
+    "comparison_text": "fastrobust.evaluate.report",
+    "gxlt_markdown": "fastrobust.evaluate.report",
+    "report_markdown": "fastrobust.evaluate.report",
+    "write_comparison": "fastrobust.evaluate.report",
+    "write_report": "fastrobust.evaluate.report",
+    "xlt_markdown": "fastrobust.evaluate.report",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'fastrobust.evaluate' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

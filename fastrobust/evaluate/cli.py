@@ -4,6 +4,8 @@ MODEL_DIR is a Hugging Face model folder (config, weights, tokenizer) as the tra
 ``fastrobust.json`` = ``{"task": <task section>, "max_length": int}``. The task comes from that
 file, or from ``--config`` (its ``task`` section); ``--set task.key=value`` overrides either.
 The sequence length is the one the model was trained with unless ``--set model.max_length=N``.
+Writes the report files (see ``write_report``) and ``predictions.npz`` (per-example class
+probabilities and labels of every set, for ``fastrobust compare`` and calibration checks).
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ def _read_meta(model_dir: Path) -> dict | None:
         meta = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise DataError(f"{path}: invalid JSON at line {exc.lineno} ({exc.msg})") from None
-    if not isinstance(meta, dict) or not isinstance(meta.get("task"), dict):
+    if not isinstance(meta, dict) or not isinstance(meta.get("task", {}), dict):
         raise DataError(f"{path}: expected an object with a 'task' section")
     return meta
 
@@ -63,6 +65,9 @@ def resolve(args: argparse.Namespace):
     meta = _read_meta(model_dir)
     if args.config is not None:
         cfg = load_config(args.config, args.overrides)
+    elif meta is not None and "task" not in meta:
+        # e.g. saved by RobustTrainer without task=: the file records the method, not the task
+        raise ConfigError(f"{model_dir / META_FILE}: has no 'task' section; give --config to say which task")
     elif meta is not None:
         # methods are irrelevant to evaluation; given explicitly so the Config validator sees a parsed list
         data = {
@@ -137,7 +142,9 @@ def _run(args: argparse.Namespace) -> int:
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from fastrobust.data import load_task
-    from fastrobust.evaluate import evaluate_task, gxlt_markdown, write_report, xlt_markdown
+    from fastrobust.evaluate import gxlt_markdown, predict_task, write_report, xlt_markdown
+    from fastrobust.evaluate.predict import test_progress
+    from fastrobust.evaluate.predictions import FILE_NAME
 
     gxlt = cfg.task.gxlt and cfg.eval.gxlt and not args.no_gxlt
     task = load_task(cfg.task.model_copy(update={"gxlt": gxlt}))
@@ -148,17 +155,20 @@ def _run(args: argparse.Namespace) -> int:
             f"MODEL_DIR: the model has {model.config.num_labels} labels but task {task.name} has "
             f"{task.num_labels} ({', '.join(task.label_names)})"
         )
-    report = evaluate_task(
-        model,
-        tokenizer,
-        task,
-        max_length=max_length,
-        batch_size=batch_size,
-        device=device,
-        gxlt=gxlt,
-        progress="test",
-    )
+    with test_progress(task, gxlt, "test") as bar:
+        predictions = predict_task(
+            model,
+            tokenizer,
+            task,
+            max_length=max_length,
+            batch_size=batch_size,
+            device=device,
+            gxlt=gxlt,
+            progress=lambda name, n: bar.update(n),
+        )
+    report = predictions.report()
     write_report(report, out, title=f"{task.name}: {Path(args.model_dir).name}")
+    predictions.save(out / FILE_NAME)
     print("XLT accuracy (%)\n" + xlt_markdown(report))
     if gxlt:
         print("\nG-XLT accuracy (%)\n" + gxlt_markdown(report))

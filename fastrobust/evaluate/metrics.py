@@ -10,6 +10,10 @@ Definitions (n languages; acc(x) in [0, 1]; |D| = number of examples):
   the n*(n-1) pairs with a != b; ``gap`` = same - cross (how much harder mixing languages is).
 - Per-language G-XLT summary (used in comparisons): mean over the 2n-1 ordered pairs that
   involve the language on either side.
+- Predicted-class rates (when the report was built from per-example predictions):
+  ``xlt_pred_rates[l][c]`` = fraction of test[l] predicted as class c; for a two-class task
+  ``[c=1]`` is the positive-prediction rate. A rate that moves while accuracy stays tells a
+  calibration (threshold) shift from a change in what the model knows.
 """
 
 from __future__ import annotations
@@ -51,6 +55,9 @@ class EvalReport:
     ``xlt``). ``xlt_sizes`` /
     ``gxlt_sizes`` hold the number of test examples behind each accuracy (for weighted averages).
     ``gxlt`` is empty when G-XLT was not evaluated; its averages are then None.
+    ``label_names`` (index = class id) and the predicted-class rates ``xlt_pred_rates`` /
+    ``gxlt_pred_rates`` (set -> C fractions) are filled when the report comes from per-example
+    predictions (:meth:`TaskPredictions.report`); empty otherwise.
     """
 
     xlt: dict[str, float]
@@ -60,6 +67,9 @@ class EvalReport:
     task: str = ""
     languages: list[str] = field(default_factory=list)
     train_language: str | None = None
+    label_names: list[str] = field(default_factory=list)
+    xlt_pred_rates: dict[str, list[float]] = field(default_factory=dict)
+    gxlt_pred_rates: dict[tuple[str, str], list[float]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.languages:  # default order: XLT languages, then any language seen only in G-XLT
@@ -112,9 +122,17 @@ class EvalReport:
                     out[i, j] = self.gxlt[(a, b)]
         return out
 
+    @property
+    def zero_shot_avg(self) -> float | None:
+        """Mean XLT accuracy over the languages other than the training language (None if none)."""
+        return _mean(
+            [self.xlt[lang] for lang in self.languages if lang in self.xlt and lang != self.train_language]
+        )
+
     def averages(self) -> dict[str, float | None]:
         return {
             "xlt_avg": self.xlt_avg,
+            "xlt_zero_shot_avg": self.zero_shot_avg,
             "xlt_weighted": self.xlt_weighted,
             "gxlt_avg": self.gxlt_avg,
             "gxlt_weighted": self.gxlt_weighted,
@@ -133,7 +151,7 @@ class EvalReport:
                 out.setdefault(a, {})[b] = v
             return out
 
-        return {
+        out = {
             "task": self.task,
             "train_language": self.train_language,
             "languages": list(self.languages),
@@ -143,6 +161,11 @@ class EvalReport:
             "gxlt_sizes": nest(self.gxlt_sizes),
             "averages": self.averages(),
         }
+        if self.label_names:
+            out["label_names"] = list(self.label_names)
+        if self.xlt_pred_rates or self.gxlt_pred_rates:
+            out["predicted_rates"] = {"xlt": dict(self.xlt_pred_rates), "gxlt": nest(self.gxlt_pred_rates)}
+        return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> EvalReport:
@@ -152,6 +175,7 @@ class EvalReport:
             return {(a, b): v for a, row in table.items() for b, v in row.items()}
 
         try:
+            rates = data.get("predicted_rates") or {}
             return cls(
                 task=data["task"],
                 languages=list(data["languages"]),
@@ -160,6 +184,9 @@ class EvalReport:
                 gxlt={k: float(v) for k, v in flat(data.get("gxlt", {})).items()},
                 gxlt_sizes={k: int(v) for k, v in flat(data.get("gxlt_sizes", {})).items()},
                 train_language=data.get("train_language"),
+                label_names=[str(x) for x in data.get("label_names", [])],
+                xlt_pred_rates={k: [float(x) for x in v] for k, v in rates.get("xlt", {}).items()},
+                gxlt_pred_rates={k: [float(x) for x in v] for k, v in flat(rates.get("gxlt", {})).items()},
             )
         except (KeyError, TypeError, AttributeError, ValueError) as exc:
             raise FastrobustError(

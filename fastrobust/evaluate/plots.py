@@ -1,4 +1,4 @@
-"""Figures (matplotlib, Agg backend: no display needed): G-XLT heatmap and method comparison bars."""
+"""Figures (matplotlib, Agg backend: no display needed): G-XLT heatmap and the method comparison."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from fastrobust.evaluate.metrics import EvalReport  # noqa: E402
+from fastrobust.evaluate.stats import Comparison  # noqa: E402
 
 
 def gxlt_heatmap(report: EvalReport, path: str, title: str | None = None) -> None:
@@ -41,40 +42,102 @@ def gxlt_heatmap(report: EvalReport, path: str, title: str | None = None) -> Non
         plt.close(fig)
 
 
-def comparison_chart(reports: Mapping[str, EvalReport], path: str) -> None:
-    """PNG with grouped bars per method: XLT per language + average (left), G-XLT summary (right)."""
-    labels = list(reports)
-    first = next(iter(reports.values()))
-    langs = list(first.languages)
-    has_gxlt = any(r.gxlt for r in reports.values())
-    fig, axes = plt.subplots(1, 2 if has_gxlt else 1, figsize=(13 if has_gxlt else 8, 4.5), squeeze=False)
-    try:
-        groups = [*langs, "avg"]
-        width = 0.8 / len(labels)
-        x = np.arange(len(groups))
-        ax = axes[0, 0]
-        for k, label in enumerate(labels):
-            rep = reports[label]
-            vals = [rep.xlt.get(lang, np.nan) for lang in langs] + [rep.xlt_avg or np.nan]
-            ax.bar(x + (k - (len(labels) - 1) / 2) * width, 100 * np.asarray(vals, float), width, label=label)
-        ax.set_xticks(x, groups)
-        ax.set_ylabel("accuracy (%)")
-        ax.set_title("XLT")
-        ax.legend(fontsize=8, loc="lower right")
-        if has_gxlt:
-            ax = axes[0, 1]
-            groups = ["avg", "same-lang", "cross-lang"]
-            x = np.arange(len(groups))
-            for k, label in enumerate(labels):
-                rep = reports[label]
-                vals = [rep.gxlt_avg, rep.gxlt_same_lang_avg, rep.gxlt_cross_lang_avg]
-                vals = [np.nan if v is None else v for v in vals]
-                ax.bar(
-                    x + (k - (len(labels) - 1) / 2) * width, 100 * np.asarray(vals, float), width, label=label
+def _bars(ax, comp: Comparison, keys: list[str], labels: list[str]) -> None:
+    """Grouped bars (one group per cell, one bar per method): seed mean, sd whisker when there are
+    several seeds, and the mean's value written inside each bar, at its visible base."""
+    methods = list(comp.methods)
+    width = 0.8 / len(methods)
+    x = np.arange(len(keys))
+    finite = [100 * s.mean for m in comp.methods.values() for key in keys if (s := m.stats.get(key))]
+    # Start the axis near the data, so that differences of a few points stay visible.
+    low = max(0.0, min(finite) - 15.0) if finite else 0.0
+    ax.set_ylim(low, min(100.0, max(finite) + 5.0) if finite else 100.0)
+    for k, label in enumerate(methods):
+        stats = [comp.methods[label].stats.get(key) for key in keys]
+        means = np.array([np.nan if s is None else 100 * s.mean for s in stats])
+        sds = np.array([np.nan if s is None or s.sd is None else 100 * s.sd for s in stats])
+        pos = x + (k - (len(methods) - 1) / 2) * width
+        ax.bar(pos, means, width, label=label, color=f"C{k}")
+        if np.isfinite(sds).any():
+            ax.errorbar(
+                pos, means, yerr=np.nan_to_num(sds), fmt="none", ecolor="black", elinewidth=0.8, capsize=2
+            )
+        for p_, m in zip(pos, means):
+            if np.isfinite(m):
+                ax.text(
+                    p_,
+                    low + 1.0,
+                    f"{m:.1f}",
+                    rotation=90,
+                    ha="center",
+                    va="bottom",
+                    fontsize=6.5,
+                    color="white",
                 )
-            ax.set_xticks(x, groups)
-            ax.set_title("G-XLT")
-        fig.tight_layout()
+    ax.set_xticks(x, labels)
+    ax.set_ylabel("accuracy (%)")
+
+
+def comparison_figure(comp: Comparison):
+    """The comparison as a matplotlib figure (see :func:`comparison_chart`); the caller closes it."""
+    # The gap is a difference, not an accuracy: it is shown in the difference panel only.
+    groups = [[c for c in comp.cells if c.group == g and c.key != "gxlt_gap"] for g in ("xlt", "gxlt")]
+    groups = [g for g in groups if g]
+    key_cells = [
+        c
+        for c in comp.cells
+        if c.key in (f"xlt:{comp.train_language}", "xlt_zero_shot_avg", "xlt_avg", "gxlt_cross", "gxlt_gap")
+    ]
+    has_diffs = any(m.diffs for m in comp.methods.values())
+    ncols = len(groups) + (1 if has_diffs else 0)
+    widths = [max(2.5, 0.55 * len(g) * max(1, len(comp.methods)) ** 0.5 + 1.0) for g in groups]
+    if has_diffs:
+        widths.append(max(3.0, 0.7 * len(key_cells) + 1.5))
+    fig, axes = plt.subplots(
+        1, ncols, figsize=(sum(widths) + 1.0, 4.8), squeeze=False, gridspec_kw={"width_ratios": widths}
+    )
+    for ax, cells, name in zip(axes[0], groups, ("XLT", "G-XLT")):
+        _bars(ax, comp, [c.key for c in cells], [c.title for c in cells])
+        ax.set_title(f"{name} accuracy, mean ± sd over seeds", fontsize=10)
+        ax.tick_params(axis="x", labelrotation=30, labelsize=8)
+    if has_diffs:
+        ax = axes[0, -1]
+        others = [label for label in comp.methods if label != comp.baseline]
+        width = 0.8 / max(1, len(others))
+        x = np.arange(len(key_cells))
+        for k, label in enumerate(others):
+            ivs = [comp.methods[label].diffs.get(c.key) for c in key_cells]
+            pos = x + (k - (len(others) - 1) / 2) * width
+            color = f"C{list(comp.methods).index(label)}"
+            for p, iv in zip(pos, ivs):
+                if iv is None:
+                    continue
+                err = [[100 * (iv.estimate - iv.low)], [100 * (iv.high - iv.estimate)]]
+                fill = color if iv.excludes_zero else "white"
+                ax.errorbar(p, 100 * iv.estimate, yerr=err, fmt="o", color=color, mfc=fill, capsize=3, ms=5)
+        ax.axhline(0.0, color="gray", lw=0.8)
+        ax.set_xticks(x, [c.title if c.group == "xlt" else f"G-XLT {c.title}" for c in key_cells])
+        ax.tick_params(axis="x", labelrotation=30, labelsize=8)
+        ax.set_ylabel(f"difference to {comp.baseline} (points)")
+        ax.set_title(f"{100 * comp.confidence:.0f}% paired bootstrap CI (filled: excludes 0)", fontsize=10)
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    # Below the panels, outside every axes: a legend inside a panel covered bars.
+    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 6), fontsize=8, frameon=False)
+    fig.suptitle(
+        f"{comp.task}: {', '.join(f'{k} ({len(m.seeds)} seeds)' for k, m in comp.methods.items())}",
+        fontsize=9,
+    )
+    fig.tight_layout(rect=(0, 0.07, 1, 0.95))
+    return fig
+
+
+def comparison_chart(comparison: Comparison | Mapping[str, EvalReport], path: str) -> None:
+    """PNG: grouped bars per method for the XLT cells and the G-XLT summary (mean over seeds, sd
+    whiskers, values on the bars), and a panel of differences to the baseline with their intervals."""
+    from fastrobust.evaluate.report import _as_comparison
+
+    fig = comparison_figure(_as_comparison(comparison))
+    try:
         fig.savefig(path, format="png", dpi=110)
     finally:
         plt.close(fig)

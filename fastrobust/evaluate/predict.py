@@ -12,6 +12,7 @@ import torch
 from fastrobust.data import TaskData, encode_dataset, make_collator
 from fastrobust.data.xtreme import column
 from fastrobust.evaluate.metrics import EvalReport, accuracy
+from fastrobust.evaluate.predictions import SetPredictions, TaskPredictions
 
 
 @torch.no_grad()
@@ -94,8 +95,10 @@ def evaluate_dev(
     return accuracy(preds, column(dataset, "label"))
 
 
-def _bar(task: TaskData, gxlt: bool, progress: str | None) -> Any:
-    """A tqdm bar over the examples to predict (XLT sets, then G-XLT sets not shared with them)."""
+def test_progress(task: TaskData, gxlt: bool, progress: str | None) -> Any:
+    """A tqdm bar (on stderr; a no-op when ``progress`` is None) over the examples of a task's test
+    evaluation: the XLT sets, then the G-XLT sets not shared with them. Use as a context manager;
+    ``predict_task(..., progress=lambda name, n: bar.update(n))`` advances it."""
     import sys
 
     from tqdm.auto import tqdm
@@ -134,7 +137,7 @@ def evaluate_predictions(
     done: dict[int, float] = {}  # id(dataset) -> accuracy
     gx: dict[tuple[str, str], float] = {}
     gx_sizes: dict[tuple[str, str], int] = {}
-    with _bar(task, gxlt, progress) as bar:
+    with test_progress(task, gxlt, progress) as bar:
         for lang in task.languages:
             ds = task.test[lang]
             xlt[lang] = done[id(ds)] = accuracy(predict_fn(ds), column(ds, "label"))
@@ -158,6 +161,49 @@ def evaluate_predictions(
     )
 
 
+def predict_task(
+    model: Any,
+    tokenizer: Any,
+    task: TaskData,
+    *,
+    max_length: int,
+    batch_size: int,
+    device: str | torch.device,
+    gxlt: bool = True,
+    progress: Callable[[str, int], None] | None = None,
+) -> TaskPredictions:
+    """Per-example class probabilities of ``model`` on every test language and (``gxlt=True``) on
+    every G-XLT pair set: softmax(logits) (N, C) with the gold labels (N,) per set.
+
+    A G-XLT set that is the very same dataset as a test set (the joined diagonal) is predicted
+    once and shared. ``progress(name, examples)`` is called after each set (for a progress bar).
+    """
+    done: dict[int, SetPredictions] = {}
+
+    def run(name: str, ds: datasets.Dataset) -> SetPredictions:
+        if id(ds) not in done:
+            logits = predict_logits(
+                model, tokenizer, ds, max_length=max_length, batch_size=batch_size, device=device
+            )
+            done[id(ds)] = SetPredictions.from_logits(
+                logits if len(ds) else np.zeros((0, task.num_labels)), np.asarray(column(ds, "label"))
+            )
+            if progress is not None:
+                progress(name, len(ds))
+        return done[id(ds)]
+
+    xlt = {lang: run(lang, task.test[lang]) for lang in task.languages}
+    pairs = {pair: run(f"{pair[0]}-{pair[1]}", ds) for pair, ds in task.gxlt.items()} if gxlt else {}
+    return TaskPredictions(
+        xlt=xlt,
+        gxlt=pairs,
+        task=task.name,
+        languages=list(task.languages),
+        train_language=task.train_language,
+        label_names=list(task.label_names),
+    )
+
+
 def evaluate_task(
     model: Any,
     tokenizer: Any,
@@ -169,10 +215,17 @@ def evaluate_task(
     gxlt: bool = True,
     progress: str | None = None,
 ) -> EvalReport:
-    """XLT accuracy of ``model`` on every test language and (``gxlt=True``) on every G-XLT pair set;
-    ``progress`` labels a progress bar over the examples (None: no bar)."""
-
-    def predict_fn(ds: datasets.Dataset) -> np.ndarray:
-        return predict(model, tokenizer, ds, max_length=max_length, batch_size=batch_size, device=device)
-
-    return evaluate_predictions(task, predict_fn, gxlt=gxlt, progress=progress)
+    """XLT accuracy of ``model`` on every test language and (``gxlt=True``) on every G-XLT pair set,
+    with each set's predicted-class rates (``predict_task(...).report()``); ``progress`` labels a
+    progress bar over the examples (None: no bar)."""
+    with test_progress(task, gxlt, progress) as bar:
+        return predict_task(
+            model,
+            tokenizer,
+            task,
+            max_length=max_length,
+            batch_size=batch_size,
+            device=device,
+            gxlt=gxlt,
+            progress=lambda name, n: bar.update(n),
+        ).report()

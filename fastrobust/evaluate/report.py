@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from fastrobust.evaluate.metrics import EvalReport
+from fastrobust.evaluate.stats import SCOPE_EXAMPLES, CellStat, Comparison, Interval, RunResult, compare
 from fastrobust.fileio import atomic_write, atomic_write_text
 
 # Atomic writes with the user's umask (fastrobust.fileio); re-exported here, where callers found them.
@@ -31,12 +32,27 @@ def _md_table(header: list[str], rows: list[list[str]]) -> str:
 
 
 # ---- one report --------------------------------------------------------------------------------
+def _rate_classes(report: EvalReport) -> list[tuple[int, str]]:
+    """(class id, name) whose predicted rate the markdown shows: class 1 ("positive") for two
+    classes, every class otherwise; none when the report has no rates."""
+    if not (report.xlt_pred_rates or report.gxlt_pred_rates):
+        return []
+    some = next(iter({**report.xlt_pred_rates, **report.gxlt_pred_rates}.values()))
+    names = report.label_names or [str(c) for c in range(len(some))]
+    return [(1, names[1])] if len(names) == 2 else list(enumerate(names))
+
+
 def xlt_markdown(report: EvalReport) -> str:
-    """Markdown table: one row, a column per language (accuracy %), then macro and weighted averages."""
+    """Markdown table: a column per language (accuracy %), then macro and weighted averages; and,
+    when known, rows with the share of each set predicted as a class (the positive class for two)."""
     header = ["", *report.languages, "avg", "weighted avg"]
     row = ["accuracy", *(_fmt(report.xlt.get(lang)) for lang in report.languages)]
     row += [_fmt(report.xlt_avg), _fmt(report.xlt_weighted)]
-    return _md_table(header, [row])
+    rows = [row]
+    for c, name in _rate_classes(report):
+        rates = [report.xlt_pred_rates.get(lang) for lang in report.languages]
+        rows.append([f"predicted {name}", *(_fmt(r[c] if r else None) for r in rates), "", ""])
+    return _md_table(header, rows)
 
 
 def gxlt_markdown(report: EvalReport) -> str:
@@ -62,7 +78,16 @@ def gxlt_markdown(report: EvalReport) -> str:
             ]
         ],
     )
-    return table + "\n\n" + summary
+    parts = [table, summary]
+    for c, name in _rate_classes(report):
+        if not report.gxlt_pred_rates:
+            break
+        grid = []
+        for a in report.languages:
+            vals = [report.gxlt_pred_rates.get((a, b)) for b in report.languages]
+            grid.append([a, *(_fmt(v[c] if v else None) for v in vals)])
+        parts.append(f"Predicted {name} (%):\n\n" + _md_table(header[:-1], grid))
+    return "\n\n".join(parts)
 
 
 def report_markdown(report: EvalReport, title: str | None = None) -> str:
@@ -93,11 +118,14 @@ def _csv_text(rows: list[list]) -> str:
 
 
 def write_report(report: EvalReport, out_dir: str | Path, title: str | None = None) -> dict[str, Path]:
-    """Write report.json, xlt.csv, report.md and, when G-XLT was evaluated, gxlt.csv and gxlt_heatmap.png.
+    """Write report.json, xlt.csv, report.md and, when G-XLT was evaluated, gxlt.csv and gxlt_heatmap.png;
+    sets.csv when the report holds predicted-class rates.
 
-    xlt.csv: ``language,accuracy,examples`` per language. gxlt.csv: the matrix, first column the
-    language of sentence1, header the languages of sentence2. Accuracies are fractions in [0, 1]
-    in JSON/CSV and percentages in markdown. Returns {file name: path}.
+    xlt.csv: ``language,accuracy,examples`` per language. sets.csv: one row per test set (XLT
+    language or G-XLT pair) with its accuracy, size and the share predicted as each class.
+    gxlt.csv: the matrix, first column the language of sentence1, header the languages of
+    sentence2. Accuracies are fractions in [0, 1] in JSON/CSV and percentages in markdown.
+    Returns {file name: path}.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -123,67 +151,167 @@ def write_report(report: EvalReport, out_dir: str | Path, title: str | None = No
         path = out / "gxlt_heatmap.png"
         _atomic_write(path, lambda tmp: gxlt_heatmap(report, tmp, title=title))
         written["gxlt_heatmap.png"] = path
+    if report.xlt_pred_rates or report.gxlt_pred_rates:
+        written["sets.csv"] = atomic_write_text(out / "sets.csv", _sets_csv(report))
     return written
 
 
-# ---- several reports ---------------------------------------------------------------------------
-def comparison_markdown(reports: Mapping[str, EvalReport]) -> str:
-    """Markdown: an XLT table and a G-XLT table; rows = methods, columns = languages + averages.
+def _sets_csv(report: EvalReport) -> str:
+    some = next(iter({**report.xlt_pred_rates, **report.gxlt_pred_rates}.values()))
+    names = report.label_names or [str(c) for c in range(len(some))]
+    rows: list[list] = [
+        ["kind", "language1", "language2", "examples", "accuracy", *(f"predicted_{n}" for n in names)]
+    ]
+    for lang, rates in report.xlt_pred_rates.items():
+        rows.append(["xlt", lang, lang, report.xlt_sizes.get(lang, ""), report.xlt.get(lang, ""), *rates])
+    for (a, b), rates in report.gxlt_pred_rates.items():
+        rows.append(["gxlt", a, b, report.gxlt_sizes.get((a, b), ""), report.gxlt.get((a, b), ""), *rates])
+    return _csv_text(rows)
 
-    G-XLT language columns hold the mean over the ordered pairs involving that language.
-    """
+
+# ---- several runs: the comparison ------------------------------------------------------------
+def _pm(stat: CellStat | None) -> str:
+    """'mean ± sd' in % ('mean' alone for one seed, '-' when absent)."""
+    if stat is None:
+        return "-"
+    return _fmt(stat.mean) + ("" if stat.sd is None else f" ± {100 * stat.sd:.1f}")
+
+
+def _delta(iv: Interval | None) -> str:
+    """'+1.2 [-0.5, +2.9]' in points, with ' *' when the interval excludes 0."""
+    if iv is None:
+        return "-"
+    mark = " *" if iv.excludes_zero else ""
+    return f"{100 * iv.estimate:+.1f} [{100 * iv.low:+.1f}, {100 * iv.high:+.1f}]{mark}"
+
+
+def _as_comparison(reports: Comparison | Mapping[str, EvalReport]) -> Comparison:
+    if isinstance(reports, Comparison):
+        return reports
     if not reports:
         raise ValueError("write_comparison: no reports given")
-    first = next(iter(reports.values()))
-    languages = list(first.languages)
-    for rep in reports.values():  # union keeps every language that any run evaluated, in first-seen order
-        languages += [lang for lang in rep.languages if lang not in languages]
-    xlt_rows = [
-        [label, *(_fmt(r.xlt.get(lang)) for lang in languages), _fmt(r.xlt_avg), _fmt(r.xlt_weighted)]
-        for label, r in reports.items()
-    ]
-    parts = [
-        f"# Comparison ({first.task})",
-        "",
-        "Accuracy in %. XLT: test set of each language. G-XLT: language columns average the ordered "
-        "pairs that involve the language; same/cross = diagonal/off-diagonal pairs; gap = same - cross.",
-        "",
-        "## XLT",
-        "",
-        _md_table(["method", *languages, "avg", "weighted avg"], xlt_rows),
-        "",
-    ]
-    with_gxlt = {label: r for label, r in reports.items() if r.gxlt}
-    if with_gxlt:
-        gx_rows = [
-            [
-                label,
-                *(_fmt(r.gxlt_language_avg(lang)) for lang in languages),
-                _fmt(r.gxlt_avg),
-                _fmt(r.gxlt_same_lang_avg),
-                _fmt(r.gxlt_cross_lang_avg),
-                _fmt(r.gap),
-            ]
-            for label, r in with_gxlt.items()
+    return compare([RunResult(label=k, seed=0, report=r) for k, r in reports.items()])
+
+
+def comparison_tables(comp: Comparison) -> list[tuple[str, list[str], list[list[str]]]]:
+    """(title, header, rows) of the comparison: per group (XLT, G-XLT) one table of mean ± sd over
+    seeds and one of differences to the baseline with their intervals. Shared by the markdown and
+    console renderings, so both always show the same numbers."""
+    tables = []
+    for group, name in (("xlt", "XLT"), ("gxlt", "G-XLT")):
+        cells = [c for c in comp.cells if c.group == group]
+        if not cells:
+            continue
+        titles = [c.title for c in cells]
+        rows = [
+            [label, str(len(m.seeds)), *(_pm(m.stats.get(c.key)) for c in cells)]
+            for label, m in comp.methods.items()
         ]
-        parts += [
-            "## G-XLT",
-            "",
-            _md_table(["method", *languages, "avg", "same", "cross", "gap"], gx_rows),
-            "",
+        tables.append((f"{name} accuracy (%), mean ± sd over seeds", ["method", "seeds", *titles], rows))
+        diff_rows = [
+            [label, *(_delta(m.diffs.get(c.key)) for c in cells)]
+            for label, m in comp.methods.items()
+            if label != comp.baseline and m.diffs
         ]
+        if diff_rows:
+            tables.append(
+                (
+                    f"{name}: difference to {comp.baseline} (points) [{100 * comp.confidence:.0f}% CI]",
+                    ["method", *titles],
+                    diff_rows,
+                )
+            )
+    return tables
+
+
+def comparison_notes(comp: Comparison) -> list[str]:
+    """Sentences that say how to read the tables (procedure, seeds, what an interval covers)."""
+    level = f"{100 * comp.confidence:.0f}%"
+    notes = [
+        f"Accuracy in %: mean ± sample sd over seeds. Difference: method - {comp.baseline} of the seed "
+        f"means, in points, with a {level} paired bootstrap interval ({comp.n_boot} draws resampling "
+        "test examples - the same for both methods - and seeds; docs/statistics.md). "
+        "* = the interval excludes 0.",
+        "Seeds: "
+        + "; ".join(f"{label} {', '.join(map(str, m.seeds))}" for label, m in comp.methods.items())
+        + ".",
+    ]
+    scopes = {iv.scope for m in comp.methods.values() for iv in m.diffs.values() if iv is not None}
+    if SCOPE_EXAMPLES in scopes:
+        notes.append(
+            "With one seed an interval covers test-example resampling only: it does not say how much "
+            "another seed would move the result (train with several seeds for that)."
+        )
+    notes += [f"{label}: {m.note}." for label, m in comp.methods.items() if m.note]
+    return notes
+
+
+def comparison_markdown(reports: Comparison | Mapping[str, EvalReport]) -> str:
+    """Markdown of a comparison (see :func:`comparison_tables`); accepts bare reports (one seed each)."""
+    comp = _as_comparison(reports)
+    parts = [f"# Comparison ({comp.task})", "", *(n + "\n" for n in comparison_notes(comp))]
+    for title, header, rows in comparison_tables(comp):
+        parts += [f"## {title}", "", _md_table(header, rows), ""]
     return "\n".join(parts)
 
 
-def write_comparison(reports: Mapping[str, EvalReport], out_dir: str | Path) -> str:
-    """Write comparison.md, comparison.json ({label: report dict}) and comparison.png; return the markdown."""
-    text = comparison_markdown(reports)
+def text_table(header: list[str], rows: list[list[str]]) -> str:
+    """Aligned plain-text table (first column left-aligned, others right-aligned)."""
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+
+    def line(r: list[str]) -> str:
+        return "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths)))
+
+    return "\n".join([line(header), "  ".join("-" * w for w in widths), *(line(r) for r in rows)])
+
+
+def comparison_text(reports: Comparison | Mapping[str, EvalReport]) -> str:
+    """The console rendering of a comparison: the same tables and notes as the markdown."""
+    comp = _as_comparison(reports)
+    parts = [f"{title}:\n{text_table(header, rows)}" for title, header, rows in comparison_tables(comp)]
+    return "\n\n".join([*parts, "\n".join(comparison_notes(comp))])
+
+
+def comparison_csv(comp: Comparison) -> str:
+    """One row per (method, cell): accuracies and differences as fractions in [0, 1] / [-1, 1]."""
+    rows: list[list] = [
+        [
+            "method", "kind", "cell", "title", "group", "seeds", "n_seeds", "mean", "sd", "values",
+            "difference", "ci_low", "ci_high", "excludes_zero", "interval_scope",
+        ]
+    ]  # fmt: skip
+    for label, m in comp.methods.items():
+        for c in comp.cells:
+            stat = m.stats.get(c.key)
+            if stat is None:
+                continue
+            iv = m.diffs.get(c.key)
+            ci = ("",) * 5 if iv is None else (iv.estimate, iv.low, iv.high, iv.excludes_zero, iv.scope)
+            rows.append(
+                [
+                    label, m.kind or "", c.key, c.title, c.group, " ".join(map(str, m.seeds)), len(m.seeds),
+                    stat.mean, "" if stat.sd is None else stat.sd, " ".join(repr(v) for v in stat.values),
+                    *ci,
+                ]
+            )  # fmt: skip
+    return _csv_text(rows)
+
+
+def write_comparison(reports: Comparison | Mapping[str, EvalReport], out_dir: str | Path) -> str:
+    """Write comparison.md, comparison.json, comparison.csv and comparison.png; return the markdown.
+
+    ``reports``: a :class:`Comparison` (several seeds, intervals), or ``{label: EvalReport}`` (one
+    run each, no per-example predictions: means only). comparison.json is
+    :meth:`Comparison.to_dict` (cells, per-seed values, intervals, and every run's report).
+    """
+    comp = _as_comparison(reports)
+    text = comparison_markdown(comp)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "comparison.md", text)
-    payload = {label: r.to_dict() for label, r in reports.items()}
-    atomic_write_text(out / "comparison.json", json.dumps(payload, indent=2) + "\n")
+    atomic_write_text(out / "comparison.json", json.dumps(comp.to_dict(), indent=2) + "\n")
+    atomic_write_text(out / "comparison.csv", comparison_csv(comp))
     from fastrobust.evaluate.plots import comparison_chart
 
-    _atomic_write(out / "comparison.png", lambda tmp: comparison_chart(reports, tmp))
+    _atomic_write(out / "comparison.png", lambda tmp: comparison_chart(comp, tmp))
     return text

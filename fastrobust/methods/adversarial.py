@@ -20,6 +20,13 @@ FreeLB (Zhu et al. 2020)::
 Each ascent step's backward accumulates parameter gradients (so the optimizer step uses
 the average over the K perturbed inputs) and yields the delta gradient from the same pass.
 
+No (B, L, H) elementwise pass runs outside the fused ops: a zero start reads and allocates
+no delta (``pgd_step(None, ...)``), a random start writes e + delta_0 with ``pgd_init(...,
+next_input=True)``, and every later input e + delta_k (including PGD's final one and each of
+FreeLB's) is written by the ``pgd_step`` that computes delta_k. Those outputs are
+differentiable in e with the identity Jacobian, so the gradient w.r.t. delta_k is read off
+e + delta_k itself and the embedding table is still trained through it.
+
 ``dir`` is g/||g|| per example for L2 and sign(g) for Linf (see ``fastrobust.ops.pgd_step``).
 """
 
@@ -59,14 +66,67 @@ def _check_pgd_args(steps, epsilon, step_size, init_magnitude, norm, adv_weight)
         raise FastrobustError(f"adv_weight: must be in [0, 1], got {adv_weight!r}")
 
 
-def _initial_delta(
-    base: Tensor, init_magnitude: float, epsilon: float | None, norm: str, mask: Tensor
-) -> Tensor:
-    """delta_0: zeros, or ``pgd_init`` in the ball of radius init_magnitude (capped at epsilon)."""
+def _start(
+    embeds: Tensor, init_magnitude: float, epsilon: float | None, norm: str, mask: Tensor
+) -> tuple[Tensor | None, Tensor]:
+    """(delta_0, e + delta_0): a zero start is (None, e) — nothing is allocated or added —
+    else ``pgd_init`` in the ball of radius init_magnitude (capped at epsilon), which writes
+    e + delta_0 in the same pass (differentiable in e, identity)."""
     if init_magnitude <= 0:
-        return torch.zeros_like(base)
+        return None, embeds
     radius = init_magnitude if epsilon is None else min(init_magnitude, epsilon)
-    return ops.pgd_init(base, radius, norm=norm, mask=mask)
+    return ops.pgd_init(embeds, radius, norm=norm, mask=mask, next_input=True)
+
+
+def _perturb(
+    model: nn.Module,
+    batch: Mapping[str, Tensor],
+    embeds: Tensor,
+    *,
+    steps: int,
+    epsilon: float | None,
+    step_size: float,
+    norm: str,
+    init_magnitude: float,
+    timer: SectionTimer,
+    final_embeds: Tensor | None,
+) -> tuple[Tensor, Tensor | None]:
+    """The PGD loop: (delta_K, final_embeds + delta_K or None).
+
+    Every input e + delta_k comes out of a fused op (``pgd_init`` / ``pgd_step`` with
+    ``embeds=``) as a function of one leaf ``base`` (the detached lookup) with the identity
+    Jacobian, so ``autograd.grad(loss, base)`` is the gradient w.r.t. delta_k and no
+    (B, L, H) elementwise pass runs outside the ops. The last step writes
+    ``final_embeds + delta_K`` (with final_embeds' graph) when asked.
+    """
+    labels = require_labels(batch)
+    mask = batch["attention_mask"]
+    base = embeds.detach().requires_grad_(True)
+    with timer.section("perturbation"):
+        delta, x = _start(base, init_magnitude, epsilon, norm, mask)
+    kw = dict(step_size=step_size, epsilon=epsilon, norm=norm, mask=mask)
+    final = None
+    for k in range(steps):
+        with timer.section("forward"):
+            # Through the unwrapped module: a DeepSpeed engine's forward hooks its output so that any
+            # backward through it runs the engine's gradient reduction, which must happen only in
+            # the trainer's backward (the delta-only grads here would trip ZeRO's bucket state).
+            inner_loss = classification_loss(forward_from_embeds(unwrap_model(model), batch, x), labels)
+        with timer.section("backward"):
+            # x = base + delta_k: grad w.r.t. base is grad w.r.t. delta_k, and autograd.grad
+            # computes only what leads to it (no parameter gradients).
+            (grad,) = torch.autograd.grad(inner_loss, base)
+        del inner_loss, x
+        with timer.section("perturbation"):
+            if k < steps - 1:
+                # fused: the new delta and the next forward's input e + delta in one pass
+                delta, x = ops.pgd_step(delta, grad, embeds=base, **kw)
+            elif final_embeds is not None:
+                delta, final = ops.pgd_step(delta, grad, embeds=final_embeds, **kw)
+            else:
+                delta = ops.pgd_step(delta, grad, embeds=None, **kw)
+        del grad
+    return delta, final
 
 
 def find_perturbation(
@@ -91,35 +151,22 @@ def find_perturbation(
     the dtype of the embeddings. ``embeds``: the lookup e if the caller already has it.
     """
     _check_pgd_args(steps, epsilon, step_size, init_magnitude, norm, 1.0)
-    labels = require_labels(batch)
-    mask = batch["attention_mask"]
+    require_labels(batch)
     if embeds is None:
         with timer.section("forward"):
             embeds = embed_inputs(model, batch)
-    base = embeds.detach()
-    with timer.section("perturbation"):
-        delta = _initial_delta(base, init_magnitude, epsilon, norm, mask)
-        x = base + delta if init_magnitude > 0 else base
-    for k in range(steps):
-        # A leaf on the detached input: grad w.r.t. x is grad w.r.t. delta (x = e + delta),
-        # and autograd.grad computes only what leads to it (no parameter gradients).
-        x = x.detach().requires_grad_(True)
-        with timer.section("forward"):
-            # Through the unwrapped module: a DeepSpeed engine's forward hooks its output so that any
-            # backward through it runs the engine's gradient reduction, which must happen only in
-            # the trainer's backward (the delta-only grads here would trip ZeRO's bucket state).
-            inner_loss = classification_loss(forward_from_embeds(unwrap_model(model), batch, x), labels)
-        with timer.section("backward"):
-            (grad,) = torch.autograd.grad(inner_loss, x)
-        with timer.section("perturbation"):
-            if k < steps - 1:
-                # fused: the new delta and the next forward's input e + delta in one pass
-                delta, x = ops.pgd_step(
-                    delta, grad, step_size=step_size, epsilon=epsilon, norm=norm, mask=mask, embeds=base
-                )
-            else:
-                delta = ops.pgd_step(delta, grad, step_size=step_size, epsilon=epsilon, norm=norm, mask=mask)
-        del inner_loss, grad
+    delta, _ = _perturb(
+        model,
+        batch,
+        embeds,
+        steps=steps,
+        epsilon=epsilon,
+        step_size=step_size,
+        norm=norm,
+        init_magnitude=init_magnitude,
+        timer=timer,
+        final_embeds=None,
+    )
     return delta
 
 
@@ -158,20 +205,22 @@ def adversarial_step(
         embeds = embed_inputs(model, batch)
     loss = None
     if adv_weight > 0:
-        delta = find_perturbation(
+        _, adv_input = _perturb(
             model,
             batch,
+            embeds,
             steps=steps,
             epsilon=epsilon,
             step_size=step_size,
             norm=norm,
             init_magnitude=init_magnitude,
-            embeds=embeds,
             timer=timer,
+            final_embeds=embeds,
         )
         with timer.section("forward"):
-            # e (with graph) + the constant delta: the embedding table gets its gradient here.
-            loss = adv_weight * classification_loss(forward_from_embeds(model, batch, embeds + delta), labels)
+            # e + delta_K, written by the last fused step, keeps e's graph (identity Jacobian):
+            # the embedding table gets its gradient here.
+            loss = adv_weight * classification_loss(forward_from_embeds(model, batch, adv_input), labels)
     if adv_weight < 1:
         with timer.section("forward"):
             clean = (1 - adv_weight) * classification_loss(forward_from_embeds(model, batch, embeds), labels)
@@ -200,35 +249,43 @@ def freelb_step(
     same pass, the gradient w.r.t. delta_t — then ``delta_{t+1} = pgd_step(delta_t, ...)``.
     The optimizer step that follows uses the average over the K perturbed inputs. The
     embedding lookup e is recomputed at every step (a cheap gather) because each
-    backward frees its graph. Scales are absolute (see ``adversarial_step``).
+    backward frees its graph; the fused step then writes delta_{t+1} and e + delta_{t+1}
+    (with e's graph) in one pass, and the delta gradient is that input's ``.grad``.
+    Scales are absolute (see ``adversarial_step``).
     Returns the detached mean of the K losses.
     """
     _check_pgd_args(steps, epsilon, step_size, init_magnitude, norm, 1.0)
     labels = require_labels(batch)
     mask = batch["attention_mask"]
     total = None
-    delta = None
+    delta = grad = None
     for t in range(steps):
         with timer.section("forward"):
             embeds = embed_inputs(model, batch)
-        if delta is None:
-            with timer.section("perturbation"):
-                delta = _initial_delta(embeds.detach(), init_magnitude, epsilon, norm, mask)
-        delta_leaf = delta.detach().requires_grad_(True)
+        with timer.section("perturbation"):
+            if t == 0:
+                delta, x = _start(embeds, init_magnitude, epsilon, norm, mask)
+            else:
+                # delta_t and x_t = e + delta_t in one fused pass; x_t keeps e's graph (identity).
+                delta, x = ops.pgd_step(
+                    delta, grad, step_size=step_size, epsilon=epsilon, norm=norm, mask=mask, embeds=embeds
+                )
+        if not x.requires_grad:  # a frozen embedding table: x is where the delta gradient ends
+            x = x.detach().requires_grad_(True)
+        # d loss / d x_t is the gradient w.r.t. delta_t (x_t = e + delta_t), from the same backward.
+        x.retain_grad()
         with timer.section("forward"):
-            loss = classification_loss(forward_from_embeds(model, batch, embeds + delta_leaf), labels) / steps
+            loss = classification_loss(forward_from_embeds(model, batch, x), labels) / steps
         with timer.section("backward"):
             backward(loss)
         total = loss.detach() if total is None else total + loss.detach()
-        if t < steps - 1:
-            grad = delta_leaf.grad
-            if grad is None:
-                raise FastrobustError(
-                    "freelb: backward() did not propagate a gradient to the embeddings "
-                    "(does the backward callable call loss.backward() / engine.backward(loss)?)"
-                )
-            with timer.section("perturbation"):
-                delta = ops.pgd_step(delta, grad, step_size=step_size, epsilon=epsilon, norm=norm, mask=mask)
+        grad = x.grad
+        if t < steps - 1 and grad is None:
+            raise FastrobustError(
+                "freelb: backward() did not propagate a gradient to the embeddings "
+                "(does the backward callable call loss.backward() / engine.backward(loss)?)"
+            )
+        del x, loss
     return total
 
 

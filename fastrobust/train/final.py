@@ -1,8 +1,9 @@
 """After training one method: load the best-on-dev parameters, test XLT and G-XLT, save the model,
 the report and ``summary.json`` (rank 0; the other ranks wait at the closing barrier).
 
-Files under ``<output.dir>/<label>/``: ``model/`` (safetensors, config, tokenizer and
-``fastrobust.json`` — the task, max_length and method section needed to evaluate it again),
+Files under ``<output.dir>/<label>/``: ``model/`` (safetensors, config, tokenizer,
+``fastrobust.json`` — the task, max_length and method section needed to evaluate it again — and
+the model card ``README.md``),
 ``report/`` (:func:`fastrobust.evaluate.write_report`) and ``summary.json``.
 """
 
@@ -17,6 +18,7 @@ import torch
 
 from fastrobust.fileio import json_text
 from fastrobust.train.meter import peak_memory_mb
+from fastrobust.train.model_card import command_line, render_model_card, resolved_scales, write_model_card
 from fastrobust.train.run import write_json
 
 
@@ -36,9 +38,10 @@ def eval_model(t: Any) -> torch.nn.Module:
     return model
 
 
-def save_model_folder(t: Any, model: torch.nn.Module, model_dir: Path) -> None:
-    """The model folder: HF weights + config, the tokenizer and ``fastrobust.json``, written into a
-    temporary folder that replaces ``model_dir`` only once complete (a full disk leaves no half model)."""
+def save_model_folder(t: Any, model: torch.nn.Module, model_dir: Path, report: Any) -> None:
+    """The model folder: HF weights + config, the tokenizer, ``fastrobust.json`` and the model card,
+    written into a temporary folder that replaces ``model_dir`` only once complete (a full disk
+    leaves no half-written model)."""
     from fastrobust.fileio import atomic_dir
 
     cfg = t.cfg
@@ -54,6 +57,7 @@ def save_model_folder(t: Any, model: torch.nn.Module, model_dir: Path) -> None:
                     "method": t.mcfg.model_dump(mode="json"),
                 },
             )
+            write_model_card(tmp, model_card(t, report))
     except OSError as exc:  # name the folder the user will look for, not the removed temporary one
         raise OSError(exc.errno, exc.strerror or str(exc), str(model_dir)) from exc
 
@@ -86,6 +90,38 @@ def load_finished(method_dir: Path) -> dict[str, Any] | None:
         return None
     summary["_report"] = report
     return summary
+
+
+def model_card(t: Any, report: Any) -> str:
+    """The README.md of trainer ``t``'s model folder (see :mod:`.model_card`)."""
+    import fastrobust
+
+    cfg, run, sel = t.cfg, t.run, t.selection
+    training = {
+        "train examples": len(run.task.train),
+        "optimizer steps": run.total_steps,
+        "epochs": round(run.total_steps / run.steps_per_epoch, 4),
+        "batch size": cfg.optim.batch_size,
+        "learning rate": cfg.optim.learning_rate,
+        "max length": cfg.model.max_length,
+        "precision": cfg.model.precision,
+        "processes": t.dist.world_size,
+        "seed": cfg.seed,
+        "best dev accuracy (%)": f"{100 * sel.best_acc:.2f} at step {sel.best_step}",
+    }
+    return render_model_card(
+        title=f"{cfg.name} / {t.label}",
+        base_model=run.model_path,
+        task=run.task,
+        task_cfg=cfg.task,
+        method_section=t.mcfg.model_dump(mode="json"),
+        scales=resolved_scales(t.method),
+        training=training,
+        report=report,
+        version=fastrobust.__version__,
+        command=command_line(),
+        config=cfg.model_dump(mode="json"),
+    )
 
 
 def finish(t: Any, wall_seconds: float, eval_seconds: float) -> dict[str, Any]:
@@ -126,7 +162,7 @@ def finish(t: Any, wall_seconds: float, eval_seconds: float) -> dict[str, Any]:
         try:
             write_report(report, report_dir, title=f"{cfg.name} / {t.label}")
             if cfg.output.save_model:
-                save_model_folder(t, model, model_dir)
+                save_model_folder(t, model, model_dir, report)
             write_json(t.dir / "summary.json", summary)
         except OSError as exc:
             payload = {

@@ -1,0 +1,201 @@
+"""Per-example predictions of one model on every test set (XLT languages and G-XLT pairs).
+
+They are what the statistics (:mod:`fastrobust.evaluate.stats`) resample, and what tells a
+calibration shift (the rate of a predicted class moves) from an accuracy change.
+
+Shapes: for a set of N examples and C classes, ``probs`` is float32 (N, C) (softmax of the
+logits, rows sum to 1) and ``labels`` int64 (N,). Sets are keyed ``("xlt", lang)`` or
+``("gxlt", (lang of sentence1, lang of sentence2))``; a G-XLT diagonal pair (a, a) is the XLT set
+of language a and is stored once.
+
+File format (``predictions.npz``, written atomically): arrays ``probs_<k>`` and ``labels_<k>``
+for k = 0..K-1 and a JSON string ``meta`` = ``{"version", "task", "languages",
+"train_language", "label_names", "sets": [{"kind": "xlt"|"gxlt", "lang"|"pair", "index": k}]}``.
+Set names never become array names, so any language code is safe.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from fastrobust.errors import DataError
+from fastrobust.evaluate.metrics import EvalReport
+
+FORMAT_VERSION = 1
+FILE_NAME = "predictions.npz"
+
+
+@dataclass(frozen=True)
+class SetPredictions:
+    """Class probabilities (N, C) and gold labels (N,) of one test set."""
+
+    probs: np.ndarray
+    labels: np.ndarray
+
+    def __post_init__(self) -> None:
+        probs = np.asarray(self.probs, dtype=np.float32)
+        labels = np.asarray(self.labels).astype(np.int64).reshape(-1)
+        if probs.ndim != 2 or probs.shape[0] != labels.shape[0]:
+            raise DataError(
+                f"predictions: probs of shape {probs.shape} do not match {labels.shape[0]} labels"
+            )
+        object.__setattr__(self, "probs", probs)
+        object.__setattr__(self, "labels", labels)
+
+    @classmethod
+    def from_logits(cls, logits: np.ndarray, labels: np.ndarray) -> SetPredictions:
+        """Softmax over the last axis (computed in float64, max-subtracted) -> probabilities."""
+        z = np.asarray(logits, dtype=np.float64)
+        if z.ndim != 2:
+            raise DataError(f"predictions: logits must be (N, C), got shape {z.shape}")
+        z = z - z.max(axis=1, keepdims=True) if z.size else z
+        e = np.exp(z)
+        return cls(e / e.sum(axis=1, keepdims=True) if z.size else e, labels)
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    @property
+    def predicted(self) -> np.ndarray:
+        """argmax_c probs[i, c] -> int64 (N,)."""
+        return self.probs.argmax(axis=1).astype(np.int64)
+
+    @property
+    def correct(self) -> np.ndarray:
+        """bool (N,): predicted == label."""
+        return self.predicted == self.labels
+
+    @property
+    def accuracy(self) -> float:
+        return float(self.correct.mean()) if len(self) else float("nan")
+
+    def predicted_rates(self, num_classes: int | None = None) -> list[float]:
+        """Fraction of examples predicted as each class, length C (for 2 classes, [1 - p, p] with
+        p the positive-prediction rate)."""
+        c = num_classes or self.probs.shape[1]
+        return (np.bincount(self.predicted, minlength=c)[:c] / max(1, len(self))).tolist()
+
+    def label_rates(self, num_classes: int | None = None) -> list[float]:
+        """Fraction of examples whose gold label is each class, length C."""
+        c = num_classes or self.probs.shape[1]
+        return (np.bincount(self.labels, minlength=c)[:c] / max(1, len(self))).tolist()
+
+
+@dataclass
+class TaskPredictions:
+    """Predictions of one model on every XLT test set and every G-XLT pair set of a task."""
+
+    xlt: dict[str, SetPredictions]
+    gxlt: dict[tuple[str, str], SetPredictions] = field(default_factory=dict)
+    task: str = ""
+    languages: list[str] = field(default_factory=list)
+    train_language: str | None = None
+    label_names: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.languages:
+            self.languages = list(self.xlt)
+
+    def sets(self) -> Iterable[tuple[tuple[str, object], SetPredictions]]:
+        """Every set as ((kind, lang or pair), predictions), XLT first, in insertion order."""
+        for lang, p in self.xlt.items():
+            yield ("xlt", lang), p
+        for pair, p in self.gxlt.items():
+            yield ("gxlt", pair), p
+
+    def report(self) -> EvalReport:
+        """The EvalReport (accuracies, sizes, predicted-class rates) these predictions give."""
+        c = len(self.label_names) or None
+        return EvalReport(
+            task=self.task,
+            languages=list(self.languages),
+            train_language=self.train_language,
+            xlt={k: p.accuracy for k, p in self.xlt.items()},
+            xlt_sizes={k: len(p) for k, p in self.xlt.items()},
+            gxlt={k: p.accuracy for k, p in self.gxlt.items()},
+            gxlt_sizes={k: len(p) for k, p in self.gxlt.items()},
+            label_names=list(self.label_names),
+            xlt_pred_rates={k: p.predicted_rates(c) for k, p in self.xlt.items()},
+            gxlt_pred_rates={k: p.predicted_rates(c) for k, p in self.gxlt.items()},
+        )
+
+    # ---- files ---------------------------------------------------------------------------
+    def save(self, path: str | Path) -> Path:
+        """Write ``path`` (an .npz, see the module docstring) atomically; returns the path."""
+        path = Path(path)
+        arrays: dict[str, np.ndarray] = {}
+        entries = []
+        stored: dict[int, int] = {}  # id(SetPredictions) -> index: the G-XLT diagonal reuses XLT
+        for (kind, key), p in self.sets():
+            if id(p) not in stored:
+                k = stored[id(p)] = len(stored)
+                arrays[f"probs_{k}"] = p.probs
+                arrays[f"labels_{k}"] = p.labels
+            entry = {"kind": kind, "index": stored[id(p)]}
+            entry.update({"lang": key} if kind == "xlt" else {"pair": list(key)})  # type: ignore[arg-type]
+            entries.append(entry)
+        meta = {
+            "version": FORMAT_VERSION,
+            "task": self.task,
+            "languages": list(self.languages),
+            "train_language": self.train_language,
+            "label_names": list(self.label_names),
+            "sets": entries,
+        }
+        arrays["meta"] = np.array(json.dumps(meta))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                np.savez_compressed(f, **arrays)
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> TaskPredictions:
+        """Read a file written by :meth:`save`; a malformed file raises DataError naming it."""
+        path = Path(path)
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                meta = json.loads(str(z["meta"]))
+                if meta.get("version") != FORMAT_VERSION:
+                    raise DataError(
+                        f"{path}: predictions format version {meta.get('version')} is not supported"
+                    )
+                cache: dict[int, SetPredictions] = {}
+                xlt: dict[str, SetPredictions] = {}
+                gxlt: dict[tuple[str, str], SetPredictions] = {}
+                for e in meta["sets"]:
+                    k = int(e["index"])
+                    if k not in cache:
+                        cache[k] = SetPredictions(z[f"probs_{k}"], z[f"labels_{k}"])
+                    if e["kind"] == "xlt":
+                        xlt[str(e["lang"])] = cache[k]
+                    else:
+                        a, b = e["pair"]
+                        gxlt[(str(a), str(b))] = cache[k]
+        except DataError:
+            raise
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise DataError(
+                f"{path}: not a readable predictions file ({type(exc).__name__}: {exc})"
+            ) from None
+        return cls(
+            xlt=xlt,
+            gxlt=gxlt,
+            task=meta.get("task", ""),
+            languages=list(meta.get("languages") or xlt),
+            train_language=meta.get("train_language"),
+            label_names=list(meta.get("label_names") or []),
+        )
