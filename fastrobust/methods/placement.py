@@ -34,7 +34,17 @@ from torch import Tensor, nn
 
 from fastrobust import ops
 from fastrobust.errors import FastrobustError
-from fastrobust.methods.embeddings import classification_loss, unwrap_model
+from fastrobust.methods.adversarial import _AdversarialBase
+from fastrobust.methods.base import require_labels
+from fastrobust.methods.embeddings import (
+    classification_loss,
+    embed_inputs,
+    forward_from_embeds,
+    forward_from_ids,
+    unwrap_model,
+)
+from fastrobust.methods.noise import RandomPerturbation
+from fastrobust.timing import NULL_TIMER
 
 SENTENCES = ("both", "first", "second")
 
@@ -123,13 +133,6 @@ def masked_rms(h: Tensor, mask: Tensor) -> Tensor:
     return ((h.detach().float() ** 2) * m).sum().div(count).sqrt()
 
 
-def forward_ids(model: nn.Module, batch: Mapping[str, Tensor]) -> Tensor:
-    """Logits of the plain forward (token ids) — through the wrapper so engine hooks run."""
-    from fastrobust.methods.embeddings import forward_from_ids
-
-    return forward_from_ids(model, batch)
-
-
 # --------------------------------------------------------------------------------------------
 # RS-RP noise
 
@@ -178,12 +181,10 @@ def forward_perturbed(
 ) -> Tensor:
     """Logits with the states of ``layer`` (0 = word embeddings) replaced by ``h + delta_fn(h)``."""
     if layer == 0:
-        from fastrobust.methods.embeddings import embed_inputs, forward_from_embeds
-
         e = embed_inputs(model, batch) if embeds is None else embeds
         return forward_from_embeds(model, batch, e + delta_fn(e))
     with perturb_layer(model, layer, delta_fn):
-        return forward_ids(model, batch)
+        return forward_from_ids(model, batch)
 
 
 def _unit(h: Tensor, mask: Tensor, layer: int, mode: str, embedding_rms: float | None) -> float:
@@ -314,8 +315,6 @@ def placed_adversarial_step(
     inner = unwrap_model(model)
     base = None
     if layer == 0:
-        from fastrobust.methods.embeddings import embed_inputs
-
         base = embed_inputs(model, batch).detach()
     for _ in range(steps):
         loss = classification_loss(forward_perturbed(inner, batch, layer, d, embeds=base), labels)
@@ -335,7 +334,7 @@ def placed_adversarial_step(
             forward_perturbed(model, batch, layer, lambda h: final.to(h.dtype)), labels
         )
     if adv_weight < 1:
-        clean = (1 - adv_weight) * classification_loss(forward_ids(model, batch), labels)
+        clean = (1 - adv_weight) * classification_loss(forward_from_ids(model, batch), labels)
         loss = clean if loss is None else loss + clean
     backward(loss)
     return loss.detach()
@@ -395,86 +394,67 @@ def is_placed(cfg) -> bool:
     )
 
 
-def _make_classes():
-    from fastrobust.methods.adversarial import _AdversarialBase
-    from fastrobust.methods.base import require_labels
-    from fastrobust.methods.noise import RandomPerturbation
+class _PlacedAdversarial(_AdversarialBase):
+    """PGD / FreeLB with a placement: the configured scales are resolved per batch (see ``_unit``)."""
 
-    class PlacedPGD(_AdversarialBase):
-        """PGD-AT (kind ``pgd``) with ``layer`` / ``sentences`` / ``ball`` (see the module doc)."""
+    def _placement(self, batch: Mapping[str, Tensor]) -> dict:
+        c = self.cfg
+        return dict(
+            steps=c.steps,
+            epsilon=c.epsilon,
+            step_size=c.step_size,
+            norm=c.norm,
+            init_magnitude=c.init_magnitude,
+            mode=c.scale_mode,
+            layer=c.layer,
+            sentences=c.sentences,
+            ball=c.ball,
+            embedding_rms=self.embedding_rms,
+            labels=require_labels(batch),
+        )
 
-        def training_step(self, model, batch, backward, timer=None):
-            c = self.cfg
-            return placed_adversarial_step(
-                model,
-                batch,
-                backward,
-                steps=c.steps,
-                epsilon=c.epsilon,
-                step_size=c.step_size,
-                norm=c.norm,
-                init_magnitude=c.init_magnitude,
-                adv_weight=c.adv_weight,
-                mode=c.scale_mode,
-                layer=c.layer,
-                sentences=c.sentences,
-                ball=c.ball,
-                embedding_rms=self.embedding_rms,
-                labels=require_labels(batch),
-            )
 
-    class PlacedFreeLB(_AdversarialBase):
-        """FreeLB (kind ``freelb``) with ``layer`` / ``sentences`` / ``ball``."""
+class PlacedPGD(_PlacedAdversarial):
+    """PGD-AT (kind ``pgd``) with ``layer`` / ``sentences`` / ``ball`` (see the module doc)."""
 
-        def training_step(self, model, batch, backward, timer=None):
-            c = self.cfg
-            return placed_freelb_step(
-                model,
-                batch,
-                backward,
-                steps=c.steps,
-                epsilon=c.epsilon,
-                step_size=c.step_size,
-                norm=c.norm,
-                init_magnitude=c.init_magnitude,
-                mode=c.scale_mode,
-                layer=c.layer,
-                sentences=c.sentences,
-                ball=c.ball,
-                embedding_rms=self.embedding_rms,
-                labels=require_labels(batch),
-            )
+    def training_step(self, model, batch, backward, timer=NULL_TIMER):
+        return placed_adversarial_step(
+            model, batch, backward, adv_weight=self.cfg.adv_weight, **self._placement(batch)
+        )
 
-    class PlacedRandomPerturbation(RandomPerturbation):
-        """RS-RP (kind ``rs-rp``) with ``layer`` / ``sentences`` / ``shape``."""
 
-        def __init__(self, cfg) -> None:
-            super().__init__(cfg)
-            if cfg.sigma_mode == "neftune":
-                raise FastrobustError(
-                    f"{self.label}: sigma_mode 'neftune' works at layer 0 on all tokens only"
-                )
+class PlacedFreeLB(_PlacedAdversarial):
+    """FreeLB (kind ``freelb``) with ``layer`` / ``sentences`` / ``ball``."""
 
-        def training_step(self, model, batch, backward, timer=None):
-            c = self.cfg
-            return placed_noise_step(
-                model,
-                batch,
-                backward,
-                sigma=c.sigma,
-                mode=c.sigma_mode,
-                distribution=c.distribution,
-                layer=c.layer,
-                sentences=c.sentences,
-                shape=c.shape,
-                embedding_rms=self.embedding_rms,
-                labels=require_labels(batch),
-            )
+    def training_step(self, model, batch, backward, timer=NULL_TIMER):
+        return placed_freelb_step(model, batch, backward, **self._placement(batch))
 
-    return PlacedPGD, PlacedFreeLB, PlacedRandomPerturbation
+
+class PlacedRandomPerturbation(RandomPerturbation):
+    """RS-RP (kind ``rs-rp``) with ``layer`` / ``sentences`` / ``shape``."""
+
+    def __init__(self, cfg) -> None:
+        super().__init__(cfg)
+        if cfg.sigma_mode == "neftune":
+            raise FastrobustError(f"{self.label}: sigma_mode 'neftune' works at layer 0 on all tokens only")
+
+    def training_step(self, model, batch, backward, timer=NULL_TIMER):
+        c = self.cfg
+        return placed_noise_step(
+            model,
+            batch,
+            backward,
+            sigma=c.sigma,
+            mode=c.sigma_mode,
+            distribution=c.distribution,
+            layer=c.layer,
+            sentences=c.sentences,
+            shape=c.shape,
+            embedding_rms=self.embedding_rms,
+            labels=require_labels(batch),
+        )
 
 
 def placed_method(cfg):
     """The method object of a section with a placement option (``pgd``, ``freelb`` or ``rs-rp``)."""
-    pgd, freelb, noise = _make_classes()
-    return {"pgd": pgd, "freelb": freelb, "rs-rp": noise}[cfg.kind](cfg)
+    return {"pgd": PlacedPGD, "freelb": PlacedFreeLB, "rs-rp": PlacedRandomPerturbation}[cfg.kind](cfg)
