@@ -33,7 +33,7 @@ e + delta_k itself and the embedding table is still trained through it.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import torch
 from torch import Tensor, nn
@@ -74,8 +74,59 @@ def _start(
     e + delta_0 in the same pass (differentiable in e, identity)."""
     if init_magnitude <= 0:
         return None, embeds
-    radius = init_magnitude if epsilon is None else min(init_magnitude, epsilon)
-    return ops.pgd_init(embeds, radius, norm=norm, mask=mask, next_input=True)
+    return ops.pgd_init(embeds, start_radius(init_magnitude, epsilon), norm=norm, mask=mask, next_input=True)
+
+
+def start_radius(init_magnitude: float, epsilon: float | None) -> float:
+    """Radius of the random start: init_magnitude, capped at epsilon (a start outside the ball
+    would be projected away by the first step anyway)."""
+    return init_magnitude if epsilon is None else min(init_magnitude, epsilon)
+
+
+def weighted_loss(
+    adv_weight: float, adversarial: Callable[[], Tensor], clean: Callable[[], Tensor]
+) -> Tensor:
+    """PGD-AT's training loss ``(1 - w) * clean() + w * adversarial()``; a term of weight 0 is not
+    computed. The adversarial term comes first (its forward passes draw dropout before the
+    clean forward's)."""
+    loss = None
+    if adv_weight > 0:
+        loss = adv_weight * adversarial()
+    if adv_weight < 1:
+        clean_loss = (1 - adv_weight) * clean()
+        loss = clean_loss if loss is None else loss + clean_loss
+    return loss
+
+
+def freelb_ascent(
+    steps: int,
+    backward: Backward,
+    forward: Callable[[int, Tensor | None], tuple[Tensor, Tensor]],
+    timer: SectionTimer = NULL_TIMER,
+) -> Tensor:
+    """FreeLB's K ascent steps around ``forward(t, grad_{t-1}) -> (CE loss_t, x_t)``.
+
+    ``forward`` takes the ascent step from grad_{t-1} (None at t = 0), runs the perturbed forward
+    and returns its loss with the tensor x_t whose ``.grad`` is the gradient w.r.t. delta_t. Each
+    step calls ``backward(loss_t / steps)`` (parameter gradients accumulate the average over the
+    K perturbed inputs, and the delta gradient comes from the same pass). Returns the detached
+    mean of the K losses.
+    """
+    total = grad = None
+    for t in range(steps):
+        loss, x = forward(t, grad)
+        loss = loss / steps
+        with timer.section("backward"):
+            backward(loss)
+        total = loss.detach() if total is None else total + loss.detach()
+        grad = x.grad
+        if t < steps - 1 and grad is None:
+            raise FastrobustError(
+                "freelb: backward() did not propagate a gradient to the perturbed input "
+                "(does the backward callable call loss.backward() / engine.backward(loss)?)"
+            )
+        del x, loss
+    return total
 
 
 def _perturb(
@@ -203,8 +254,8 @@ def adversarial_step(
     labels = require_labels(batch)
     with timer.section("forward"):
         embeds = embed_inputs(model, batch)
-    loss = None
-    if adv_weight > 0:
+
+    def adversarial() -> Tensor:
         _, adv_input = _perturb(
             model,
             batch,
@@ -220,11 +271,13 @@ def adversarial_step(
         with timer.section("forward"):
             # e + delta_K, written by the last fused step, keeps e's graph (identity Jacobian):
             # the embedding table gets its gradient here.
-            loss = adv_weight * classification_loss(forward_from_embeds(model, batch, adv_input), labels)
-    if adv_weight < 1:
+            return classification_loss(forward_from_embeds(model, batch, adv_input), labels)
+
+    def clean() -> Tensor:
         with timer.section("forward"):
-            clean = (1 - adv_weight) * classification_loss(forward_from_embeds(model, batch, embeds), labels)
-        loss = clean if loss is None else loss + clean
+            return classification_loss(forward_from_embeds(model, batch, embeds), labels)
+
+    loss = weighted_loss(adv_weight, adversarial, clean)
     with timer.section("backward"):
         backward(loss)
     return loss.detach()
@@ -257,9 +310,10 @@ def freelb_step(
     _check_pgd_args(steps, epsilon, step_size, init_magnitude, norm, 1.0)
     labels = require_labels(batch)
     mask = batch["attention_mask"]
-    total = None
-    delta = grad = None
-    for t in range(steps):
+    delta = None
+
+    def forward(t: int, grad: Tensor | None) -> tuple[Tensor, Tensor]:
+        nonlocal delta
         with timer.section("forward"):
             embeds = embed_inputs(model, batch)
         with timer.section("perturbation"):
@@ -275,18 +329,9 @@ def freelb_step(
         # d loss / d x_t is the gradient w.r.t. delta_t (x_t = e + delta_t), from the same backward.
         x.retain_grad()
         with timer.section("forward"):
-            loss = classification_loss(forward_from_embeds(model, batch, x), labels) / steps
-        with timer.section("backward"):
-            backward(loss)
-        total = loss.detach() if total is None else total + loss.detach()
-        grad = x.grad
-        if t < steps - 1 and grad is None:
-            raise FastrobustError(
-                "freelb: backward() did not propagate a gradient to the embeddings "
-                "(does the backward callable call loss.backward() / engine.backward(loss)?)"
-            )
-        del x, loss
-    return total
+            return classification_loss(forward_from_embeds(model, batch, x), labels), x
+
+    return freelb_ascent(steps, backward, forward, timer)
 
 
 class _AdversarialBase(RobustMethod):

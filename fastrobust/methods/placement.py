@@ -34,7 +34,7 @@ from torch import Tensor, nn
 
 from fastrobust import ops
 from fastrobust.errors import FastrobustError
-from fastrobust.methods.adversarial import _AdversarialBase
+from fastrobust.methods.adversarial import _AdversarialBase, freelb_ascent, start_radius, weighted_loss
 from fastrobust.methods.base import require_labels
 from fastrobust.methods.embeddings import (
     classification_loss,
@@ -280,8 +280,7 @@ class _Delta:
             self.unit = _unit(h, self.batch["attention_mask"], self.layer, self.mode, self.rms)
             self.value = torch.zeros_like(h.detach())
             if self.init > 0:
-                eps = self.scaled(self.eps)
-                radius = self.init * self.unit if eps is None else min(self.init * self.unit, eps)
+                radius = start_radius(self.init * self.unit, self.scaled(self.eps))
                 self.value = sum(ops.pgd_init(h.detach(), radius, norm=self.norm, mask=m) for m in self.masks)
         self.leaf = self.value.detach().to(h.dtype).requires_grad_(True)
         return self.leaf
@@ -328,14 +327,13 @@ def placed_adversarial_step(
             masks=masks,
         )
     final = d.value.detach()
-    loss = None
-    if adv_weight > 0:
-        loss = adv_weight * classification_loss(
+    loss = weighted_loss(
+        adv_weight,
+        lambda: classification_loss(
             forward_perturbed(model, batch, layer, lambda h: final.to(h.dtype)), labels
-        )
-    if adv_weight < 1:
-        clean = (1 - adv_weight) * classification_loss(forward_from_ids(model, batch), labels)
-        loss = clean if loss is None else loss + clean
+        ),
+        lambda: classification_loss(forward_from_ids(model, batch), labels),
+    )
     backward(loss)
     return loss.detach()
 
@@ -361,23 +359,21 @@ def placed_freelb_step(
     ascent step on delta from the same backward (see ``freelb_step``)."""
     masks = budgets(batch, sentences, ball)
     d = _Delta(batch, layer, mode, embedding_rms, init_magnitude, epsilon, norm, masks)
-    total = None
-    for t in range(steps):
-        loss = classification_loss(forward_perturbed(model, batch, layer, d), labels) / steps
-        backward(loss)
-        total = loss.detach() if total is None else total + loss.detach()
-        if t < steps - 1:
-            if d.leaf.grad is None:
-                raise FastrobustError("freelb: backward() did not propagate a gradient to the perturbation")
+
+    def forward(t: int, grad: Tensor | None) -> tuple[Tensor, Tensor]:
+        if t > 0:
             d.value = project_step(
                 d.leaf.detach(),
-                d.leaf.grad,
+                grad,
                 step_size=d.scaled(step_size),
                 epsilon=d.scaled(epsilon),
                 norm=norm,
                 masks=masks,
             )
-    return total
+        loss = classification_loss(forward_perturbed(model, batch, layer, d), labels)
+        return loss, d.leaf
+
+    return freelb_ascent(steps, backward, forward)
 
 
 # --------------------------------------------------------------------------------------------
