@@ -20,6 +20,29 @@ from fastrobust.methods.placement import (
     sentence_noise,
 )
 
+# The default placement (word embeddings, both sentences, one ball) with absolute scales; each
+# test overrides what it is about.
+DEFAULT = dict(mode="absolute", layer=0, sentences="both", embedding_rms=None)
+
+
+def _backward(loss):
+    loss.backward()
+
+
+def _pgd(model, batch, backward=_backward, **kw):
+    """placed_adversarial_step: L2 PGD from a zero start, adversarial loss only, unless ``kw`` says."""
+    args = {**DEFAULT, "ball": "sequence", "norm": "l2", "init_magnitude": 0.0, "adv_weight": 1.0, **kw}
+    return placed_adversarial_step(model, batch, backward, **args)
+
+
+def _freelb(model, batch, backward=_backward, **kw):
+    return placed_freelb_step(model, batch, backward, **{**DEFAULT, "ball": "sequence", **kw})
+
+
+def _noise(model, batch, backward=_backward, **kw):
+    args = {**DEFAULT, "distribution": "gaussian", "shape": "token", **kw}
+    return placed_noise_step(model, batch, backward, **args)
+
 
 def _xlmr_pair_batch():
     """<s> a b </s></s> c d e </s> <pad>..., and a single-sentence row <s> a </s>."""
@@ -37,30 +60,10 @@ def _xlmr_pair_batch():
 
 def test_sentence_masks_from_separators_and_from_token_types():
     m1, m2 = sentence_masks(_xlmr_pair_batch())
-    assert m1.tolist()[0] == [1, 1, 1, 1, 1, 0, 0, 0, 0, 0] and m2.tolist()[0] == [
-        0,
-        0,
-        0,
-        0,
-        0,
-        1,
-        1,
-        1,
-        1,
-        0,
-    ]
-    assert m1.tolist()[1] == [1, 1, 1, 1, 0, 0, 0, 0, 0, 0] and m2.tolist()[1] == [
-        0,
-        0,
-        0,
-        0,
-        1,
-        1,
-        0,
-        0,
-        0,
-        0,
-    ]
+    assert m1.tolist()[0] == [1, 1, 1, 1, 1, 0, 0, 0, 0, 0]
+    assert m2.tolist()[0] == [0, 0, 0, 0, 0, 1, 1, 1, 1, 0]
+    assert m1.tolist()[1] == [1, 1, 1, 1, 0, 0, 0, 0, 0, 0]
+    assert m2.tolist()[1] == [0, 0, 0, 0, 1, 1, 0, 0, 0, 0]
     assert m2[2].sum() == 0 and m1[2].sum() == 5  # a single sentence is all sentence 1
     batch = tiny_batch(token_types=True)
     m1, m2 = sentence_masks(batch)
@@ -74,55 +77,20 @@ def test_default_placement_equals_the_existing_steps(arch):
     batch = tiny_batch(token_types=arch == "bert")
     kw = dict(steps=2, epsilon=0.5, step_size=0.3, norm="l2", init_magnitude=0.0)
     a, b = tiny_model(arch), tiny_model(arch)
-    la = adversarial_step(a, batch, lambda loss: loss.backward(), adv_weight=0.5, **kw)
-    lb = placed_adversarial_step(
-        b,
-        batch,
-        lambda loss: loss.backward(),
-        adv_weight=0.5,
-        mode="absolute",
-        layer=0,
-        sentences="both",
-        ball="sequence",
-        embedding_rms=None,
-        labels=batch["labels"],
-        **kw,
-    )
+    la = adversarial_step(a, batch, _backward, adv_weight=0.5, **kw)
+    lb = _pgd(b, batch, adv_weight=0.5, **kw)
     assert torch.allclose(la, lb, atol=1e-6)
     ga, gb = grads(a), grads(b)
     assert all(torch.allclose(ga[k], gb[k], atol=1e-6) for k in ga if ga[k] is not None)
     a, b = tiny_model(arch), tiny_model(arch)
-    la = freelb_step(a, batch, lambda loss: loss.backward(), **kw)
-    lb = placed_freelb_step(
-        b,
-        batch,
-        lambda loss: loss.backward(),
-        mode="absolute",
-        layer=0,
-        sentences="both",
-        ball="sequence",
-        embedding_rms=None,
-        labels=batch["labels"],
-        **kw,
-    )
+    la = freelb_step(a, batch, _backward, **kw)
+    lb = _freelb(b, batch, **kw)
     assert torch.allclose(la, lb, atol=1e-6)
     a, b = tiny_model(arch), tiny_model(arch)
     torch.manual_seed(3)
-    la = noisy_embedding_step(a, batch, lambda loss: loss.backward(), sigma=0.4)
+    la = noisy_embedding_step(a, batch, _backward, sigma=0.4)
     torch.manual_seed(3)
-    lb = placed_noise_step(
-        b,
-        batch,
-        lambda loss: loss.backward(),
-        sigma=0.4,
-        mode="absolute",
-        distribution="gaussian",
-        layer=0,
-        sentences="both",
-        shape="token",
-        embedding_rms=None,
-        labels=batch["labels"],
-    )
+    lb = _noise(b, batch, sigma=0.4)
     assert torch.allclose(la, lb, atol=1e-6)
 
 
@@ -147,23 +115,7 @@ def test_second_sentence_only_and_one_ball_per_sentence(monkeypatch):
     model = tiny_model("xlmr")
     seen = _capture_delta(monkeypatch)
     eps = 0.2
-    placed_adversarial_step(
-        model,
-        batch,
-        lambda loss: loss.backward(),
-        steps=1,
-        epsilon=eps,
-        step_size=10.0,
-        norm="l2",
-        init_magnitude=0.0,
-        adv_weight=1.0,
-        mode="absolute",
-        layer=0,
-        sentences="second",
-        ball="sequence",
-        embedding_rms=None,
-        labels=batch["labels"],
-    )
+    _pgd(model, batch, steps=1, epsilon=eps, step_size=10.0, sentences="second")
     d = seen[-1]
     m1, m2 = sentence_masks(batch)
     assert d[m1.bool()].abs().max() == 0 and d[~batch["attention_mask"].bool()].abs().max() == 0
@@ -171,23 +123,7 @@ def test_second_sentence_only_and_one_ball_per_sentence(monkeypatch):
     assert (
         torch.allclose(norms[:2], torch.full((2,), eps), atol=1e-5) and norms[2] == 0
     )  # row 2: no sentence 2
-    placed_adversarial_step(
-        model,
-        batch,
-        lambda loss: loss.backward(),
-        steps=1,
-        epsilon=eps,
-        step_size=10.0,
-        norm="l2",
-        init_magnitude=0.0,
-        adv_weight=1.0,
-        mode="absolute",
-        layer=0,
-        sentences="both",
-        ball="sentence",
-        embedding_rms=None,
-        labels=batch["labels"],
-    )
+    _pgd(model, batch, steps=1, epsilon=eps, step_size=10.0, ball="sentence")
     d = seen[-1]
     n1 = (d * m1.unsqueeze(-1)).flatten(1).norm(dim=1)
     n2 = (d * m2.unsqueeze(-1)).flatten(1).norm(dim=1)
@@ -209,23 +145,7 @@ def test_layer_hook_and_layer_pgd_ascends():
     with pytest.raises(FastrobustError, match="layer"), perturb_layer(model, 4, torch.zeros_like):
         pass
     clean_loss = torch.nn.functional.cross_entropy(clean, batch["labels"])
-    adv = placed_adversarial_step(
-        model,
-        batch,
-        lambda loss: None,
-        steps=3,
-        epsilon=1.0,
-        step_size=0.5,
-        norm="l2",
-        init_magnitude=0.0,
-        adv_weight=1.0,
-        mode="relative",
-        layer=2,
-        sentences="both",
-        ball="sequence",
-        embedding_rms=None,
-        labels=batch["labels"],
-    )
+    adv = _pgd(model, batch, lambda loss: None, steps=3, epsilon=1.0, step_size=0.5, mode="relative", layer=2)
     assert adv > clean_loss + 1e-4  # the ascent found a worse perturbation of h_2
 
 
@@ -258,37 +178,13 @@ def test_layer_noise_relative_to_the_layer_rms(monkeypatch):
         return real(h, sigma, *a, **k)
 
     monkeypatch.setattr(placement, "apply_noise", spy)
-    placed_noise_step(
-        model,
-        batch,
-        lambda loss: None,
-        sigma=0.5,
-        mode="relative",
-        distribution="gaussian",
-        layer=1,
-        sentences="both",
-        shape="token",
-        embedding_rms=None,
-        labels=batch["labels"],
-    )
+    _noise(model, batch, lambda loss: None, sigma=0.5, mode="relative", layer=1)
     box = {}
     with torch.no_grad(), perturb_layer(model, 1, lambda h: box.setdefault("h", h) * 0):
         forward_from_ids(model, batch)
     m = batch["attention_mask"].bool()
     assert seen["sigma"] == pytest.approx(0.5 * float(box["h"][m].pow(2).mean().sqrt()), rel=1e-5)
-    placed_noise_step(
-        model,
-        batch,
-        lambda loss: None,
-        sigma=0.5,
-        mode="relative",
-        distribution="gaussian",
-        layer=0,
-        sentences="both",
-        shape="token",
-        embedding_rms=embedding_rms(model),
-        labels=batch["labels"],
-    )
+    _noise(model, batch, lambda loss: None, sigma=0.5, mode="relative", embedding_rms=embedding_rms(model))
     assert seen["sigma"] == pytest.approx(0.5 * embedding_rms(model), rel=1e-6)
 
 

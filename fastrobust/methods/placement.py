@@ -215,10 +215,10 @@ def placed_noise_step(
     sentences: str,
     shape: str,
     embedding_rms: float | None,
-    labels: Tensor,
 ) -> Tensor:
     """One RS-RP step with noise at ``layer`` on ``sentences`` of shape ``shape`` (see module doc);
     ``mode``: absolute | relative. Calls ``backward(loss)`` once; returns the detached loss."""
+    labels = require_labels(batch)
 
     def noise(h: Tensor) -> Tensor:
         s = sigma * _unit(h, batch["attention_mask"], layer, mode, embedding_rms)
@@ -302,11 +302,11 @@ def placed_adversarial_step(
     sentences: str,
     ball: str,
     embedding_rms: float | None,
-    labels: Tensor,
 ) -> Tensor:
     """PGD-AT with a placement: K ascent steps on delta at ``layer`` restricted to ``sentences``,
     projected per ``ball`` (gradients w.r.t. delta only), then
     ``(1 - w) CE(clean) + w CE(perturbed)`` and one ``backward``. Scales: configured x unit."""
+    labels = require_labels(batch)
     masks = budgets(batch, sentences, ball)
     d = _Delta(batch, layer, mode, embedding_rms, init_magnitude, epsilon, norm, masks)
     # Inner passes through the unwrapped module (see find_perturbation: no engine hooks), and at
@@ -353,10 +353,10 @@ def placed_freelb_step(
     sentences: str,
     ball: str,
     embedding_rms: float | None,
-    labels: Tensor,
 ) -> Tensor:
     """FreeLB with a placement: for t < K, ``backward(CE(f with h + delta_t) / K)`` and a projected
     ascent step on delta from the same backward (see ``freelb_step``)."""
+    labels = require_labels(batch)
     masks = budgets(batch, sentences, ball)
     d = _Delta(batch, layer, mode, embedding_rms, init_magnitude, epsilon, norm, masks)
 
@@ -406,7 +406,6 @@ class _PlacedAdversarial(_AdversarialBase):
             sentences=c.sentences,
             ball=c.ball,
             embedding_rms=self.embedding_rms,
-            labels=require_labels(batch),
         )
 
 
@@ -447,7 +446,6 @@ class PlacedRandomPerturbation(RandomPerturbation):
             sentences=c.sentences,
             shape=c.shape,
             embedding_rms=self.embedding_rms,
-            labels=require_labels(batch),
         )
 
 
