@@ -265,9 +265,12 @@ class _Delta:
     """The perturbation of one batch across ascent steps: created at the first forward (its shape
     and, for layer >= 1, the unit of relative scales come from the states it is added to)."""
 
-    def __init__(self, batch, layer, mode, embedding_rms, init_magnitude, epsilon, norm, masks) -> None:
+    def __init__(
+        self, batch, layer, mode, embedding_rms, init_magnitude, epsilon, step_size, norm, masks
+    ) -> None:
         self.batch, self.layer, self.mode, self.rms = batch, layer, mode, embedding_rms
-        self.init, self.eps, self.norm, self.masks = init_magnitude, epsilon, norm, masks
+        self.init, self.eps, self.step = init_magnitude, epsilon, step_size
+        self.norm, self.masks = norm, masks
         self.value: Tensor | None = None
         self.unit: float | None = None
         self.leaf: Tensor | None = None
@@ -284,6 +287,17 @@ class _Delta:
                 self.value = sum(ops.pgd_init(h.detach(), radius, norm=self.norm, mask=m) for m in self.masks)
         self.leaf = self.value.detach().to(h.dtype).requires_grad_(True)
         return self.leaf
+
+    def ascend(self, grad: Tensor) -> None:
+        """delta <- the projected ascent step from the last forward's leaf along ``grad``."""
+        self.value = project_step(
+            self.leaf.detach(),
+            grad,
+            step_size=self.scaled(self.step),
+            epsilon=self.scaled(self.eps),
+            norm=self.norm,
+            masks=self.masks,
+        )
 
 
 def placed_adversarial_step(
@@ -308,7 +322,7 @@ def placed_adversarial_step(
     ``(1 - w) CE(clean) + w CE(perturbed)`` and one ``backward``. Scales: configured x unit."""
     labels = require_labels(batch)
     masks = budgets(batch, sentences, ball)
-    d = _Delta(batch, layer, mode, embedding_rms, init_magnitude, epsilon, norm, masks)
+    d = _Delta(batch, layer, mode, embedding_rms, init_magnitude, epsilon, step_size, norm, masks)
     # Inner passes through the unwrapped module (see find_perturbation: no engine hooks), and at
     # layer 0 on the detached lookup, so that they build no graph back into the parameters there.
     inner = unwrap_model(model)
@@ -318,14 +332,7 @@ def placed_adversarial_step(
     for _ in range(steps):
         loss = classification_loss(forward_perturbed(inner, batch, layer, d, embeds=base), labels)
         (grad,) = torch.autograd.grad(loss, d.leaf)
-        d.value = project_step(
-            d.leaf.detach(),
-            grad,
-            step_size=d.scaled(step_size),
-            epsilon=d.scaled(epsilon),
-            norm=norm,
-            masks=masks,
-        )
+        d.ascend(grad)
     final = d.value.detach()
     loss = weighted_loss(
         adv_weight,
@@ -358,18 +365,11 @@ def placed_freelb_step(
     ascent step on delta from the same backward (see ``freelb_step``)."""
     labels = require_labels(batch)
     masks = budgets(batch, sentences, ball)
-    d = _Delta(batch, layer, mode, embedding_rms, init_magnitude, epsilon, norm, masks)
+    d = _Delta(batch, layer, mode, embedding_rms, init_magnitude, epsilon, step_size, norm, masks)
 
     def forward(t: int, grad: Tensor | None) -> tuple[Tensor, Tensor]:
         if t > 0:
-            d.value = project_step(
-                d.leaf.detach(),
-                grad,
-                step_size=d.scaled(step_size),
-                epsilon=d.scaled(epsilon),
-                norm=norm,
-                masks=masks,
-            )
+            d.ascend(grad)
         loss = classification_loss(forward_perturbed(model, batch, layer, d), labels)
         return loss, d.leaf
 
