@@ -142,8 +142,8 @@ def _run(args: argparse.Namespace) -> int:
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from fastrobust.data import load_task
-    from fastrobust.evaluate import gxlt_markdown, predict_task, write_report, xlt_markdown
-    from fastrobust.evaluate.predict import test_progress
+    from fastrobust.evaluate import gxlt_markdown, write_report, xlt_markdown
+    from fastrobust.evaluate.predict import predict_task_with_progress
     from fastrobust.evaluate.predictions import FILE_NAME
 
     gxlt = cfg.task.gxlt and cfg.eval.gxlt and not args.no_gxlt
@@ -155,17 +155,16 @@ def _run(args: argparse.Namespace) -> int:
             f"MODEL_DIR: the model has {model.config.num_labels} labels but task {task.name} has "
             f"{task.num_labels} ({', '.join(task.label_names)})"
         )
-    with test_progress(task, gxlt, "test") as bar:
-        predictions = predict_task(
-            model,
-            tokenizer,
-            task,
-            max_length=max_length,
-            batch_size=batch_size,
-            device=device,
-            gxlt=gxlt,
-            progress=lambda name, n: bar.update(n),
-        )
+    predictions = predict_task_with_progress(
+        model,
+        tokenizer,
+        task,
+        max_length=max_length,
+        batch_size=batch_size,
+        device=device,
+        gxlt=gxlt,
+        progress="test",
+    )
     report = predictions.report()
     write_report(report, out, title=f"{task.name}: {Path(args.model_dir).name}")
     predictions.save(out / FILE_NAME)

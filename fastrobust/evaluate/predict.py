@@ -218,14 +218,24 @@ def evaluate_task(
     """XLT accuracy of ``model`` on every test language and (``gxlt=True``) on every G-XLT pair set,
     with each set's predicted-class rates (``predict_task(...).report()``); ``progress`` labels a
     progress bar over the examples (None: no bar)."""
+    return predict_task_with_progress(
+        model,
+        tokenizer,
+        task,
+        max_length=max_length,
+        batch_size=batch_size,
+        device=device,
+        gxlt=gxlt,
+        progress=progress,
+    ).report()
+
+
+def predict_task_with_progress(
+    model: Any, tokenizer: Any, task: TaskData, *, gxlt: bool, progress: str | None, **kwargs: Any
+) -> TaskPredictions:
+    """:func:`predict_task` under the :func:`test_progress` bar labelled ``progress`` (None: no bar);
+    ``kwargs``: max_length, batch_size, device."""
     with test_progress(task, gxlt, progress) as bar:
         return predict_task(
-            model,
-            tokenizer,
-            task,
-            max_length=max_length,
-            batch_size=batch_size,
-            device=device,
-            gxlt=gxlt,
-            progress=lambda name, n: bar.update(n),
-        ).report()
+            model, tokenizer, task, gxlt=gxlt, progress=lambda name, n: bar.update(n), **kwargs
+        )
