@@ -13,7 +13,6 @@ import random
 from pathlib import Path
 
 import pytest
-import torch
 
 from fastrobust.config import TaskConfig
 from fastrobust.data import load_task
@@ -243,7 +242,7 @@ def test_hub_layout_folder_through_datasets(tmp_path: Path) -> None:
 # ---- end to end: fastrobust train on the single-sentence task -------------------------------------
 def test_train_on_custom_single_sentence_task(tmp_path: Path) -> None:
     """The model gets the task's labels in id2label; XLT on xx/yy; no G-XLT for a single-sentence task."""
-    from conftest import _build_tiny_bert
+    from conftest import _build_tiny_bert, one_torch_thread
     from transformers import AutoConfig
 
     from fastrobust.train import train
@@ -256,9 +255,7 @@ def test_train_on_custom_single_sentence_task(tmp_path: Path) -> None:
         for w in line.split("\t")[0].split()
     }
     model = _build_tiny_bert(tmp_path / "model", sorted(words))
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with one_torch_thread():
         result = train(
             None,
             [
@@ -276,8 +273,6 @@ def test_train_on_custom_single_sentence_task(tmp_path: Path) -> None:
                 f"output.dir={tmp_path / 'run'}",
             ],
         )
-    finally:
-        torch.set_num_threads(n)
     s = result["methods"]["rs-rp"]
     assert set(s["xlt"]) == {"xx", "yy"} and s["averages"]["gxlt_avg"] is None
     saved = AutoConfig.from_pretrained(tmp_path / "run" / "rs-rp" / "model")

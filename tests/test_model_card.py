@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 
 import pytest
-import torch
+from conftest import one_torch_thread
 from safetensors.torch import load_file
 
 from fastrobust.train.model_card import command_line, parse_model_card
@@ -19,9 +19,7 @@ def run(tiny_pawsx, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     data, model = tiny_pawsx
     out = tmp_path_factory.mktemp("card") / "run"
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with one_torch_thread():
         train(
             None,
             [
@@ -40,8 +38,6 @@ def run(tiny_pawsx, tmp_path_factory: pytest.TempPathFactory) -> Path:
                 f"output.dir={out}",
             ],
         )
-    finally:
-        torch.set_num_threads(n)
     return out
 
 

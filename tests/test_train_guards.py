@@ -14,13 +14,7 @@ import torch
 
 from fastrobust.errors import ConfigError
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def overrides(data: Path, model: Path, out: Path, *extra: str) -> list[str]:
