@@ -360,11 +360,12 @@ def sweep(
     stale = release_stale_claims(out)
     if stale:
         print(f"sweep: released {stale} claim(s) of runs whose process is gone", flush=True)
-    if not (out / "lr.json").is_file():
+
+    def run(items) -> None:
         run_parallel(
             config,
             out,
-            lr_plan(),
+            items,
             workers=workers,
             device=device,
             deadline=deadline,
@@ -372,20 +373,13 @@ def sweep(
             threads=threads,
             extra=extra,
         )
+
+    if not (out / "lr.json").is_file():
+        run(lr_plan())
         lr = choose_lr(out)
         print(f"learning rate chosen on English dev: {lr}", flush=True)
     items = [it for it in plan(seeds) if only is None or it[0] in only]
-    run_parallel(
-        config,
-        out,
-        items,
-        workers=workers,
-        device=device,
-        deadline=deadline,
-        hard_deadline=hard,
-        threads=threads,
-        extra=extra,
-    )
+    run(items)
     done = sum(finished(out / f"seed-{s}" / label) for label, _, s in items)
     print(f"sweep: {done}/{len(items)} runs finished in {time.time() - t0:.0f} s", flush=True)
 
