@@ -28,6 +28,31 @@ if CPU_TIMER not in ("wall", "process"):
     raise ValueError(f"FASTROBUST_BENCH_CPU_TIMER must be 'wall' or 'process', got {CPU_TIMER!r}")
 
 
+class RecordSink:
+    """The records of a benchmark run: kept in ``records``, shown with ``show(rec)``, and written
+    as one JSON line each to ``path`` when given, flushed at once (a run stopped by its time limit
+    keeps every record measured so far). ``with RecordSink(path, show) as emit: emit(rec)``."""
+
+    def __init__(self, path: str | None, show: Callable[[dict], None]) -> None:
+        self.records: list[dict] = []
+        self.show = show
+        self._file = open(path, "w") if path else None  # noqa: SIM115 (closed by __exit__)
+
+    def __call__(self, rec: dict) -> None:
+        self.records.append(rec)
+        if self._file is not None:
+            self._file.write(json.dumps(rec) + "\n")
+            self._file.flush()
+        self.show(rec)
+
+    def __enter__(self) -> RecordSink:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._file is not None:
+            self._file.close()
+
+
 def bench_device() -> torch.device:
     """CUDA when present (never the Triton interpreter: its timings mean nothing)."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")

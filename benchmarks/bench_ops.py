@@ -52,6 +52,7 @@ from _ops_grid import (  # noqa: E402
 from _ops_summary import load_records, summarize_gpu  # noqa: E402
 from _util import (  # noqa: E402
     SMOKE,
+    RecordSink,
     cpu_threads_for_timing,
     device_name,
     peak_memory_mb,
@@ -308,25 +309,12 @@ def main(argv: list[str] | None = None) -> int:
     shapes = args.shapes or (SMOKE_SHAPES if smoke else GPU_SHAPES)
     cases = gpu_cases(shapes, args.dtypes, args.ops, args.masks, run.features)
     timers = args.timers if cuda else ["cpu"]
-    records: list[dict] = []
-    sink = open(args.out, "w") if args.out else None  # noqa: SIM115 (flushed per record, closed below)
-
-    def emit(rec: dict) -> None:
-        records.append(rec)
-        if sink is not None:
-            sink.write(json.dumps(rec) + "\n")
-            sink.flush()
-        _print_record(rec)
-
-    try:
+    with RecordSink(args.out, _print_record) as emit:
         errors = run_grid(
             cases, run, timers, emit, budget_s=args.budget_s, yardstick_bytes=2**24 if smoke else 2**29
         )
-    finally:
-        if sink is not None:
-            sink.close()
     print()
-    print(summarize_gpu(records, short=True))
+    print(summarize_gpu(emit.records, short=True))
     return 1 if errors else 0
 
 

@@ -38,7 +38,15 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))  # `python benchmarks/bench_train_step.py`
 
 import _train_grid  # noqa: E402
-from _util import SMOKE, bench_device, cpu_threads_for_timing, device_name, timed, versions  # noqa: E402
+from _util import (  # noqa: E402
+    SMOKE,
+    RecordSink,
+    bench_device,
+    cpu_threads_for_timing,
+    device_name,
+    timed,
+    versions,
+)
 
 from fastrobust.methods import build_method  # noqa: E402
 
@@ -285,14 +293,8 @@ def main(argv: list[str] | None = None) -> int:
     batch = args.batch or (4 if smoke else 32)
     seq = args.seq or (32 if smoke else 128)
     rounds_s = args.rounds_s if args.rounds_s is not None else (0.5 if smoke else 10.0)
-    records: list[dict] = []
-    sink = open(args.out, "w") if args.out else None  # noqa: SIM115 (flushed per record, closed below)
 
-    def emit(rec: dict) -> None:
-        records.append(rec)
-        if sink is not None:
-            sink.write(json.dumps(rec) + "\n")
-            sink.flush()
+    def show(rec: dict) -> None:
         if rec.get("kind") == "row":
             print(
                 f"{rec['model']:>10} {rec['precision']} {rec['method']:>9}: {rec['step_ms']:8.1f} ms  "
@@ -305,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
 
     errors = 0
     start = time.perf_counter()
-    try:
+    with RecordSink(args.out, show) as emit:
         emit(_train_grid.run_meta(device))
         # bf16 first (the configuration users train in), then fp32
         groups = [(m, pr) for pr in precisions for m in models]
@@ -350,11 +352,8 @@ def main(argv: list[str] | None = None) -> int:
                         "error": f"{type(exc).__name__}: {exc}"[:500],
                     }
                 )
-    finally:
-        if sink is not None:
-            sink.close()
     print()
-    print(_train_grid.summarize(records))
+    print(_train_grid.summarize(emit.records))
     return 1 if errors else 0
 
 
