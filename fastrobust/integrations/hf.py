@@ -43,6 +43,7 @@ import torch
 from torch.utils.data import Sampler
 from transformers import Trainer, TrainerCallback
 
+from fastrobust.config.methods import AdversarialConfig, BaselineConfig, NoiseConfig, SynonymConfig
 from fastrobust.errors import ConfigError, DataError
 from fastrobust.integrations.hf_data import (
     EpochPermutationSampler,
@@ -64,19 +65,12 @@ __all__ = [
     "training_arguments",
 ]
 
-_METHOD_FIELDS = (
-    "label",
-    "steps",
-    "norm",
-    "epsilon",
-    "step_size",
-    "init_magnitude",
-    "scale_mode",
-    "adv_weight",
-    "sigma",
-    "sigma_mode",
-    "distribution",
-    "synonyms",
+# RobustTrainer's keyword arguments that are not Trainer's: the fields of the method sections
+_METHOD_FIELDS = frozenset(
+    name
+    for section in (BaselineConfig, AdversarialConfig, NoiseConfig, SynonymConfig)
+    for name in section.model_fields
+    if name != "kind"
 )
 
 
@@ -187,7 +181,7 @@ class RobustTrainer(Trainer):
     ) -> None:
         accepted = _trainer_kwargs()
         fields = {k: kwargs.pop(k) for k in list(kwargs) if k not in accepted}
-        unknown = sorted(set(fields) - set(_METHOD_FIELDS))
+        unknown = sorted(set(fields) - _METHOD_FIELDS)
         if unknown:
             raise ConfigError(
                 f"RobustTrainer: unknown keyword argument(s) {unknown} (neither Trainer's nor a method field)"
