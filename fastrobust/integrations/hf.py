@@ -253,12 +253,9 @@ class RobustTrainer(Trainer):
 
     # ---- one micro-batch ------------------------------------------------------------------
 
-    def _backward(self, model: torch.nn.Module) -> Backward:
+    def _backward(self, deepspeed: bool) -> Backward:
         accelerator = self.accelerator
         scale = 1.0 / self.current_gradient_accumulation_steps
-        from accelerate.utils import DistributedType
-
-        deepspeed = accelerator.distributed_type == DistributedType.DEEPSPEED
         calls = self._calls
         done = [0]
 
@@ -304,7 +301,7 @@ class RobustTrainer(Trainer):
                 self.robust_method,
                 model,
                 inputs,
-                self._backward(model),
+                self._backward(deepspeed),
                 NULL_TIMER,
                 autocast=contextlib.nullcontext(),
                 expected_calls=self._calls if deepspeed else None,
