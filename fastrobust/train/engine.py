@@ -280,11 +280,10 @@ class TrainEngine:
             loss_bad = self._all_reduce_grads(params, loss_bad)
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
-        grads = [p.grad for p in params if p.grad is not None]
         if self.max_grad_norm:
             grad_norm = torch.nn.utils.clip_grad_norm_(params, self.max_grad_norm)
         else:
-            grad_norm = total_norm(grads, self.device)
+            grad_norm = total_norm([p.grad for p in params if p.grad is not None], self.device)
         if self.scaler is not None:
             bad = loss_bad
             self.scaler.step(self.optimizer)  # passes its own found_inf to the fused optimizer
