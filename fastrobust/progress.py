@@ -8,6 +8,18 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from typing import Any
+
+
+def bar(**kwargs: Any) -> Any:
+    """One of our tqdm bars (training steps, test examples): on stderr, so stdout keeps only the
+    results; redrawn at most once a second and as wide as the terminal. ``kwargs``: tqdm's
+    (total, desc, unit, initial, disable)."""
+    import sys
+
+    from tqdm.auto import tqdm
+
+    return tqdm(dynamic_ncols=True, mininterval=1.0, file=sys.stderr, **kwargs)
 
 
 @contextlib.contextmanager

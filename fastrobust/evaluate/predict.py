@@ -99,23 +99,13 @@ def test_progress(task: TaskData, gxlt: bool, progress: str | None) -> Any:
     """A tqdm bar (on stderr; a no-op when ``progress`` is None) over the examples of a task's test
     evaluation: the XLT sets, then the G-XLT sets not shared with them. Use as a context manager;
     ``predict_task(..., progress=lambda name, n: bar.update(n))`` advances it."""
-    import sys
-
-    from tqdm.auto import tqdm
+    from fastrobust.progress import bar
 
     xlt_ids = {id(task.test[lang]) for lang in task.languages}
     total = sum(len(task.test[lang]) for lang in task.languages)
     if gxlt:
         total += sum(len(ds) for ds in task.gxlt.values() if id(ds) not in xlt_ids)
-    return tqdm(
-        total=total,
-        desc=progress,
-        unit="ex",
-        disable=progress is None,
-        dynamic_ncols=True,
-        mininterval=1.0,
-        file=sys.stderr,
-    )
+    return bar(total=total, desc=progress, unit="ex", disable=progress is None)
 
 
 def evaluate_predictions(

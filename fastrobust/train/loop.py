@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import gc
 import signal
-import sys
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -226,8 +225,7 @@ class MethodTrainer:
         return f"; lower optim.learning_rate (now {o.learning_rate:g}){clip}"
 
     def train(self) -> dict[str, Any]:
-        from tqdm.auto import tqdm
-
+        from fastrobust.progress import bar as progress_bar
         from fastrobust.train.signals import stop_on_signals
 
         run, cfg, dist = self.run, self.cfg, self.dist
@@ -245,15 +243,8 @@ class MethodTrainer:
         spe, total, log_every = run.steps_per_epoch, run.total_steps, cfg.output.log_every
         every_steps, minutes = cfg.output.checkpoint_every, cfg.output.checkpoint_minutes
         checkpoints_on = bool(every_steps or minutes)
-        bar = tqdm(
-            total=total,
-            initial=self.step,
-            desc=self.label,
-            unit="step",
-            disable=not dist.is_main,
-            dynamic_ncols=True,
-            mininterval=1.0,
-            file=sys.stderr,
+        bar = progress_bar(
+            total=total, initial=self.step, desc=self.label, unit="step", disable=not dist.is_main
         )
         it: Iterator[dict[str, torch.Tensor]] | None = None
         eval_seconds = 0.0
