@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fastrobust.errors import DataError
+from fastrobust.fileio import atomic_write_text
 
 POS_FILES = {"n": "noun", "v": "verb", "a": "adj", "r": "adv"}
 _SS_TYPE = {"1": "n", "2": "v", "3": "a", "4": "r", "5": "a"}  # 5 = adjective satellite
@@ -188,9 +189,4 @@ def build_synonym_table(
 
 def write_synonym_table(table: dict[str, list[str]], path: str | Path) -> Path:
     """Write the table as JSON, atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(table, ensure_ascii=False, indent=0, sort_keys=True) + "\n", encoding="utf-8")
-    tmp.replace(path)
-    return path
+    return atomic_write_text(path, json.dumps(table, ensure_ascii=False, indent=0, sort_keys=True) + "\n")

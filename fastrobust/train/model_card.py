@@ -18,6 +18,8 @@ from typing import Any
 
 import yaml
 
+from fastrobust.fileio import atomic_write_text
+
 CARD_FILE = "README.md"
 _HUB_DATASETS = {"pawsx": "google-research-datasets/paws-x", "xnli": "facebook/xnli"}
 
@@ -185,11 +187,7 @@ def render_model_card(
 
 def write_model_card(folder: Path, text: str) -> Path:
     """Writes ``folder/README.md`` atomically."""
-    path = Path(folder) / CARD_FILE
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
-    return path
+    return atomic_write_text(Path(folder) / CARD_FILE, text)
 
 
 def parse_model_card(text: str) -> tuple[dict[str, Any], str]:
