@@ -33,6 +33,17 @@ def cli_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def distributed_env() -> dict[str, str]:
+    """Environment of multi-process runs (torchrun, deepspeed) on the CPU: offline, the torch ops,
+    one intra-op thread, DeepSpeed's CPU accelerator (unless the caller's environment names one)."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", FASTROBUST_BACKEND="torch")
+    env["OMP_NUM_THREADS"] = "1"
+    # DeepSpeed compiles its shared-memory comm op once (~55 s) into this cache (as the Makefile does).
+    env.setdefault("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "fastrobust" / "torch_extensions"))
+    env.setdefault("DS_ACCELERATOR", "cpu")
+    return env
+
+
 @dataclass
 class Result:
     returncode: int

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from cli_run import distributed_env
 
 from fastrobust.errors import ConfigError, DataError
 from fastrobust.integrations.hf import (
@@ -297,10 +298,7 @@ def test_method_arguments_and_errors(tiny_pawsx, tmp_path: Path) -> None:
 
 
 def _env() -> dict[str, str]:
-    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", FASTROBUST_BACKEND="torch")
-    env["OMP_NUM_THREADS"] = "1"
-    env.setdefault("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "fastrobust" / "torch_extensions"))
-    env.setdefault("DS_ACCELERATOR", "cpu")
+    env = distributed_env()
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
     return env
 
