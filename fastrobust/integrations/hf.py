@@ -314,6 +314,7 @@ class RobustTrainer(Trainer):
         super()._save(output_dir, state_dict=state_dict)
         if not self.args.should_save:
             return
+        from fastrobust.train.model_card import resolved_scales
         from fastrobust.train.run import write_json
 
         out = Path(output_dir if output_dir is not None else self.args.output_dir)
@@ -323,8 +324,8 @@ class RobustTrainer(Trainer):
             "embedding_rms": m.embedding_rms,
             "max_length": self.max_length,
         }
-        if hasattr(m, "scales"):
-            info["resolved_scales"] = m.scales()
+        if m.cfg is not None and (scales := resolved_scales(m)):
+            info["resolved_scales"] = scales
         if self.task_section is not None:
             info["task"] = self.task_section
         out.mkdir(parents=True, exist_ok=True)
