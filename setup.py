@@ -44,7 +44,10 @@ setup(
     extras_require={
         "triton": ["triton>=3.0; platform_system == 'Linux'"],
         "deepspeed": ["deepspeed>=0.15"],
+        # fastrobust.integrations.hf (transformers.Trainer needs accelerate)
+        "hf": ["accelerate>=1.1"],
         "dev": [
+            "accelerate>=1.1",
             "pytest>=8",
             "pytest-benchmark>=4",
             "pytest-timeout>=2.3",

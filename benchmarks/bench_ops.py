@@ -1,33 +1,69 @@
 """Benchmarks of the fused ops against their pure-torch twin (eager and torch.compile).
 
-Providers:
-  torch              fastrobust.reference, eager (what CPU users get; imported, not copied)
-  torch_compile      torch.compile of the same reference function (its torch.Generator
-                     forces a graph break around the RNG in the noise ops)
-  compile_global_rng noise ops only: torch.compile of x + sigma * randn_like(x) * mask, which
-                     lets inductor fuse its own RNG (the strongest compiled baseline)
-  triton             fastrobust.ops with FASTROBUST_BACKEND=triton (CUDA only)
-and op "copy" (provider torch): out.copy_(x) on the same shape, the bandwidth yardstick.
+* **CPU** (pytest-benchmark; what CPU users get): ``pytest benchmarks/bench_ops.py --benchmark-enable``.
+  Providers ``torch`` (= ``fastrobust.reference`` eager), ``torch_compile`` (its compiled twin),
+  ``compile_global_rng`` (noise ops: compiled ``x + sigma * randn * mask`` with inductor's RNG);
+  op ``copy`` is the yardstick. Timer: wall clock, or process CPU time with
+  ``FASTROBUST_BENCH_CPU_TIMER=process``. Floors as in BENCHMARKS.md's CPU table.
+* **CUDA** (issue 12 item 9): ``python benchmarks/bench_ops.py --out ops.jsonl`` runs the grid of
+  ``_ops_grid.py`` (ops add_noise, noisy_copies n = 4 / 32, pgd_init, pgd_step L2 / Linf with
+  and without embeds [, from delta = 0]; shapes 8x128x768, 32x128x768, 32x512x1024; fp32, bf16;
+  full and padded masks; providers eager / compile / triton and the same-shape copy), timed with
+  CUDA events: ``events`` = ``triton.testing.do_bench`` (median, L2 flushed before each call)
+  and ``graph`` = ``do_bench_cudagraph`` (~100 calls per CUDA graph, inputs rotating through
+  more than L2). Each record is written to the JSONL file as soon as it is measured; a time
+  budget (``--budget-s``) stops starting new cases. ``--summary ops.jsonl`` prints the
+  Markdown tables for BENCHMARKS.md with the issue's targets met or not (``_ops_summary.py``).
+  On a GPU, ``pytest benchmarks/bench_ops.py`` runs the same cases (events timer), one test
+  each, failing on an error or a wrong result.
 
-Bytes floor (N = B*L*H elements of s bytes; the mask's B*L entries counted too):
-  copy           2 N s
-  add_noise      2 N s                      read x, write out
-  noisy_copies   (1 + n) N s                read x once, write n copies
-  pgd_step_l2    7 N s                      pass 1 reads g, d; pass 2 reads d, g, embeds,
-                                            writes d', embeds + d'
-  pgd_step_linf  5 N s                      one pass: reads d, g, embeds, writes d', embeds + d'
-The benchmark mask marks every token real, so no implementation can skip padding and the
-floor is exact. GB/s = floor / median time; fraction_of_copy = that / the session's copy
-bandwidth. FASTROBUST_BENCH_SMOKE=1: one small shape, no torch.compile.
+FASTROBUST_BENCH_SMOKE=1 (or ``--smoke``): tiny shapes, a few calls, no torch.compile.
 """
 
 from __future__ import annotations
 
+import argparse
+import functools
+import json
+import os
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+
 import pytest
 import torch
-from _util import SMOKE, cpu_threads_for_timing, peak_memory_mb, record, timed
 
-from fastrobust import ops, reference
+sys.path.insert(0, str(Path(__file__).parent))  # `python benchmarks/bench_ops.py` (pytest: conftest)
+
+from _ops_grid import (  # noqa: E402
+    GPU_DTYPES,
+    GPU_OPS,
+    GPU_SHAPES,
+    MASKS,
+    SMOKE_SHAPES,
+    Case,
+    Features,
+    Run,
+    gpu_cases,
+    measure_case,
+    raise_recompile_limits,
+    run_grid,
+)
+from _ops_summary import load_records, summarize_gpu  # noqa: E402
+from _util import (  # noqa: E402
+    SMOKE,
+    RecordSink,
+    cpu_threads_for_timing,
+    device_name,
+    peak_memory_mb,
+    record,
+    timed,
+    versions,
+)
+
+from fastrobust import reference  # noqa: E402
+
+# ============================================================================ CPU (pytest-benchmark)
 
 DTYPES = [torch.float32] if SMOKE else [torch.float32, torch.bfloat16]
 SHAPES = (
@@ -40,22 +76,17 @@ N_COPIES = 4
 NOISE_OPS = ("add_noise", "noisy_copies")
 
 
-def _providers() -> list[str]:
-    out = ["torch"]
-    if not SMOKE:
-        out += ["torch_compile", "compile_global_rng"]
-    if torch.cuda.is_available():
-        out.append("triton")
-    return out
+def _cpu_providers() -> list[str]:
+    return ["torch"] if SMOKE else ["torch", "torch_compile", "compile_global_rng"]
 
 
 def _dtype_id(dtype: torch.dtype) -> str:
     return {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
 
 
-def _cases():
+def _cpu_cases():
     for op in OPS:
-        for provider in _providers():
+        for provider in _cpu_providers():
             if op == "copy" and provider != "torch":
                 continue
             if provider == "compile_global_rng" and op not in NOISE_OPS:
@@ -71,7 +102,8 @@ def _cases():
                     )
 
 
-def _bytes_floor(op: str, shape, dtype: torch.dtype, mask: torch.Tensor) -> int:
+def _cpu_bytes_floor(op: str, shape, dtype: torch.dtype, mask: torch.Tensor) -> int:
+    # The CPU table's floors (all tokens real): L2 counted as the exact two-pass 7 N of that table.
     n = shape[0] * shape[1] * shape[2] * torch.empty((), dtype=dtype).element_size()
     m = mask.numel() * mask.element_size()
     return {
@@ -89,7 +121,7 @@ def _global_rng_noise(x, sigma, mask, copies):
     return (x.float() + sigma * z * mask.unsqueeze(-1).float()).to(x.dtype)
 
 
-def _make_call(op: str, provider: str, x, grad, delta, mask):
+def _cpu_call(op: str, provider: str, x, grad, delta, mask):
     if op == "copy":
         out = torch.empty_like(x)
         return lambda: out.copy_(x)
@@ -117,48 +149,174 @@ def _make_call(op: str, provider: str, x, grad, delta, mask):
         fn = torch.compile(_global_rng_noise, dynamic=False)
         copies = None if op == "add_noise" else N_COPIES
         return lambda: fn(x, 0.1, mask, copies)
-    if provider == "triton":
-
-        def call():
-            with ops.use_backend("triton"):
-                return kw[op](ops)()
-
-        return call
     raise AssertionError(provider)
 
 
 @pytest.fixture(autouse=True, scope="module")
 def _bench_settings():
-    # One static graph per shape and dtype: more than dynamo's default recompile limit.
-    cfg = torch._dynamo.config
-    name = "recompile_limit" if hasattr(cfg, "recompile_limit") else "cache_size_limit"
-    old_limit, old_threads = getattr(cfg, name), torch.get_num_threads()
-    setattr(cfg, name, 256)
+    restore = raise_recompile_limits()
+    old_threads = torch.get_num_threads()
+    old_backend = os.environ.get("FASTROBUST_BACKEND")
     threads = cpu_threads_for_timing()
     if threads is not None and not torch.cuda.is_available():
         torch.set_num_threads(threads)
+    if torch.cuda.is_available():
+        os.environ["FASTROBUST_BACKEND"] = "triton"  # once for the module, never per call
     yield
-    setattr(cfg, name, old_limit)
+    restore()
     torch.set_num_threads(old_threads)
+    if old_backend is None:
+        os.environ.pop("FASTROBUST_BACKEND", None)
+    else:
+        os.environ["FASTROBUST_BACKEND"] = old_backend
 
 
-@pytest.mark.parametrize("op, provider, shape, dtype", list(_cases()))
-def test_op(benchmark, op, provider, shape, dtype, bench_dev, copy_gbps):
-    gen = torch.Generator(device="cpu").manual_seed(0)
-    x = torch.randn(shape, generator=gen).to(bench_dev, dtype)
-    grad = torch.randn(shape, generator=gen).to(bench_dev, dtype)
-    delta = (0.01 * torch.randn(shape, generator=gen)).to(bench_dev, dtype)
-    mask = torch.ones(shape[:2], dtype=torch.long, device=bench_dev)
-    call = _make_call(op, provider, x, grad, delta, mask)
-    timed(benchmark, call, bench_dev, budget_s=0.5 if bench_dev.type == "cpu" else 1.0)
-    record(
-        benchmark,
-        device=bench_dev,
-        nbytes=_bytes_floor(op, shape, dtype, mask),
-        copy_gbps=copy_gbps,
-        op=op,
-        provider=provider,
-        shape="x".join(map(str, shape)),
-        dtype=_dtype_id(dtype),
-        peak_mem_mb=peak_memory_mb(call, bench_dev),
+# ============================================================================ CUDA (pytest)
+
+
+@functools.lru_cache(maxsize=1)
+def _gpu_run() -> Run:
+    return Run(
+        device=torch.device("cuda"),
+        features=Features.detect(),
+        compile_mode="off" if SMOKE else "targets",
+        triton=True,
+        l2_bytes=int(getattr(torch.cuda.get_device_properties(0), "L2_cache_size", 0) or 0),
     )
+
+
+if torch.cuda.is_available():
+    _GPU_CASES = gpu_cases(
+        SMOKE_SHAPES if SMOKE else GPU_SHAPES, GPU_DTYPES, list(GPU_OPS), MASKS, Features.detect()
+    )
+
+    @pytest.mark.parametrize("case", _GPU_CASES, ids=lambda c: c.key)
+    def test_op(benchmark, case: Case) -> None:
+        """CUDA: one case of the grid, CUDA-event timing (do_bench); the records go to extra_info
+        (pytest-benchmark's own single round below is not a timing)."""
+        run = _gpu_run()
+        recs = measure_case(case, run, "events")
+        benchmark.extra_info.update(records=recs, device=device_name(run.device), **versions())
+        benchmark.pedantic(torch.cuda.synchronize, rounds=1, iterations=1)
+        bad = [r for r in recs if "error" in r or r.get("check", "ok") != "ok"]
+        assert not bad, bad  # an error or a wrong result on CUDA is a failure, not a number
+
+else:
+
+    @pytest.mark.parametrize("op, provider, shape, dtype", list(_cpu_cases()))
+    def test_op(benchmark, op, provider, shape, dtype, bench_dev, copy_gbps):
+        gen = torch.Generator(device="cpu").manual_seed(0)
+        x = torch.randn(shape, generator=gen).to(bench_dev, dtype)
+        grad = torch.randn(shape, generator=gen).to(bench_dev, dtype)
+        delta = (0.01 * torch.randn(shape, generator=gen)).to(bench_dev, dtype)
+        mask = torch.ones(shape[:2], dtype=torch.long, device=bench_dev)
+        call = _cpu_call(op, provider, x, grad, delta, mask)
+        timed(benchmark, call, bench_dev, budget_s=0.5)
+        record(
+            benchmark,
+            device=bench_dev,
+            nbytes=_cpu_bytes_floor(op, shape, dtype, mask),
+            copy_gbps=copy_gbps,
+            op=op,
+            provider=provider,
+            shape="x".join(map(str, shape)),
+            dtype=_dtype_id(dtype),
+            peak_mem_mb=peak_memory_mb(call, bench_dev),
+        )
+
+
+# ============================================================================ command line
+
+
+def _shape(text: str) -> tuple[int, int, int]:
+    parts = tuple(int(p) for p in text.lower().split("x"))
+    if len(parts) != 3 or min(parts) < 1:
+        raise argparse.ArgumentTypeError(f"shape must be BxLxH, got {text!r}")
+    return parts  # type: ignore[return-value]
+
+
+def _csv(choices: Iterable[str]):
+    choices = list(choices)
+
+    def parse(text: str) -> list[str]:
+        items = [t for t in text.split(",") if t]
+        bad = [t for t in items if t not in choices]
+        if bad:
+            raise argparse.ArgumentTypeError(f"unknown {bad}; choose from {choices}")
+        return items
+
+    return parse
+
+
+def _print_record(rec: dict) -> None:
+    if rec.get("kind") == "result":
+        what = rec.get("error") or f"{rec['median_ms'] * 1e3:10.1f} us {rec['gbps']:8.1f} GB/s"
+        check = rec.get("check", "")
+        print(
+            f"{rec['op']:>20} {rec['shape']:>12} {rec['dtype']} {rec['mask']:>6} "
+            f"{rec['provider']:>7} {rec['timer']:>6}: {what} {'' if check == 'ok' else check}",
+            flush=True,
+        )
+    elif rec.get("kind") != "meta":
+        print(json.dumps(rec)[:400], flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description="CUDA grid of the fused ops (see the module docstring).")
+    p.add_argument(
+        "--out", default=None, help="JSONL file of results (one record per line, written as measured)"
+    )
+    p.add_argument(
+        "--summary", metavar="JSONL", default=None, help="print the Markdown tables of a results file"
+    )
+    p.add_argument("--short", action="store_true", help="with --summary: only the targets table")
+    p.add_argument("--smoke", action="store_true", default=SMOKE, help="tiny shapes, no torch.compile")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--shapes", type=lambda s: [_shape(x) for x in s.split(",")], default=None)
+    p.add_argument("--dtypes", type=_csv(GPU_DTYPES), default=GPU_DTYPES)
+    p.add_argument("--ops", type=_csv(GPU_OPS), default=list(GPU_OPS))
+    p.add_argument("--masks", type=_csv(MASKS), default=MASKS)
+    p.add_argument("--timers", type=_csv(["events", "graph"]), default=["events", "graph"])
+    p.add_argument(
+        "--compile-mode",
+        choices=["targets", "all", "static", "dynamic", "off"],
+        default=None,
+        help="targets (default): the pgd_step ops only (static graphs per shape with embeds, dynamic "
+        "shapes without); all: also the noise/init ops (dynamic)",
+    )
+    p.add_argument("--budget-s", type=float, default=150.0, help="start no new case after this many seconds")
+    args = p.parse_args(argv)
+    if args.summary:
+        print(summarize_gpu(load_records(args.summary), short=args.short))
+        return 0
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        p.error("--device cuda but CUDA is not available")
+    cuda = device.type == "cuda"
+    # The triton provider: CUDA, or CPU tensors in the interpreter (plumbing checks only). The
+    # backend is chosen once here; its calls never touch the environment.
+    triton = cuda or os.environ.get("TRITON_INTERPRET") == "1"
+    if triton:
+        os.environ["FASTROBUST_BACKEND"] = "triton"
+    smoke = args.smoke
+    run = Run(
+        device=device,
+        features=Features.detect(),
+        compile_mode=args.compile_mode or ("off" if smoke else "targets"),
+        triton=triton,
+        cpu_calls=2 if smoke else 5,
+    )
+    shapes = args.shapes or (SMOKE_SHAPES if smoke else GPU_SHAPES)
+    cases = gpu_cases(shapes, args.dtypes, args.ops, args.masks, run.features)
+    timers = args.timers if cuda else ["cpu"]
+    with RecordSink(args.out, _print_record) as emit:
+        errors = run_grid(
+            cases, run, timers, emit, budget_s=args.budget_s, yardstick_bytes=2**24 if smoke else 2**29
+        )
+    print()
+    print(summarize_gpu(emit.records, short=True))
+    return 1 if errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,60 +1,67 @@
 """Training-step time of every method relative to the baseline, same model and batch.
 
-One step = ``method.training_step`` (forwards, perturbation, backward) + AdamW step + zero_grad,
-on a randomly initialised XLM-R-style classifier (RoBERTa position ids, right padding, real
-lengths between L/2 and L). Targets (the perturbation itself must cost next to nothing):
+Targets (the perturbation itself must cost next to nothing): RS-RP (and RS-DA) <= 1.05x
+baseline; PGD-AT with K ascent steps <= 1.05 (K + 1)x (K delta-only forward/backward + 1
+training); FreeLB-K <= 1.05 Kx (K forward/backward passes, all into the parameters).
 
-* RS-RP <= 1.05 x baseline (one forward + backward, plus the fused noise);
-* PGD-AT with K ascent steps <= 1.05 x (K + 1) x baseline (K delta-only forward/backward + 1 training);
-* FreeLB with K steps <= 1.05 x K x baseline (K forward/backward passes, all into the parameters).
+* **CPU** (pytest-benchmark, as in BENCHMARKS.md): one step = ``method.training_step`` + AdamW +
+  zero_grad on a hidden-256 / 4-layer XLM-R-style classifier, batch 8 x 128; the ratio is the
+  median of A/B-interleaved pairs (baseline step, method step, ...); pytest-benchmark times the
+  method's step. ``pytest benchmarks/bench_train_step.py --benchmark-enable -s``; the table is
+  printed and written to ``.benchmarks/train_step.md``.
+* **CUDA** (issue 16): ``python benchmarks/bench_train_step.py --out train.jsonl`` runs
+  ``_train_grid.measure_group`` for XLM-R base (768, 12 layers) and large (1024, 24 layers)
+  shapes, random weights, batch 32 x 128, bf16 autocast and fp32, methods baseline, RS-RP,
+  RS-DA, PGD K=1/2/3, FreeLB K=2/3: step time, samples/s, ratio to the baseline from
+  interleaved rounds (median and range), the forward/backward/perturbation split (synchronised
+  timers, separate steps), peak memory; plus RS-DA's per-epoch CPU work. A time budget sizes
+  the rounds and stops starting new groups. ``--summary train.jsonl`` prints the Markdown.
+  On a GPU, ``pytest benchmarks/bench_train_step.py`` runs the same groups.
 
-The ratio is measured A/B interleaved (baseline step, method step, baseline step, ...) and the
-median of the per-pair ratios is reported, which keeps it meaningful on a shared machine where
-absolute times drift. pytest-benchmark times the method's step itself.
-
-Shapes: CPU hidden 256 / 4 layers, batch 8 x 128; CUDA the XLM-R base and large shapes, batch
-32 x 128, bf16 autocast. ``FASTROBUST_BENCH_SMOKE=1``: one tiny shape, four methods, one round.
-Run: ``make bench`` or ``pytest benchmarks/bench_train_step.py --benchmark-enable -s``; the ratio
-table is printed and written to ``.benchmarks/train_step.md``.
+``FASTROBUST_BENCH_SMOKE=1`` (or ``--smoke``): one tiny shape, few methods / rounds.
 """
 
 from __future__ import annotations
 
+import argparse
+import functools
+import json
 import os
 import statistics
+import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
-from _util import SMOKE, bench_device, cpu_threads_for_timing, device_name, timed, versions
 
-from fastrobust.config import AdversarialConfig, BaselineConfig, NoiseConfig
-from fastrobust.methods import build_method
+sys.path.insert(0, str(Path(__file__).parent))  # `python benchmarks/bench_train_step.py`
+
+import _train_grid  # noqa: E402
+from _util import (  # noqa: E402
+    SMOKE,
+    RecordSink,
+    bench_device,
+    cpu_threads_for_timing,
+    device_name,
+    timed,
+    versions,
+)
+
+from fastrobust.methods import build_method  # noqa: E402
 
 DEVICE = bench_device()
 
 # name: (hidden, layers, heads, intermediate, vocab, batch, seq)
+# (the CUDA groups are _train_grid's: XLM-R base and large, batch 32 x 128)
 if SMOKE:
     SHAPES = {"tiny-h64": (64, 2, 2, 128, 1000, 4, 32)}
-elif DEVICE.type == "cuda":
-    SHAPES = {
-        "xlmr-base": (768, 12, 12, 3072, 250002, 32, 128),
-        "xlmr-large": (1024, 24, 16, 4096, 250002, 32, 128),
-    }
 else:
     SHAPES = {"cpu-h256": (256, 4, 4, 1024, 8000, 8, 128)}
 
-# name: (config, cost of the step in baseline steps, i.e. the target before the 5 % margin)
-METHODS = {
-    "baseline": (BaselineConfig(), 1),
-    "rs-rp": (NoiseConfig(sigma=0.5), 1),
-    "pgd-k1": (AdversarialConfig(kind="pgd", steps=1, init_magnitude=0.1), 2),
-    "pgd-k2": (AdversarialConfig(kind="pgd", steps=2, init_magnitude=0.1), 3),
-    "pgd-k3": (AdversarialConfig(kind="pgd", steps=3, init_magnitude=0.1), 4),
-    "freelb-k2": (AdversarialConfig(kind="freelb", steps=2, init_magnitude=0.1), 2),
-    "freelb-k3": (AdversarialConfig(kind="freelb", steps=3, init_magnitude=0.1), 3),
-}
+# name: (config, cost of the step in baseline steps, i.e. the target before the 5 % margin): the
+# CUDA grid's methods; RS-DA's step is the baseline's (its cost is per epoch, see _train_grid)
+METHODS = {k: v for k, v in _train_grid.METHODS.items() if k != "rs-da"}
 if SMOKE:
     METHODS = {k: METHODS[k] for k in ("baseline", "rs-rp", "pgd-k1", "freelb-k2")}
 
@@ -153,45 +160,202 @@ def _threads_and_report():
         out.write_text(text + "\n")
 
 
-@pytest.mark.parametrize("method_name", list(METHODS))
-@pytest.mark.parametrize("shape", list(SHAPES))
-def test_train_step(benchmark, shape: str, method_name: str) -> None:
-    base = _step_fn(shape, "baseline")
-    step = _step_fn(shape, method_name)
-    base()  # warm-up of both paths (allocator, autotuned kernels)
-    step()
-    pairs = 1 if SMOKE else (5 if DEVICE.type == "cpu" else 20)
-    ratios, times = [], []
-    for _ in range(pairs):
-        tb = _seconds(base)
-        tm = _seconds(step)
-        ratios.append(tm / tb)
-        times.append(tm)
-    ratio = statistics.median(ratios)
-    target = 1.05 * METHODS[method_name][1]
-    timed(benchmark, step, DEVICE, budget_s=0.5 if SMOKE else 3.0)
-    hidden, layers, _, _, _, batch, seq = SHAPES[shape]
-    benchmark.extra_info.update(
-        shape=shape,
-        hidden=hidden,
-        layers=layers,
-        batch=batch,
-        seq=seq,
-        method=method_name,
-        ratio_vs_baseline=round(ratio, 4),
-        target=target,
-        device=device_name(DEVICE),
-        **versions(),
+# ---------------------------------------------------------------------------------- CUDA
+
+CUDA_MODELS = ["tiny"] if SMOKE else ["xlmr-base", "xlmr-large"]
+CUDA_PRECISIONS = ["bf16"] if SMOKE else ["bf16", "fp32"]
+CUDA_METHODS = ["baseline", "rs-rp", "pgd-k1", "freelb-k2"] if SMOKE else list(_train_grid.METHODS)
+
+
+@functools.lru_cache(maxsize=8)
+def _cuda_group(model: str, precision: str) -> dict[str, dict]:
+    small = model == "tiny"
+    rows = _train_grid.measure_group(
+        model,
+        precision,
+        torch.device("cuda"),
+        methods=CUDA_METHODS,
+        batch=4 if small else 32,
+        seq=32 if small else 128,
+        budget_s=2.0 if small else 12.0,
     )
-    if hasattr(os, "getloadavg"):
-        benchmark.extra_info["load_avg_1min"] = round(os.getloadavg()[0], 2)
-    RESULTS.append(
-        {
-            "shape": shape,
-            "method": method_name,
-            "step_ms": 1e3 * statistics.median(times),
-            "ratio": ratio,
-            "target": target,
-        }
+    return {r["method"]: r for r in rows}
+
+
+if DEVICE.type == "cuda":
+
+    @pytest.mark.parametrize("method_name", CUDA_METHODS)
+    @pytest.mark.parametrize("precision", CUDA_PRECISIONS)
+    @pytest.mark.parametrize("model", CUDA_MODELS)
+    def test_train_step(benchmark, model: str, precision: str, method_name: str) -> None:
+        """CUDA: the row of one method in its (model, precision) group, measured interleaved
+        with CUDA events (extra_info; pytest-benchmark's single round is not a timing)."""
+        row = _cuda_group(model, precision)[method_name]
+        benchmark.extra_info.update(row=row, device=device_name(DEVICE), **versions())
+        benchmark.pedantic(torch.cuda.synchronize, rounds=1, iterations=1)
+        RESULTS.append(
+            {
+                "shape": f"{model}-{precision}",
+                "method": method_name,
+                "step_ms": row["step_ms"],
+                "ratio": row["ratio"],
+                "target": row["target"],
+            }
+        )
+        assert row["ratio"] > 0  # speed is never asserted; the ratio is reported
+
+else:
+
+    @pytest.mark.parametrize("method_name", list(METHODS))
+    @pytest.mark.parametrize("shape", list(SHAPES))
+    def test_train_step(benchmark, shape: str, method_name: str) -> None:
+        base = _step_fn(shape, "baseline")
+        step = _step_fn(shape, method_name)
+        base()  # warm-up of both paths (allocator, autotuned kernels)
+        step()
+        pairs = 1 if SMOKE else (5 if DEVICE.type == "cpu" else 20)
+        ratios, times = [], []
+        for _ in range(pairs):
+            tb = _seconds(base)
+            tm = _seconds(step)
+            ratios.append(tm / tb)
+            times.append(tm)
+        ratio = statistics.median(ratios)
+        target = 1.05 * METHODS[method_name][1]
+        timed(benchmark, step, DEVICE, budget_s=0.5 if SMOKE else 3.0)
+        hidden, layers, _, _, _, batch, seq = SHAPES[shape]
+        benchmark.extra_info.update(
+            shape=shape,
+            hidden=hidden,
+            layers=layers,
+            batch=batch,
+            seq=seq,
+            method=method_name,
+            ratio_vs_baseline=round(ratio, 4),
+            target=target,
+            device=device_name(DEVICE),
+            **versions(),
+        )
+        if hasattr(os, "getloadavg"):
+            benchmark.extra_info["load_avg_1min"] = round(os.getloadavg()[0], 2)
+        RESULTS.append(
+            {
+                "shape": shape,
+                "method": method_name,
+                "step_ms": 1e3 * statistics.median(times),
+                "ratio": ratio,
+                "target": target,
+            }
+        )
+        assert ratio > 0  # speed is never asserted; the ratio is reported
+
+
+# ---------------------------------------------------------------------------------- command line
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        description="Training-step cost per method on CUDA (see the module docstring)."
     )
-    assert ratio > 0  # speed is never asserted; the ratio is reported
+    p.add_argument("--out", default=None, help="JSONL file of results (written as measured)")
+    p.add_argument(
+        "--summary", metavar="JSONL", default=None, help="print the Markdown tables of a results file"
+    )
+    p.add_argument("--smoke", action="store_true", default=SMOKE, help="tiny model, few methods and rounds")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--models", default=None, help="comma list of " + ", ".join(_train_grid.MODELS))
+    p.add_argument("--precisions", default=None, help="comma list of bf16, fp32 (default both)")
+    p.add_argument("--methods", default=None, help="comma list of " + ", ".join(_train_grid.METHODS))
+    p.add_argument("--batch", type=int, default=None)
+    p.add_argument("--seq", type=int, default=None)
+    p.add_argument("--rounds-s", type=float, default=None, help="time for the interleaved rounds of a group")
+    p.add_argument("--budget-s", type=float, default=110.0, help="start no new group after this many seconds")
+    p.add_argument("--no-rsda-epoch", action="store_true", help="skip RS-DA's per-epoch CPU cost")
+    args = p.parse_args(argv)
+    if args.summary:
+        print(
+            _train_grid.summarize([json.loads(x) for x in Path(args.summary).read_text().splitlines() if x])
+        )
+        return 0
+    device = torch.device(args.device)
+    smoke = args.smoke
+
+    def pick(text, default, known):
+        items = default if text is None else [t for t in text.split(",") if t]
+        bad = [t for t in items if t not in known]
+        if bad:
+            p.error(f"unknown {bad}; choose from {list(known)}")
+        return items
+
+    models = pick(args.models, ["tiny"] if smoke else ["xlmr-base", "xlmr-large"], _train_grid.MODELS)
+    precisions = pick(args.precisions, ["fp32"] if smoke else ["bf16", "fp32"], ("bf16", "fp32", "fp16"))
+    methods = pick(args.methods, list(_train_grid.METHODS), _train_grid.METHODS)
+    batch = args.batch or (4 if smoke else 32)
+    seq = args.seq or (32 if smoke else 128)
+    rounds_s = args.rounds_s if args.rounds_s is not None else (0.5 if smoke else 10.0)
+
+    def show(rec: dict) -> None:
+        if rec.get("kind") == "row":
+            print(
+                f"{rec['model']:>10} {rec['precision']} {rec['method']:>9}: {rec['step_ms']:8.1f} ms  "
+                f"ratio {rec['ratio']:.3f} [{rec['ratio_min']:.3f}, {rec['ratio_max']:.3f}] "
+                f"(target <= {rec['target']:.2f})  peak {rec['peak_gib'] or 0:.1f} GiB",
+                flush=True,
+            )
+        elif rec.get("kind") != "meta":
+            print(json.dumps(rec)[:400], flush=True)
+
+    errors = 0
+    start = time.perf_counter()
+    with RecordSink(args.out, show) as emit:
+        emit(_train_grid.run_meta(device))
+        # bf16 first (the configuration users train in), then fp32
+        groups = [(m, pr) for pr in precisions for m in models]
+        for n, (model, precision) in enumerate(groups):
+            if time.perf_counter() - start > args.budget_s:
+                emit({"kind": "budget", "not_run": [f"{m}-{q}" for m, q in groups[n:]]})
+                break
+            try:
+                for row in _train_grid.measure_group(
+                    model,
+                    precision,
+                    device,
+                    methods=methods,
+                    batch=batch,
+                    seq=seq,
+                    budget_s=rounds_s,
+                    min_rounds=2 if smoke else 3,
+                    split_steps=1 if smoke else 2,
+                    warmup=1 if smoke else 2,
+                ):
+                    emit(row)
+            except Exception as exc:  # reported; the next group still runs
+                errors += 1
+                emit(
+                    {
+                        "kind": "error",
+                        "what": f"{model}-{precision}",
+                        "error": f"{type(exc).__name__}: {exc}"[:500],
+                    }
+                )
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+        if not args.no_rsda_epoch and "rs-da" in methods:
+            try:
+                emit(_train_grid.rsda_epoch_cost(n=256 if smoke else 2048))
+            except Exception as exc:
+                errors += 1
+                emit(
+                    {
+                        "kind": "error",
+                        "what": "rs-da epoch cost",
+                        "error": f"{type(exc).__name__}: {exc}"[:500],
+                    }
+                )
+    print()
+    print(_train_grid.summarize(emit.records))
+    return 1 if errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -9,7 +9,8 @@ op                     math (per example, over unmasked entries)                
 ``pgd_step``           d' = Proj_eps(d + a g/||g||)  (L2) or clamp(d + a sign g)   (B,L,H) -> (B,L,H)
 =====================  =========================================================  ===================
 
-Backends. ``FASTROBUST_BACKEND`` (read at every call) picks the implementation:
+Backends. ``FASTROBUST_BACKEND`` (read at every call, also inside a compiled graph) picks
+the implementation (see :mod:`fastrobust.dispatch`):
 
 * ``auto`` (default): the Triton kernels of ``fastrobust.kernels`` for CUDA tensors, and
   for CPU tensors when ``TRITON_INTERPRET=1`` was set before triton was imported (that is
@@ -19,162 +20,98 @@ Backends. ``FASTROBUST_BACKEND`` (read at every call) picks the implementation:
   ``FastrobustError`` instead of a launch that would fail with "0 active drivers".
 * ``torch``: always the reference.
 
-float64 tensors take the reference under ``auto`` (the kernels compute in fp32).
+float64 tensors take the reference under ``auto`` (the kernels compute in fp32). Supported
+dtypes: fp32, fp16, bf16 (and float64 on the reference); anything else (e.g. float8) is a
+``FastrobustError`` naming the argument. Bad arguments are checked by
+:mod:`fastrobust.validation`, the same checks as the reference's.
 
 Why fused: in eager PyTorch each touch of the embeddings is several full passes over a
 (B, L, H) tensor (draw noise, scale, mask, add; or norm, divide, add, norm, rescale, add).
 The noise kernel reads x and writes x + noise once, generating the noise in registers from
 (seed, element offset) with Philox; the PGD step is one per-example reduction over
-(g, d) followed by one elementwise pass that writes d' and embeds + d'.
+(g, d) followed by one elementwise pass that writes d' and embeds + d'. On a GPU the
+Gaussian noise's Box-Muller transform uses the PTX approximations of log2/sin/cos
+(errors ~1e-6, far below what a statistical test of the noise can see);
+``FASTROBUST_PRECISE_NOISE=1`` (read at each launch) selects libdevice's precise functions.
+Compiled kernels depend on dtypes and feature flags only, never on the sequence length, so
+dynamically padded batches do not trigger recompilation.
 
-Random streams: the seed is an int in [0, 2**31 - 1]; ``seed=None`` draws one from torch's
-default CPU generator (no device synchronisation; ``torch.manual_seed`` reproduces runs).
-Same seed, same backend, same device: same output. The Triton and torch paths draw
-different streams of the same distribution.
+torch.compile, CUDA graphs, devices. The four ops are registered as torch custom ops
+(``torch.ops.fastrobust.*``, see :mod:`fastrobust._library`) with shape-only fake
+implementations: ``torch.compile(..., fullgraph=True)`` traces through these functions
+without a graph break (the fused kernels run as they are inside the compiled graph), and
+``meta`` tensors propagate shapes. Every Triton launch runs under its tensors' CUDA device;
+tensors on different devices are a ``FastrobustError``. No op synchronises with the host.
+
+Random streams. ``seed=None`` draws a fresh seed on the tensors' device from torch's
+default generator (``torch.randint`` on that device): ``torch.manual_seed`` reproduces a
+run, no host synchronisation happens, and inside a captured CUDA graph the draw advances at
+every replay, so each replay of ``add_noise``/``pgd_init`` gives fresh noise. An int seed in
+[0, 2**31 - 1] is a host scalar: the same noise every time, also at every replay. A seed may
+also be a one-element integer tensor on the tensors' device (e.g. a counter advanced inside
+a graph): the kernels read it on the device; the torch reference reads it on the host (a
+synchronisation on CUDA). Same seed, same backend, same device: same output. The Triton and
+torch paths draw different streams of the same distribution (with ``seed=None`` the torch
+path draws from the default generator directly).
 
 Gradients: ``add_noise`` and ``noisy_copies`` are differentiable in ``embeds`` (identity
 Jacobian; ``noisy_copies`` sums the n incoming gradients); nothing is saved for backward.
-No gradient flows to a tensor ``sigma``. ``pgd_init`` and ``pgd_step`` return tensors that
-do not require grad. No op synchronises with the host, so a PGD loop built from them can
-be captured in a CUDA graph (when ``seed`` is given, or drawn outside the capture).
+No gradient flows to a tensor ``sigma``. The delta returned by ``pgd_init`` and
+``pgd_step`` never requires grad; their ``embeds + delta`` output is differentiable in
+``embeds`` (identity Jacobian), so it can be the model's input while the embedding table
+still gets its gradient.
 """
 
 from __future__ import annotations
 
-import contextlib
-import importlib.util
-import os
-from collections.abc import Iterator
-from functools import lru_cache
-
 import torch
 from torch import Tensor
 
-from fastrobust import reference as _ref
-from fastrobust.errors import FastrobustError
+from fastrobust import _library as _lib
+from fastrobust import validation as _v
+from fastrobust.dispatch import BACKENDS, backend_for, use_backend
 
 __all__ = ["add_noise", "noisy_copies", "pgd_init", "pgd_step", "backend_for", "use_backend", "BACKENDS"]
 
-BACKENDS = ("auto", "triton", "torch")
-_ENV = "FASTROBUST_BACKEND"
+
+def _registered(t: Tensor) -> bool:
+    """Whether to call the registered custom op (under torch.compile / export, and for meta,
+    fake or other subclass tensors) rather than the same implementation through a plain
+    autograd.Function, which costs far less per call in eager mode."""
+    return torch.compiler.is_compiling() or type(t) not in _PLAIN or t.device.type not in ("cpu", "cuda")
 
 
-# --------------------------------------------------------------------------- dispatch
+_PLAIN = (Tensor, torch.nn.Parameter)
 
 
-def _env_true(name: str) -> bool:
-    # Same truthy spellings as triton.knobs.env_bool.
-    return os.environ.get(name, "0").strip().lower() in ("1", "true", "yes", "on", "y")
+def _sigma(sigma: float | Tensor) -> tuple[float, Tensor | None]:
+    return (0.0, sigma) if isinstance(sigma, Tensor) else (sigma, None)
 
 
-@lru_cache(maxsize=1)
-def _triton_installed() -> bool:
-    return importlib.util.find_spec("triton") is not None
+def _seed(seed: int | Tensor | None, like: Tensor, registered: bool) -> tuple[int, Tensor | None, bool]:
+    """(host seed, seed tensor, drawn) for the custom ops.
 
-
-def _kernels_interpreted() -> bool:
-    """Whether our kernels were decorated in interpreter mode (TRITON_INTERPRET is read by
-    @triton.jit at import time, so the environment alone is not enough)."""
-    from fastrobust.kernels import common
-
-    return common.INTERPRETED
-
-
-def backend_for(tensor: Tensor, *others: Tensor | None) -> str:
-    """The backend ("triton" or "torch") an op on ``tensor`` (and ``others``) uses now.
-
-    See the module docstring. float64 inputs always take the reference under ``auto`` (the
-    kernels compute in fp32, which would silently drop precision) and are an error when
-    ``triton`` is forced.
+    seed=None: a fresh draw of torch's default generator on the tensors' device. It is an
+    ordinary torch RNG op, so torch.compile keeps it in the graph, CUDA graphs advance it at
+    every replay, and torch.manual_seed reproduces it. It is drawn here for the registered
+    op, whose output then depends on its inputs only (a compiler may merge two calls of an
+    op with equal inputs); an eager call leaves the draw to the implementation, which skips
+    it on the torch path (that path draws its noise from the same generator directly).
     """
-    choice = os.environ.get(_ENV, "auto").strip().lower() or "auto"
-    if choice not in BACKENDS:
-        raise FastrobustError(f"{_ENV} must be one of {BACKENDS}, got {os.environ.get(_ENV)!r}")
-    if choice == "torch":
-        return "torch"
-    wide = any(t is not None and t.dtype == torch.float64 for t in (tensor, *others))
-    device = tensor.device.type
-    if choice == "triton":
-        if wide:
-            raise FastrobustError(f"{_ENV}=triton: the kernels support fp32/fp16/bf16, not float64")
-        if not _triton_installed():
-            raise FastrobustError(f"{_ENV}=triton but triton is not installed (pip install triton)")
-        if device == "cuda":
-            return "triton"
-        if device == "cpu" and _env_true("TRITON_INTERPRET"):
-            if not _kernels_interpreted():
-                raise FastrobustError(
-                    f"{_ENV}=triton with CPU tensors: TRITON_INTERPRET=1 was set after triton kernels were "
-                    "compiled for a GPU; set it in the environment before the process starts"
-                )
-            return "triton"
-        raise FastrobustError(
-            f"{_ENV}=triton needs CUDA tensors, or CPU tensors with TRITON_INTERPRET=1 set before the "
-            f"process starts; got a tensor on {tensor.device}"
-        )
-    # auto
-    if wide or not _triton_installed():
-        return "torch"
-    if device == "cuda":
-        return "triton"
-    if device == "cpu" and _env_true("TRITON_INTERPRET") and _kernels_interpreted():
-        return "triton"
-    return "torch"
-
-
-@contextlib.contextmanager
-def use_backend(name: str) -> Iterator[None]:
-    """Set ``FASTROBUST_BACKEND`` to ``name`` inside the block (restored afterwards)."""
-    if name not in BACKENDS:
-        raise FastrobustError(f"backend must be one of {BACKENDS}, got {name!r}")
-    old = os.environ.get(_ENV)
-    os.environ[_ENV] = name
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop(_ENV, None)
-        else:
-            os.environ[_ENV] = old
-
-
-def _noise_impl(backend: str):
-    if backend == "triton":
-        from fastrobust.kernels import noise
-
-        return noise.noise_forward
-    return _ref._apply_noise
-
-
-# --------------------------------------------------------------------------- autograd
-
-
-class _NoiseFunction(torch.autograd.Function):
-    """out = embeds + sigma * z * mask (or n such copies stacked in front).
-
-    The noise does not depend on embeds, so d out / d embeds is the identity: backward
-    passes the incoming gradient through (summed over the n copies) and needs nothing
-    saved — not even the seed, unlike dropout."""
-
-    @staticmethod
-    def forward(ctx, embeds, sigma, seed, distribution, mask, copies, backend):  # noqa: D102
-        ctx.copies = copies
-        return _noise_impl(backend)(embeds, sigma, seed, distribution, mask, copies)
-
-    @staticmethod
-    def backward(ctx, grad_out):  # noqa: D102
-        grad_in = grad_out if ctx.copies is None else grad_out.sum(0)
-        return grad_in, None, None, None, None, None, None
-
-
-# --------------------------------------------------------------------------- public ops
+    if seed is None:
+        if not registered:
+            return 0, None, True
+        return 0, torch.randint(0, _v.SEED_HIGH, (1,), device=like.device), True
+    if isinstance(seed, Tensor):
+        return 0, seed, False
+    return seed, None, False
 
 
 def add_noise(
     embeds: Tensor,
     sigma: float | Tensor,
     *,
-    seed: int | None = None,
+    seed: int | Tensor | None = None,
     distribution: str = "gaussian",
     mask: Tensor | None = None,
 ) -> Tensor:
@@ -188,17 +125,21 @@ def add_noise(
         sigma: a number >= 0, or a (B,) float tensor (per-example sigma, e.g. NEFTune's
             alpha / sqrt(L * H)). Values of a CUDA tensor are not checked (that would
             synchronise); the laws are symmetric, so a negative entry acts as its absolute value.
-        seed: int in [0, 2**31 - 1]; None draws one from torch's default CPU generator.
+        seed: int in [0, 2**31 - 1] (the same noise every call, also at every CUDA-graph
+            replay); None draws a seed on the device from torch's default generator (fresh
+            noise per call and per replay; ``torch.manual_seed`` reproduces it); or a
+            one-element integer tensor on embeds' device.
         mask: (B, L), nonzero = real token; masked positions are returned exactly unchanged.
 
     Returns (B, L, H) in embeds' dtype (noise added in fp32). Gradient w.r.t. embeds is the
     identity; nothing is stored for backward.
     """
-    embeds, sigma, seed, distribution, mask = _ref.validate_noise_args(
-        embeds, sigma, seed, distribution, mask
-    )
-    backend = backend_for(embeds)
-    return _NoiseFunction.apply(embeds, sigma, _ref.resolve_seed(seed), distribution, mask, None, backend)
+    embeds, sigma, seed, distribution, mask = _v.noise_args(embeds, sigma, seed, distribution, mask)
+    registered = _registered(embeds)
+    args = (embeds, *_sigma(sigma), *_seed(seed, embeds, registered), distribution == "gaussian", mask)
+    if registered:
+        return _lib.add_noise(*args)
+    return _lib.EagerNoise.apply(*args, None)
 
 
 def noisy_copies(
@@ -206,7 +147,7 @@ def noisy_copies(
     n: int,
     sigma: float | Tensor,
     *,
-    seed: int | None = None,
+    seed: int | Tensor | None = None,
     distribution: str = "gaussian",
     mask: Tensor | None = None,
 ) -> Tensor:
@@ -217,12 +158,13 @@ def noisy_copies(
     same seed (on the reference path as well). Arguments as for :func:`add_noise`; n >= 1.
     Returns (n, B, L, H) in embeds' dtype; the gradient w.r.t. embeds is the sum over copies.
     """
-    embeds, sigma, seed, distribution, mask = _ref.validate_noise_args(
-        embeds, sigma, seed, distribution, mask
-    )
-    n = _ref._check_n(n)
-    backend = backend_for(embeds)
-    return _NoiseFunction.apply(embeds, sigma, _ref.resolve_seed(seed), distribution, mask, n, backend)
+    embeds, sigma, seed, distribution, mask = _v.noise_args(embeds, sigma, seed, distribution, mask)
+    n = _v.copies_arg(n)
+    registered = _registered(embeds)
+    args = (*_sigma(sigma), *_seed(seed, embeds, registered), distribution == "gaussian", mask)
+    if registered:
+        return _lib.noisy_copies(embeds, n, *args)
+    return _lib.EagerNoise.apply(embeds, *args, n)
 
 
 def pgd_init(
@@ -231,30 +173,32 @@ def pgd_init(
     *,
     norm: str = "l2",
     mask: Tensor | None = None,
-    seed: int | None = None,
-) -> Tensor:
+    seed: int | Tensor | None = None,
+    next_input: bool = False,
+) -> Tensor | tuple[Tensor, Tensor]:
     """Random start of PGD inside the epsilon ball (FreeLB's initialisation).
 
     L2: delta = u * mask * epsilon / sqrt(n_real * H), u ~ U(-1, 1), n_real = the example's
     number of real tokens (1 if none); |u| <= 1 guarantees ||delta||_2 <= epsilon (expected
     norm epsilon / sqrt(3)). Linf: delta = u * mask * epsilon.
 
-    Args: embeds (B, L, H) (only its shape, dtype and device are used); epsilon >= 0;
-    norm "l2" | "linf"; mask (B, L); seed as for :func:`add_noise`.
+    Args: embeds (B, L, H) (only its shape, dtype and device are used, unless next_input);
+    epsilon >= 0; norm "l2" | "linf"; mask (B, L); seed as for :func:`add_noise`.
     Returns delta (B, L, H) in embeds' dtype, zero at masked positions, not requiring grad.
+    With ``next_input=True`` returns (delta, embeds + delta), both written in the same pass
+    (the second equal to torch's ``embeds + delta``); it is differentiable in embeds (identity).
     """
-    embeds, epsilon, norm, mask, seed = _ref.validate_init_args(embeds, epsilon, norm, mask, seed)
-    seed = _ref.resolve_seed(seed)
-    with torch.no_grad():
-        if backend_for(embeds) == "triton":
-            from fastrobust.kernels import pgd
-
-            return pgd.pgd_init_forward(embeds, epsilon, norm, mask, seed)
-        return _ref._pgd_init(embeds, epsilon, norm, mask, seed)
+    embeds, epsilon, norm, mask, seed, next_input = _v.init_args(
+        embeds, epsilon, norm, mask, seed, next_input
+    )
+    registered = _registered(embeds)
+    args = (embeds, epsilon, norm == "linf", mask, *_seed(seed, embeds, registered), next_input)
+    delta, nxt = (_lib.pgd_init if registered else _lib.EagerInit.apply)(*args)
+    return (delta, nxt) if next_input else delta
 
 
 def pgd_step(
-    delta: Tensor,
+    delta: Tensor | None,
     grad: Tensor,
     *,
     step_size: float,
@@ -275,15 +219,16 @@ def pgd_step(
       (including a squared norm that overflows fp32) skips that example's step: d' = Proj(d).
     * ``norm="linf"``: d' = clamp(d + a sign(g), -eps, eps), sign(NaN) = 0.
 
-    ``epsilon=None``: no projection. Masked entries of d' are 0 and of embeds + d' equal
-    embeds. Args: delta, grad, embeds (B, L, H) float (may differ in dtype); mask (B, L);
-    step_size >= 0; epsilon >= 0 or None. Returns d' in delta's dtype, or (d', embeds + d')
-    with the second in embeds' dtype when embeds is given. No host synchronisation.
+    ``delta=None`` is a zero start that reads no delta (d' in embeds' dtype when embeds is
+    given, else in grad's). ``epsilon=None``: no projection. Masked entries of d' are 0 and
+    of embeds + d' equal embeds. Args: delta, grad, embeds (B, L, H) float (may differ in
+    dtype); mask (B, L); step_size >= 0; epsilon >= 0 or None. Returns d' in delta's dtype,
+    or (d', embeds + d') with the second in embeds' dtype when embeds is given; d' does not
+    require grad, embeds + d' is differentiable in embeds (identity). No host synchronisation.
     """
-    args = _ref.validate_step_args(delta, grad, step_size, epsilon, norm, mask, embeds)
-    with torch.no_grad():
-        if backend_for(args[0], args[1], args[6]) == "triton":
-            from fastrobust.kernels import pgd
-
-            return pgd.pgd_step_forward(*args)
-        return _ref._pgd_step(*args)
+    delta, grad, step_size, epsilon, norm, mask, embeds = _v.step_args(
+        delta, grad, step_size, epsilon, norm, mask, embeds
+    )
+    args = (delta, grad, step_size, epsilon, norm == "linf", mask, embeds)
+    new, nxt = (_lib.pgd_step if _registered(grad) else _lib.EagerStep.apply)(*args)
+    return new if embeds is None else (new, nxt)

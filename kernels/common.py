@@ -1,9 +1,23 @@
-"""Facts shared by the kernel modules: interpreter mode and block-size helpers."""
+"""Facts shared by the kernel modules: interpreter mode, the launch target, block sizes, launches.
+
+Every launcher builds a list of :class:`Launch` (kernel, grid, arguments) from the tensors and
+a :class:`Target` and then runs it under the tensors' device. Building the list touches no
+device, so tests compute the launches a GPU would get (for example to count the compiled
+variants over many sequence lengths) on a machine without one.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import os
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any
+
+import torch
 import triton
 import triton.language as tl
+from torch import Tensor
 
 
 @triton.jit
@@ -17,16 +31,44 @@ def _probe_kernel(x_ptr):
 INTERPRETED: bool = type(_probe_kernel).__name__ == "InterpretedFunction"
 
 
-# Elements per program and loop trip. GPU values are untuned (no GPU was available when they
-# were chosen): they keep every kernel at <= ~100 registers per thread on sm_90 with 4 warps
-# (cuobjdump -res-usage of the ptxas output, no spills), leaving room for several programs
-# per SM. The interpreter pays per program and per op, not per element: big tiles there.
+# Elements per program and loop trip of the PGD reduction (the noise kernel and the PGD update
+# size their tiles from the register layout, see their launchers). GPU values are untuned (no
+# GPU was available when they were chosen): every kernel stays at <= ~64 registers per thread
+# on sm_90 with 4 warps (ptxas -v, no spills; tests/test_kernels_compile.py), leaving room for
+# several programs per SM. The interpreter pays per program and per op, not per element: big
+# tiles there.
 GPU_TILE = 1024
 INTERPRETER_TILE = 1 << 16
 
 
-def tile_elements() -> int:
-    return INTERPRETER_TILE if INTERPRETED else GPU_TILE
+@dataclass(frozen=True)
+class Target:
+    """Where a launch runs: the interpreter (CPU tensors) or a GPU with its SM count and L2 size."""
+
+    interpreted: bool
+    sm_count: int = 132
+    l2_bytes: int = 50 * 2**20
+
+
+INTERPRETER = Target(interpreted=True)
+H100 = Target(interpreted=False, sm_count=132, l2_bytes=50 * 2**20)
+
+
+@lru_cache(maxsize=8)
+def _gpu_target(index: int) -> Target:
+    props = torch.cuda.get_device_properties(index)
+    l2 = int(getattr(props, "L2_cache_size", 0) or H100.l2_bytes)
+    return Target(interpreted=False, sm_count=props.multi_processor_count, l2_bytes=l2)
+
+
+def target_for(t: Tensor) -> Target:
+    if INTERPRETED or t.device.type != "cuda":
+        return INTERPRETER
+    return _gpu_target(t.device.index if t.device.index is not None else torch.cuda.current_device())
+
+
+def tile_elements(target: Target) -> int:
+    return INTERPRETER_TILE if target.interpreted else GPU_TILE
 
 
 def next_pow2(n: int) -> int:
@@ -34,14 +76,14 @@ def next_pow2(n: int) -> int:
     return 1 if n <= 1 else 1 << (n - 1).bit_length()
 
 
-def pick_column_block(width: int, *, cap: int = 256) -> int:
+def pick_column_block(width: int, target: Target, *, cap: int = 256) -> int:
     """Power-of-two block for a loop over ``width`` columns, wasting the fewest masked lanes.
 
     The interpreter gets a single trip (its cost is per op, not per lane). On a GPU the
     candidates are 16..cap and, among those with the least padding, the widest wins (e.g.
     width 192 -> 64, three full trips, rather than 256 with a quarter of the lanes idle).
     """
-    if INTERPRETED or width <= 16:
+    if target.interpreted or width <= 16:
         return next_pow2(width)
     best, best_padded = 16, None
     size = 16
@@ -53,17 +95,50 @@ def pick_column_block(width: int, *, cap: int = 256) -> int:
     return best
 
 
-def pick_quarter_block(quarter: int) -> int:
-    """Column block of the noise kernel (which produces four elements per Philox call)."""
-    return pick_column_block(quarter, cap=256)
+def pick_rows(n_rows: int, per_row: int, target: Target) -> int:
+    """Rows per program for a tile of ``per_row`` columns.
+
+    A GPU always gets the full tile (``GPU_TILE // per_row`` rows; short inputs are masked),
+    so the constexpr does not change with the sequence length and padded batches of any
+    length reuse one compiled kernel. The interpreter gets no more rows than there are (it
+    pays for masked lanes, and compiles nothing).
+    """
+    rows = max(1, tile_elements(target) // per_row)
+    if target.interpreted:
+        rows = min(rows, next_pow2(n_rows))
+    return rows
 
 
-def warps_for(tile: int) -> int:
-    """Warps for an elementwise/reduction tile of ``tile`` elements (1 in the interpreter)."""
-    if INTERPRETED:
-        return 1
-    if tile >= 4096:
-        return 8
-    if tile >= 1024:
-        return 4
-    return 2
+def env_true(name: str) -> bool:
+    # Same truthy spellings as triton.knobs.env_bool.
+    return os.environ.get(name, "0").strip().lower() in ("1", "true", "yes", "on", "y")
+
+
+def rows_view(x: Tensor) -> Tensor:
+    """x itself when its last dim is unit-stride (batch/sequence strides are passed to the
+    kernels), else a contiguous copy (kernels see raw pointers)."""
+    return x if x.stride(-1) == 1 else x.contiguous()
+
+
+@dataclass
+class Launch:
+    """One kernel launch: ``kernel[grid](*args, **constexprs, num_warps=num_warps)``."""
+
+    kernel: Any
+    grid: tuple[int, ...]
+    args: tuple
+    constexprs: dict[str, Any] = field(default_factory=dict)
+    num_warps: int = 4
+
+
+def device_guard(t: Tensor):
+    """Triton launches on the *current* CUDA device: make it the tensors' device."""
+    if t.device.type == "cuda":
+        return torch.cuda.device(t.device)
+    return contextlib.nullcontext()
+
+
+def run(launches: list[Launch], device_of: Tensor) -> None:
+    with device_guard(device_of):
+        for launch in launches:
+            launch.kernel[launch.grid](*launch.args, **launch.constexprs, num_warps=launch.num_warps)

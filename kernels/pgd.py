@@ -1,8 +1,9 @@
 """Fused PGD on input embeddings: random start and one projected ascent step.
 
-Layers: ``_pgd_reduce_kernel`` and ``_pgd_update_kernel`` (jit kernels),
-``pgd_step_forward`` / ``pgd_init_forward`` (launchers). Public wrappers and dispatch are
-in ``fastrobust.ops``; the pure-torch twin in ``fastrobust.reference``.
+Layers: ``_pgd_reduce_kernel`` and ``_pgd_update_kernel`` (jit kernels), ``step_launches``
+(the launch plan), ``pgd_step_forward`` / ``pgd_init_forward`` (allocate and run). The
+custom-op registration and dispatch are in ``fastrobust._library`` / ``fastrobust.ops``; the
+pure-torch twin in ``fastrobust.reference``.
 
 L2 step, per example, over unmasked entries, a = step_size:
 
@@ -14,31 +15,53 @@ of ||g||^2, <d, g>, ||d||^2 (each example is split over several programs so that
 batch still fills the GPU; the partials are summed by pass 2, deterministically, without
 atomics). Pass 2 (``_pgd_update_kernel``) reads d, g and embeds once and writes d' and
 embeds + d'. Eager PyTorch needs ~10 passes for the same step. Linf needs no reduction:
-pass 2 alone computes clamp(d + a sign(g), -eps, eps).
+pass 2 alone computes clamp(d + a sign(g), -eps, eps). A zero start (delta=None) reads no d.
 
-Bytes floor per step (element size s_d, s_g, s_e; N = B*L*H):
-L2: N*(2 s_g + 2 s_d + s_e) read + N*(s_d + s_e) written; Linf: one read of g fewer.
+Bytes (element sizes s_d, s_g, s_e; N = B*L*H). The floor of the L2 step is 5N-sized
+transfers: N*(s_d + s_g + s_e) read + N*(s_d + s_e) written (Linf: the same). What the two
+passes request is 7N (pass 1 reads d and g, pass 2 reads them again). When d and g of the
+whole batch fit in a third of the L2 cache, pass 2's re-reads are L2 hits and DRAM sees the
+floor. When they do not (e.g. 32 x 512 x 1024 fp32: 128 MiB), the batch is processed in
+chunks of examples whose d and g fit (one reduce + one update launch per chunk; pass 1 loads
+with ``evict_last``, pass 2 with ``evict_first``), so pass 2 again re-reads from L2 and DRAM
+traffic is the 5N floor, at the price of two launches per chunk.
 
-Nothing reads a tensor value on the host and every launch size depends on shapes only,
-so a PGD loop built from these launches can be captured in a CUDA graph.
+Lengths are runtime arguments (``do_not_specialize``) and every constexpr is a
+power-of-two tile size or a feature flag, so padded batches of any length reuse the same
+compiled kernels. Nothing reads a tensor value on the host and every launch size depends on
+shapes only, so a PGD loop built from these launches can be captured in a CUDA graph.
 """
 
 from __future__ import annotations
 
-from functools import lru_cache
-
+import numpy as np
 import torch
 import triton
 import triton.language as tl
 from torch import Tensor
 
-from fastrobust.kernels.common import INTERPRETED, next_pow2, pick_column_block, tile_elements, warps_for
-from fastrobust.kernels.noise import launch_noise
+from fastrobust.kernels.common import (
+    Launch,
+    Target,
+    pick_column_block,
+    pick_rows,
+    rows_view,
+    run,
+    target_for,
+)
+from fastrobust.kernels.noise import noise_launches
 
 FLT_MAX = tl.constexpr(3.4028234663852886e38)
+MAX_SPLIT = 64  # programs per example in pass 1
+SPLIT_BLOCK = 16  # partials summed per loop trip in pass 2
+L2_SHARE = 3  # d and g of one chunk may take up to 1/L2_SHARE of the L2 cache
+PGD_WARPS = 4
 
 
-@triton.jit
+@triton.jit(
+    do_not_specialize=["seq_len", "rows_per_split", "n_split"],
+    do_not_specialize_on_alignment=["mask_ptr", "partial_ptr"],
+)
 def _pgd_reduce_kernel(
     delta_ptr,
     grad_ptr,
@@ -47,12 +70,13 @@ def _pgd_reduce_kernel(
     seq_len,
     hidden,
     rows_per_split,
+    n_split,
     d_stride_b,
     d_stride_l,
     g_stride_b,
     g_stride_l,
+    HAS_DELTA: tl.constexpr,
     HAS_MASK: tl.constexpr,
-    N_SPLIT: tl.constexpr,
     BLOCK_R: tl.constexpr,
     BLOCK_H: tl.constexpr,
 ):
@@ -71,24 +95,33 @@ def _pgd_reduce_kernel(
         row_ok = pos < stop
         if HAS_MASK:
             row_ok = row_ok & (tl.load(mask_ptr + b * seq_len + pos, mask=row_ok, other=0) != 0)
-        d_row = pos.to(tl.int64) * d_stride_l
         g_row = pos.to(tl.int64) * g_stride_l
+        d_row = pos.to(tl.int64) * d_stride_l
         for h0 in range(0, hidden, BLOCK_H):
             col = h0 + tl.arange(0, BLOCK_H)
             ok = row_ok[:, None] & (col < hidden)[None, :]
-            # other=0 keeps padding (and a NaN gradient there) out of the sums.
-            g = tl.load(g_base + g_row[:, None] + col[None, :], mask=ok, other=0.0).to(tl.float32)
-            d = tl.load(d_base + d_row[:, None] + col[None, :], mask=ok, other=0.0).to(tl.float32)
+            # other=0 keeps padding (and a NaN gradient there) out of the sums; evict_last
+            # keeps g and d in L2 for pass 2.
+            g = tl.load(
+                g_base + g_row[:, None] + col[None, :], mask=ok, other=0.0, eviction_policy="evict_last"
+            ).to(tl.float32)
             acc_gg += g * g
-            acc_dg += d * g
-            acc_dd += d * d
-    out = partial_ptr + b * (3 * N_SPLIT) + split
+            if HAS_DELTA:
+                d = tl.load(
+                    d_base + d_row[:, None] + col[None, :], mask=ok, other=0.0, eviction_policy="evict_last"
+                ).to(tl.float32)
+                acc_dg += d * g
+                acc_dd += d * d
+    out = partial_ptr + b * (3 * n_split) + split
     tl.store(out, tl.sum(tl.sum(acc_gg, axis=1), axis=0))
-    tl.store(out + N_SPLIT, tl.sum(tl.sum(acc_dg, axis=1), axis=0))
-    tl.store(out + 2 * N_SPLIT, tl.sum(tl.sum(acc_dd, axis=1), axis=0))
+    tl.store(out + n_split, tl.sum(tl.sum(acc_dg, axis=1), axis=0))
+    tl.store(out + 2 * n_split, tl.sum(tl.sum(acc_dd, axis=1), axis=0))
 
 
-@triton.jit
+@triton.jit(
+    do_not_specialize=["n_rows", "seq_len", "n_split"],
+    do_not_specialize_on_alignment=["mask_ptr", "partial_ptr"],
+)
 def _pgd_update_kernel(
     delta_ptr,
     grad_ptr,
@@ -101,6 +134,7 @@ def _pgd_update_kernel(
     epsilon,
     n_rows,
     seq_len,
+    n_split,
     hidden,
     d_stride_b,
     d_stride_l,
@@ -111,9 +145,9 @@ def _pgd_update_kernel(
     LINF: tl.constexpr,
     HAS_EPS: tl.constexpr,
     HAS_MASK: tl.constexpr,
+    HAS_DELTA: tl.constexpr,
     HAS_EMBEDS: tl.constexpr,
-    N_SPLIT: tl.constexpr,
-    SPLIT_P2: tl.constexpr,
+    SPLIT_BLOCK: tl.constexpr,
     BLOCK_R: tl.constexpr,
     BLOCK_H: tl.constexpr,
 ):
@@ -126,13 +160,19 @@ def _pgd_update_kernel(
     if HAS_MASK:
         keep = keep & (tl.load(mask_ptr + rows, mask=row_ok, other=0) != 0)
     if not LINF:
-        # Sum the per-example partials: (BLOCK_R, SPLIT_P2) gathers from a tiny buffer.
-        s = tl.arange(0, SPLIT_P2)
-        p_ok = row_ok[:, None] & (s < N_SPLIT)[None, :]
-        p_base = partial_ptr + b[:, None] * (3 * N_SPLIT) + s[None, :]
-        gg = tl.sum(tl.load(p_base, mask=p_ok, other=0.0), axis=1)
-        dg = tl.sum(tl.load(p_base + N_SPLIT, mask=p_ok, other=0.0), axis=1)
-        dd = tl.sum(tl.load(p_base + 2 * N_SPLIT, mask=p_ok, other=0.0), axis=1)
+        # Sum the per-example partials in a fixed order: (BLOCK_R, SPLIT_BLOCK) gathers from a
+        # tiny buffer, n_split / SPLIT_BLOCK trips (n_split is a runtime value).
+        gg = tl.zeros([BLOCK_R], dtype=tl.float32)
+        dg = tl.zeros([BLOCK_R], dtype=tl.float32)
+        dd = tl.zeros([BLOCK_R], dtype=tl.float32)
+        for s0 in range(0, n_split, SPLIT_BLOCK):
+            s = s0 + tl.arange(0, SPLIT_BLOCK)[None, :]  # 2-D from the start: no layout change
+            p_ok = row_ok[:, None] & (s < n_split)
+            p_base = partial_ptr + b[:, None] * (3 * n_split) + s
+            gg += tl.sum(tl.load(p_base, mask=p_ok, other=0.0), axis=1)
+            if HAS_DELTA:
+                dg += tl.sum(tl.load(p_base + n_split, mask=p_ok, other=0.0), axis=1)
+                dd += tl.sum(tl.load(p_base + 2 * n_split, mask=p_ok, other=0.0), axis=1)
         # A zero or non-finite gradient (NaN/inf anywhere in the example, or a squared norm
         # that overflows fp32) skips the step; comparisons with NaN are false.
         step_ok = (gg > 0.0) & (gg <= FLT_MAX) & (tl.abs(dg) <= FLT_MAX)
@@ -151,8 +191,15 @@ def _pgd_update_kernel(
         col = h0 + tl.arange(0, BLOCK_H)
         in_bounds = row_ok[:, None] & (col < hidden)[None, :]
         live = keep[:, None] & (col < hidden)[None, :]
-        d = tl.load(delta_ptr + d_row[:, None] + col[None, :], mask=live, other=0.0).to(tl.float32)
-        g = tl.load(grad_ptr + g_row[:, None] + col[None, :], mask=live, other=0.0).to(tl.float32)
+        g = tl.load(
+            grad_ptr + g_row[:, None] + col[None, :], mask=live, other=0.0, eviction_policy="evict_first"
+        ).to(tl.float32)
+        if HAS_DELTA:
+            d = tl.load(
+                delta_ptr + d_row[:, None] + col[None, :], mask=live, other=0.0, eviction_policy="evict_first"
+            ).to(tl.float32)
+        else:
+            d = tl.zeros([BLOCK_R, BLOCK_H], dtype=tl.float32)
         if LINF:
             # sign(NaN) = 0: both comparisons are false for NaN.
             sign = tl.where(g > 0.0, 1.0, tl.where(g < 0.0, -1.0, 0.0))
@@ -169,7 +216,8 @@ def _pgd_update_kernel(
             mask=in_bounds,
         )
         if HAS_EMBEDS:
-            e = tl.load(embeds_ptr + e_row[:, None] + col[None, :], mask=in_bounds, other=0.0).to(tl.float32)
+            e_ptrs = embeds_ptr + e_row[:, None] + col[None, :]
+            e = tl.load(e_ptrs, mask=in_bounds, other=0.0, eviction_policy="evict_first").to(tl.float32)
             tl.store(
                 next_ptr + out_row[:, None] + col[None, :],
                 (e + new).to(next_ptr.dtype.element_ty),
@@ -177,149 +225,224 @@ def _pgd_update_kernel(
             )
 
 
-@lru_cache(maxsize=8)
-def _sm_count(index: int) -> int:
-    return torch.cuda.get_device_properties(index).multi_processor_count
-
-
-def _rows_view(x: Tensor) -> Tensor:
-    # Batch/sequence strides are passed to the kernels; only the hidden dim must be unit-stride.
-    return x if x.stride(2) == 1 else x.contiguous()
-
-
-def _split_rows(delta: Tensor, batch: int, seq_len: int, block_r: int) -> tuple[int, int]:
+def _split_rows(target: Target, batch: int, seq_len: int, block_r: int) -> tuple[int, int]:
     """How many programs share one example's reduction, and the rows each one takes.
 
     Enough programs to fill the GPU (~4 per SM) but never fewer than BLOCK_R rows each; the
     interpreter gets one program per example (its cost is per program)."""
-    if INTERPRETED or delta.device.type != "cuda":
+    if target.interpreted:
         return 1, max(seq_len, 1)
-    want = max(1, (4 * _sm_count(delta.device.index or 0)) // max(batch, 1))
-    n_split = max(1, min(want, triton.cdiv(seq_len, block_r), 64))
+    want = max(1, (4 * target.sm_count) // max(batch, 1))
+    n_split = max(1, min(want, triton.cdiv(seq_len, block_r), MAX_SPLIT))
     rows = triton.cdiv(seq_len, n_split)
     rows = triton.cdiv(rows, block_r) * block_r
     return triton.cdiv(seq_len, rows), rows
 
 
-def pgd_step_forward(
-    delta: Tensor,
+def _chunk_examples(target: Target, delta: Tensor | None, grad: Tensor, linf: bool) -> int:
+    """Examples per (reduce, update) pair: all of them, unless d and g overflow the L2 budget."""
+    batch, seq_len, hidden = grad.shape
+    if linf or target.interpreted or batch <= 1:
+        return max(batch, 1)
+    per_example = seq_len * hidden * (grad.element_size() + (0 if delta is None else delta.element_size()))
+    budget = target.l2_bytes // L2_SHARE
+    if per_example * batch <= budget:
+        return batch
+    return max(1, budget // max(per_example, 1))
+
+
+def step_launches(
+    delta: Tensor | None,
     grad: Tensor,
     step_size: float,
     epsilon: float | None,
     norm: str,
     mask: Tensor | None,
     embeds: Tensor | None,
+    new_delta: Tensor,
+    nxt: Tensor | None,
     *,
+    target: Target | None = None,
     n_split: int | None = None,
     block_r: int | None = None,
     block_h: int | None = None,
-) -> Tensor | tuple[Tensor, Tensor]:
-    """Launch the fused PGD step (arguments validated by ``fastrobust.ops.pgd_step``).
-
-    Returns d' (contiguous, delta's dtype) or (d', embeds + d') (the second in embeds' dtype).
-    n_split / block_r / block_h override the tuning (tests use them to run the GPU's tiling
-    — several programs per example, several column trips — through the interpreter).
-    """
-    batch, seq_len, hidden = delta.shape
+    chunk_examples: int | None = None,
+) -> list[Launch]:
+    """The launches of one PGD step for these (already allocated) tensors."""
+    target = target_for(grad) if target is None else target
+    batch, seq_len, hidden = grad.shape
     n_rows = batch * seq_len
-    delta = _rows_view(delta)
-    grad = _rows_view(grad)
-    new_delta = torch.empty(delta.shape, device=delta.device, dtype=delta.dtype)
-    nxt = None
-    if embeds is not None:
-        embeds = _rows_view(embeds)
-        nxt = torch.empty(embeds.shape, device=embeds.device, dtype=embeds.dtype)
     if n_rows == 0 or hidden == 0:
-        return new_delta if nxt is None else (new_delta, nxt)
-    mask_arg = mask.contiguous() if mask is not None else delta
+        return []
     linf = norm == "linf"
-
     if block_h is None:
-        block_h = pick_column_block(hidden, cap=256)
-    target = tile_elements()
+        block_h = pick_column_block(hidden, target, cap=256)
     if block_r is None:
-        block_r = max(1, min(next_pow2(n_rows), target // block_h))
+        block_r = pick_rows(n_rows, block_h, target)
+        if not target.interpreted:
+            # 16 bytes of the widest tensor per thread: every load and store gets a 128-bit (or
+            # narrower) vector in one common register layout, so the tile never goes through
+            # shared memory for a layout conversion (fp32 d' with bf16 g and e: 4 per thread).
+            widest = max(t.element_size() for t in (delta, grad, embeds, new_delta, nxt) if t is not None)
+            block_r = max(1, (32 * PGD_WARPS * (16 // widest)) // block_h)
+    if chunk_examples is None:
+        chunk_examples = _chunk_examples(target, delta, grad, linf)
+    launches = []
+    for b0 in range(0, batch, chunk_examples):
+        b1 = min(batch, b0 + chunk_examples)
+        part = [None if t is None else t[b0:b1] for t in (delta, grad, mask, embeds, new_delta, nxt)]
+        c_delta, c_grad, c_mask, c_embeds, c_new, c_next = part
+        nb = b1 - b0
+        d_arg = c_delta if c_delta is not None else c_grad  # a valid pointer that is never read
+        mask_arg = c_mask if c_mask is not None else c_grad
+        splits, rows_per_split = 1, max(seq_len, 1)
+        p_arg = c_grad
+        if not linf:
+            red_block_r = pick_rows(seq_len, block_h, target)
+            if n_split is None:
+                splits, rows_per_split = _split_rows(target, nb, seq_len, red_block_r)
+            else:
+                rows_per_split = triton.cdiv(seq_len, n_split)
+                red_block_r = min(red_block_r, pick_rows(rows_per_split, block_h, target))
+                splits = triton.cdiv(seq_len, rows_per_split)
+            p_arg = torch.empty((nb, 3, splits), device=grad.device, dtype=torch.float32)
+            launches.append(
+                Launch(
+                    _pgd_reduce_kernel,
+                    (nb, splits),
+                    (
+                        d_arg,
+                        c_grad,
+                        mask_arg,
+                        p_arg,
+                        seq_len,
+                        hidden,
+                        rows_per_split,
+                        splits,
+                        d_arg.stride(0),
+                        d_arg.stride(1),
+                        c_grad.stride(0),
+                        c_grad.stride(1),
+                    ),
+                    dict(HAS_DELTA=c_delta is not None, HAS_MASK=c_mask is not None, BLOCK_R=red_block_r,
+                         BLOCK_H=block_h),
+                    1 if target.interpreted else PGD_WARPS,
+                )
+            )  # fmt: skip
+        e_arg = c_embeds if c_embeds is not None else c_grad
+        launches.append(
+            Launch(
+                _pgd_update_kernel,
+                (triton.cdiv(nb * seq_len, block_r),),
+                (
+                    d_arg,
+                    c_grad,
+                    e_arg,
+                    mask_arg,
+                    p_arg,
+                    c_new,
+                    c_next if c_next is not None else c_new,
+                    float(step_size),
+                    0.0 if epsilon is None else float(epsilon),
+                    nb * seq_len,
+                    seq_len,
+                    splits,
+                    hidden,
+                    d_arg.stride(0),
+                    d_arg.stride(1),
+                    c_grad.stride(0),
+                    c_grad.stride(1),
+                    e_arg.stride(0),
+                    e_arg.stride(1),
+                ),
+                dict(LINF=linf, HAS_EPS=epsilon is not None, HAS_MASK=c_mask is not None,
+                     HAS_DELTA=c_delta is not None, HAS_EMBEDS=c_embeds is not None, SPLIT_BLOCK=SPLIT_BLOCK,
+                     BLOCK_R=block_r, BLOCK_H=block_h),
+                1 if target.interpreted else PGD_WARPS,
+            )
+        )  # fmt: skip
+    return launches
 
-    split_p2 = 1
-    if linf:
-        n_split = 1
-    partial = delta  # unused placeholder pointer for Linf
-    if not linf:
-        red_block_r = max(1, min(next_pow2(seq_len), target // block_h))
-        if n_split is None:
-            n_split, rows_per_split = _split_rows(delta, batch, seq_len, red_block_r)
-        else:
-            rows_per_split = triton.cdiv(seq_len, n_split)
-            red_block_r = min(red_block_r, next_pow2(rows_per_split))
-            n_split = triton.cdiv(seq_len, rows_per_split)
-        split_p2 = next_pow2(n_split)
-        partial = torch.empty((batch, 3, n_split), device=delta.device, dtype=torch.float32)
-        _pgd_reduce_kernel[(batch, n_split)](
-            delta,
-            grad,
-            mask_arg,
-            partial,
-            seq_len,
-            hidden,
-            rows_per_split,
-            delta.stride(0),
-            delta.stride(1),
-            grad.stride(0),
-            grad.stride(1),
-            HAS_MASK=mask is not None,
-            N_SPLIT=n_split,
-            BLOCK_R=red_block_r,
-            BLOCK_H=block_h,
-            num_warps=warps_for(red_block_r * block_h),
-        )
-    e_arg = embeds if embeds is not None else delta
-    _pgd_update_kernel[(triton.cdiv(n_rows, block_r),)](
-        delta,
-        grad,
-        e_arg,
-        mask_arg,
-        partial,
-        new_delta,
-        nxt if nxt is not None else new_delta,
-        float(step_size),
-        0.0 if epsilon is None else float(epsilon),
-        n_rows,
-        seq_len,
-        hidden,
-        delta.stride(0),
-        delta.stride(1),
-        grad.stride(0),
-        grad.stride(1),
-        e_arg.stride(0),
-        e_arg.stride(1),
-        LINF=linf,
-        HAS_EPS=epsilon is not None,
-        HAS_MASK=mask is not None,
-        HAS_EMBEDS=embeds is not None,
-        N_SPLIT=n_split,
-        SPLIT_P2=split_p2,
-        BLOCK_R=block_r,
-        BLOCK_H=block_h,
-        num_warps=warps_for(block_r * block_h),
-    )
+
+def pgd_step_forward(
+    delta: Tensor | None,
+    grad: Tensor,
+    step_size: float,
+    epsilon: float | None,
+    norm: str,
+    mask: Tensor | None,
+    embeds: Tensor | None,
+    **tuning,
+) -> Tensor | tuple[Tensor, Tensor]:
+    """Run the fused PGD step (arguments validated by ``fastrobust.ops.pgd_step``).
+
+    Returns d' (contiguous; delta's dtype, or for delta=None embeds' dtype if embeds is given,
+    else grad's) or (d', embeds + d') (the second in embeds' dtype). ``tuning`` (n_split,
+    block_r, block_h, chunk_examples, target) overrides the plan: tests use it to run the
+    GPU's tiling — several programs per example, several column trips, chunks — through the
+    interpreter.
+    """
+    grad = rows_view(grad)
+    delta = None if delta is None else rows_view(delta)
+    embeds = None if embeds is None else rows_view(embeds)
+    out_dtype = delta.dtype if delta is not None else (embeds.dtype if embeds is not None else grad.dtype)
+    new_delta = torch.empty(grad.shape, device=grad.device, dtype=out_dtype)
+    nxt = None if embeds is None else torch.empty(embeds.shape, device=embeds.device, dtype=embeds.dtype)
+    if mask is not None:
+        mask = mask.contiguous()
+    run(step_launches(delta, grad, step_size, epsilon, norm, mask, embeds, new_delta, nxt, **tuning), grad)
     return new_delta if nxt is None else (new_delta, nxt)
 
 
-def pgd_init_forward(embeds: Tensor, epsilon: float, norm: str, mask: Tensor | None, seed: int) -> Tensor:
-    """Random start (see ``fastrobust.ops.pgd_init``) through the noise kernel without x.
+def init_launches(
+    embeds: Tensor,
+    epsilon: float,
+    norm: str,
+    mask: Tensor | None,
+    seed: int | Tensor,
+    delta: Tensor,
+    nxt: Tensor | None,
+    **tuning,
+) -> list[Launch]:
+    """The launches of ``pgd_init`` for these (already allocated) outputs.
 
     delta = u * mask * s_b with u ~ U(-1, 1) from the noise stream of ``seed``;
-    s_b = epsilon (Linf) or epsilon / sqrt(max(n_real_b, 1) * H) (L2). The per-example L2
-    scale is a (B,)-sized torch expression: no host synchronisation.
+    s_b = epsilon (Linf) or epsilon / sqrt(max(n_real_b, 1) * H) (L2), n_real_b counted by
+    one ``count_nonzero`` launch and the scale computed in the noise kernel. With ``nxt`` the
+    same pass reads embeds and also writes embeds + delta (equal to torch's sum of the two).
+    No host synchronisation.
     """
     batch, seq_len, hidden = embeds.shape
-    out = torch.empty(embeds.shape, device=embeds.device, dtype=embeds.dtype)
-    if norm == "linf":
-        sigma: float | Tensor = float(epsilon)
-    else:
+    counts = None
+    sigma = float(epsilon)
+    if norm != "linf":
         if mask is None:
-            n_real = torch.full((batch,), float(seq_len), device=embeds.device)
+            # fp32 arithmetic, as the kernel and the reference compute eps / sqrt(n * H)
+            sigma = float(np.float32(epsilon) / np.sqrt(np.float32(max(seq_len, 1) * hidden)))
         else:
-            n_real = (mask != 0).sum(1, dtype=torch.float32)
-        sigma = epsilon * torch.rsqrt(n_real.clamp(min=1.0) * hidden)
-    return launch_noise(None, (batch, seq_len, hidden), out, sigma, seed, False, mask, 1)
+            counts = torch.count_nonzero(mask, dim=1)
+    if mask is not None:
+        mask = mask.contiguous()
+    shape = (batch, seq_len, hidden)
+    if nxt is None:
+        return noise_launches(None, shape, delta, sigma, seed, False, mask, 1, counts=counts, **tuning)
+    return noise_launches(
+        embeds, shape, nxt, sigma, seed, False, mask, 1, noise_out=delta, counts=counts, **tuning
+    )
+
+
+def pgd_init_forward(
+    embeds: Tensor,
+    epsilon: float,
+    norm: str,
+    mask: Tensor | None,
+    seed: int | Tensor,
+    next_input: bool = False,
+    **tuning,
+) -> Tensor | tuple[Tensor, Tensor]:
+    """Random start (see ``fastrobust.ops.pgd_init`` and :func:`init_launches`): delta, or
+    (delta, embeds + delta) with next_input."""
+    delta = torch.empty(embeds.shape, device=embeds.device, dtype=embeds.dtype)
+    nxt = torch.empty(embeds.shape, device=embeds.device, dtype=embeds.dtype) if next_input else None
+    run(init_launches(embeds, epsilon, norm, mask, seed, delta, nxt, **tuning), delta)
+    return delta if nxt is None else (delta, nxt)

@@ -6,6 +6,7 @@ first lines, before anything else is imported. On a machine with an NVIDIA GPU t
 variable is left unset and the kernel tests run natively on CUDA.
 """
 
+import contextlib
 import glob
 import os
 
@@ -45,6 +46,26 @@ def _reference_backend_unless_kernels(
     their backend themselves. Scoped to each test through monkeypatch, not a global."""
     if request.node.get_closest_marker("kernels") is None:
         monkeypatch.setenv("FASTROBUST_BACKEND", "torch")
+
+
+@contextlib.contextmanager
+def one_torch_thread():
+    """torch intra-op threads set to 1 inside the block (restored after). Tiny models gain nothing
+    from a second thread, and on a shared 2-core machine OpenMP's spin-waiting makes a busy second
+    thread cost up to 40x."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+
+
+@pytest.fixture
+def one_thread():
+    """The test runs with one torch thread (``pytestmark = pytest.mark.usefixtures("one_thread")``)."""
+    with one_torch_thread():
+        yield
 
 
 # --- trainer fixtures (tiny BERT, a small PAWS-X-layout folder) -------------------------------

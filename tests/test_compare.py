@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +23,8 @@ def fake_run(
     folder: Path, label: str, seed: int | None, acc: float, labels: np.ndarray, kind=None, preds=True
 ):
     """A finished run folder as the trainer writes it: summary.json, report/report.json, predictions."""
-    rng = np.random.default_rng(abs(hash((label, seed, acc))) % 2**32)
+    # zlib.crc32, not hash(): str hashes change with every process (PYTHONHASHSEED), the data must not.
+    rng = np.random.default_rng(zlib.crc32(f"{label}|{seed}|{acc}".encode()))
     sets = {}
     for lang in LANGS:
         pred = np.where(rng.random(len(labels)) < acc, labels, 1 - labels)

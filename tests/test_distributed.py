@@ -10,13 +10,13 @@ losses and final parameters agree up to floating-point summation order.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from cli_run import distributed_env
 from safetensors.torch import load_file
 
 from fastrobust.train.distributed import free_port
@@ -48,17 +48,8 @@ output: {{log_every: 1, tensorboard: false}}
     return cfg
 
 
-def _env() -> dict[str, str]:
-    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", FASTROBUST_BACKEND="torch")
-    env["OMP_NUM_THREADS"] = "1"
-    # DeepSpeed compiles its shared-memory comm op once (~55 s) into this cache (as the Makefile does).
-    env.setdefault("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "fastrobust" / "torch_extensions"))
-    env.setdefault("DS_ACCELERATOR", "cpu")
-    return env
-
-
 def _run(cmd: list[str]) -> None:
-    proc = subprocess.run(cmd, env=_env(), cwd=ROOT, timeout=600, capture_output=True, text=True)
+    proc = subprocess.run(cmd, env=distributed_env(), cwd=ROOT, timeout=600, capture_output=True, text=True)
     assert proc.returncode == 0, (proc.stdout[-2000:], proc.stderr[-4000:])
 
 
@@ -137,7 +128,11 @@ def test_deepspeed_in_a_plain_process_needs_no_launcher(
     data, model = tiny_pawsx
     cfg = _config(tmp_path, data, model)
     out = tmp_path / "one"
-    env = {k: v for k, v in _env().items() if k not in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
+    env = {
+        k: v
+        for k, v in distributed_env().items()
+        if k not in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+    }
     proc = subprocess.run(
         [
             sys.executable,

@@ -108,7 +108,7 @@ def test_evaluate_cli_errors(model_dir, tmp_path):
             ]
         )
     with pytest.raises(ConfigError, match="task.format"):
-        run_cli([str(model_dir), "--set", "task.format=csv"])
+        run_cli([str(model_dir), "--set", "task.format=xml"])
 
 
 def test_fastrobust_command_reports_one_line_and_exit_2(tmp_path, capsys):

@@ -26,6 +26,12 @@ def backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, dev
     return request.param
 
 
+def _interpreted() -> bool:
+    from fastrobust.kernels import common
+
+    return common.INTERPRETED
+
+
 def _noise_of(out: torch.Tensor, x: torch.Tensor) -> np.ndarray:
     return (out.double() - x.double()).flatten().cpu().numpy()
 
@@ -216,7 +222,9 @@ def test_pgd_step_degenerate_gradients(backend, device, norm, bad):
     assert_close(new, ref, torch.float32, "delta'")
     if norm == "l2" and bad != "nan_in_padding":
         # Skipped step: example 1 keeps its (masked, projected) delta.
+        # (The projection matters: with epsilon 1.0 the random delta's norm can exceed it.)
         kept = torch.where(mask[1, :, None] != 0, delta[1], 0.0)
+        kept = kept * torch.clamp(1.0 / torch.linalg.vector_norm(kept), max=1.0)
         torch.testing.assert_close(new[1], kept)
 
 
@@ -253,6 +261,69 @@ def test_pgd_step_mixed_dtypes_and_views(backend, device):
     ref_new, ref_next = pgd_step_oracle(delta, grad, embeds=embeds, **kw)
     assert_close(new, ref_new, torch.float32, "delta'")
     assert_close(nxt, ref_next, torch.bfloat16, "embeds + delta'")
+
+
+@pytest.mark.parametrize("norm", ["l2", "linf"])
+def test_zero_size_inputs(backend, device, norm):
+    """B = 0 (and L = 0): every op returns an empty result of the right shape (issue 14)."""
+    for shape in ((0, 4, 8), (2, 0, 8)):
+        x = torch.empty(shape, device=device)
+        assert ops.add_noise(x, 1.0, seed=1).shape == shape
+        assert ops.noisy_copies(x, 2, 1.0, seed=1).shape == (2, *shape)
+        assert ops.pgd_init(x, 1.0, norm=norm, seed=1).shape == shape
+        new, nxt = ops.pgd_step(x, x, step_size=0.1, epsilon=1.0, norm=norm, embeds=x)
+        assert new.shape == nxt.shape == shape
+        assert ops.pgd_step(None, x, step_size=0.1, epsilon=1.0, norm=norm).shape == shape
+
+
+@pytest.mark.parametrize("norm", ["l2", "linf"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_pgd_step_zero_start_equals_zero_delta(backend, device, norm, dtype):
+    """delta=None is the step from d = 0 (without reading one); d' takes embeds' dtype."""
+    gen = torch.Generator().manual_seed(2)
+    grad = torch.randn(3, 7, 33, generator=gen).to(device)
+    embeds = torch.randn(3, 7, 33, generator=gen).to(device, dtype)
+    mask = make_mask(3, 7, device=device)
+    kw = dict(step_size=0.3, epsilon=0.2, norm=norm, mask=mask)
+    new, nxt = ops.pgd_step(None, grad, embeds=embeds, **kw)
+    want_new, want_next = ops.pgd_step(torch.zeros_like(embeds), grad, embeds=embeds, **kw)
+    assert new.dtype == nxt.dtype == dtype
+    assert torch.equal(new, want_new) and torch.equal(nxt, want_next)
+    alone = ops.pgd_step(None, grad, **kw)
+    assert alone.dtype == grad.dtype
+    assert_close(alone, pgd_step_oracle(torch.zeros_like(grad), grad, **kw), torch.float32, "delta'")
+
+
+@pytest.mark.parametrize("norm", ["l2", "linf"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_pgd_init_next_input(backend, device, norm, dtype):
+    """next_input=True: the same delta as without it, and exactly embeds + delta alongside;
+    the sum is differentiable in embeds with the identity Jacobian, delta is not."""
+    x = torch.randn(3, 6, 40, device=device).to(dtype).requires_grad_(True)
+    mask = make_mask(3, 6, device=device)
+    delta, nxt = ops.pgd_init(x, 0.7, norm=norm, mask=mask, seed=21, next_input=True)
+    assert torch.equal(delta, ops.pgd_init(x, 0.7, norm=norm, mask=mask, seed=21))
+    assert not delta.requires_grad and nxt.requires_grad and nxt.dtype == dtype
+    if backend == "triton" and dtype == torch.bfloat16 and _interpreted():
+        # The interpreter casts fp32 -> bf16 by truncation (GPUs round to nearest even).
+        assert_close(nxt, x.detach() + delta, dtype, "embeds + delta")
+    else:
+        assert torch.equal(nxt, x.detach() + delta)
+    w = torch.randn(x.shape, device=device)
+    (nxt.float() * w).sum().backward()
+    torch.testing.assert_close(x.grad.float(), w.to(dtype).float())
+
+
+def test_pgd_step_next_is_differentiable_in_embeds(backend, device):
+    """(d', embeds + d'): d' never requires grad, embeds + d' passes its gradient to embeds."""
+    embeds = torch.randn(2, 5, 24, device=device, requires_grad=True)
+    grad = torch.randn(2, 5, 24, device=device)
+    delta = torch.zeros(2, 5, 24, device=device, requires_grad=True)
+    new, nxt = ops.pgd_step(delta, grad, step_size=0.1, epsilon=1.0, embeds=embeds)
+    assert not new.requires_grad and nxt.requires_grad
+    w = torch.randn(2, 5, 24, device=device)
+    (nxt * w).sum().backward()
+    assert torch.equal(embeds.grad, w) and delta.grad is None
 
 
 def test_pgd_step_output_does_not_require_grad(backend, device):

@@ -122,7 +122,7 @@ def test_methods_already_reported_in_the_folder_stay_in_the_comparison(fixture_m
     assert comp["methods"]["rs-rp"]["cells"]["xlt:en"]["difference"]["scope"] == "test examples only (1 seed)"
     assert "rs-rp" in result["comparison"] and "| baseline |" in result["comparison"]
     # a run of the same label trained with another config is not merged into it
-    train(None, overrides(fixture_model, out, "optim.learning_rate=5e-4"), methods=["rs-rp"])
+    train(None, overrides(fixture_model, out, "optim.learning_rate=5e-4"), methods=["rs-rp"], overwrite=True)
     comp = json.loads((out / "comparison.json").read_text())
     assert comp["methods"]["rs-rp"]["seeds"] == [0]
 

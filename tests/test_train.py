@@ -15,14 +15,7 @@ from fastrobust.train.batches import GlobalBatchSampler, micro_seed
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "pawsx"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny models gain nothing from a second intra-op thread, and on a shared 2-core machine
-    # OpenMP's spin-waiting makes a busy second thread cost up to 40x.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

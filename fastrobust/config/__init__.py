@@ -1,6 +1,13 @@
 """Typed configuration of fastrobust runs (pydantic schema, YAML files, ``--set`` overrides)."""
 
-from fastrobust.config.loader import apply_override, config_from_dict, load_config, packaged_config_path
+from fastrobust.config.loader import (
+    apply_override,
+    config_from_dict,
+    find_config,
+    load_config,
+    packaged_config_path,
+    packaged_recipes,
+)
 from fastrobust.config.methods import (
     AdversarialConfig,
     BaselineConfig,
@@ -36,7 +43,9 @@ __all__ = [
     "TaskConfig",
     "apply_override",
     "config_from_dict",
+    "find_config",
     "load_config",
     "method_label",
     "packaged_config_path",
+    "packaged_recipes",
 ]

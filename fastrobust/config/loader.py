@@ -7,6 +7,7 @@ Errors are ``ConfigError`` whose message names the file and the dotted key, e.g.
 from __future__ import annotations
 
 import importlib.resources
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -17,14 +18,44 @@ from fastrobust.config.schema import Config
 from fastrobust.errors import ConfigError
 
 DEMO_CONFIG = "demo.yaml"
+logger = logging.getLogger(__name__)
+
+
+def _packaged_dir() -> Path:
+    return Path(str(importlib.resources.files("fastrobust.configs")))
+
+
+def packaged_recipes() -> list[str]:
+    """Names (without ``.yaml``) of the recipes shipped inside the package, e.g. ``pawsx_xlmr_base``."""
+    return sorted(p.stem for p in _packaged_dir().glob("*.yaml"))
 
 
 def packaged_config_path(name: str) -> Path:
-    """Path of a recipe shipped inside the package (``fastrobust.configs``), e.g. ``demo.yaml``."""
-    path = Path(str(importlib.resources.files("fastrobust.configs").joinpath(name)))
-    if not path.is_file():
-        raise ConfigError(f"{name}: no such packaged config")
-    return path
+    """Path of a recipe shipped inside the package (``fastrobust.configs``): ``demo.yaml`` or ``demo``."""
+    for candidate in (name, f"{name}.yaml"):
+        path = _packaged_dir() / candidate
+        if path.is_file():
+            return path
+    raise ConfigError(f"{name}: no such packaged config; packaged recipes: {', '.join(packaged_recipes())}")
+
+
+def find_config(name: str | Path) -> Path:
+    """A config file from a path, or from the name of a packaged recipe (``pawsx_xlmr_base``).
+
+    A file at ``name`` wins (relative to the working directory); a bare name without a folder
+    part is then looked up among the packaged recipes, with or without ``.yaml``.
+    """
+    path = Path(name).expanduser()
+    if path.is_file():
+        return path
+    if len(path.parts) == 1:
+        for candidate in (path.name, f"{path.name}.yaml"):
+            packaged = _packaged_dir() / candidate
+            if packaged.is_file():
+                return packaged
+    raise ConfigError(
+        f"{name}: config file not found (nor a packaged recipe: {', '.join(packaged_recipes())})"
+    )
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
@@ -103,9 +134,20 @@ def config_from_dict(data: dict[str, Any], source: str = "<config>") -> Config:
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """Loads ``path`` (default: the packaged demo config) and applies ``overrides``."""
-    file = Path(path) if path is not None else packaged_config_path(DEMO_CONFIG)
+    """Loads ``path`` (default: the packaged demo config) and applies ``overrides``.
+
+    ``path`` is a YAML file or the name of a packaged recipe (see :func:`find_config`).
+    """
+    file = find_config(path) if path is not None else packaged_config_path(DEMO_CONFIG)
     data = _read_yaml(file)
+    empty = not data
     for override in overrides:
         apply_override(data, override)
+    if empty:  # said before validation, so that it is seen even when an override is wrong
+        task = data.get("task")
+        name = task.get("name", "synthetic") if isinstance(task, dict) else "synthetic"
+        demo = ", which trains the synthetic demo benchmark" if name == "synthetic" else ""
+        logger.warning(
+            "%s: the file is empty; every setting not given by --set takes its default%s", file, demo
+        )
     return config_from_dict(data, source=str(file))

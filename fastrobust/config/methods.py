@@ -9,6 +9,12 @@ The unit is the RMS of one *entry* of the table: a token row has L2 norm ~ RMS *
 and an L2 ball of radius epsilon over a sequence of n real tokens moves each token by
 ~epsilon / sqrt(n) on average (see docs/methods.md).
 
+Placement options (``layer``, ``sentences``, PGD/FreeLB ``ball``, RS-RP ``shape``) move the
+perturbation to an encoder layer's hidden states, to one sentence of a pair, or give each sentence
+its own budget; relative scales at a layer k >= 1 are in units of the RMS of that layer's states
+(``fastrobust.methods.placement``). The defaults are the word embeddings, both sentences, one
+budget per example.
+
 The sections are turned into methods by ``fastrobust.methods.build_method``.
 """
 
@@ -21,6 +27,8 @@ from pydantic import Field
 from fastrobust.config.base import StrictModel
 
 ScaleMode = Literal["absolute", "relative"]
+# which sentence of a pair a perturbation touches (fastrobust.methods.placement)
+Sentences = Literal["both", "first", "second"]
 
 
 class BaselineConfig(StrictModel):
@@ -47,6 +55,14 @@ class AdversarialConfig(StrictModel):
     init_magnitude: float = Field(0.0, ge=0, description="radius of the random start (0 = start at delta=0)")
     scale_mode: ScaleMode = "relative"
     adv_weight: float = Field(1.0, ge=0, le=1, description="weight of the adversarial loss (pgd only)")
+    # placement (fastrobust.methods.placement): defaults = the word embeddings, one ball per pair
+    layer: int = Field(
+        0, ge=0, description="0 = word embeddings; k = hidden states output by encoder layer k"
+    )
+    sentences: Sentences = "both"
+    ball: Literal["sequence", "sentence"] = Field(
+        "sequence", description="one ball of radius epsilon per example, or one per perturbed sentence"
+    )
 
 
 class NoiseConfig(StrictModel):
@@ -62,6 +78,14 @@ class NoiseConfig(StrictModel):
     sigma: float = Field(0.5, ge=0)
     sigma_mode: Literal["absolute", "relative", "neftune"] = "relative"
     distribution: Literal["gaussian", "uniform"] = "gaussian"
+    # placement (fastrobust.methods.placement): defaults = i.i.d. noise on all word embeddings
+    layer: int = Field(
+        0, ge=0, description="0 = word embeddings; k = hidden states output by encoder layer k"
+    )
+    sentences: Sentences = "both"
+    shape: Literal["token", "sentence"] = Field(
+        "token", description="i.i.d. per entry, or one Gaussian shift vector per sentence"
+    )
 
 
 class SynonymConfig(StrictModel):

@@ -98,17 +98,79 @@ class SyntheticConfig(StrictModel):
 
 
 class TaskConfig(StrictModel):
-    name: Literal["pawsx", "xnli", "synthetic"] = "synthetic"
+    """The task: a preset (``pawsx``, ``xnli``), the ``synthetic`` benchmark, or ``custom``.
+
+    ``custom`` is any sentence or sentence-pair classification task: ``text_columns`` names the
+    text column (one) or the two sentence columns (a pair) of the files or hub dataset,
+    ``label_column`` the label; ``labels`` lists the label names in id order (null: the sorted
+    distinct values of the training labels). Local files are ``train-<lang>``, ``dev-<lang>``,
+    ``test-<lang>`` (.tsv/.jsonl/.csv); with ``languages: null`` the languages are those of the
+    ``test-<lang>`` files (hub: the dataset's configs). G-XLT is built only for pair tasks.
+    The presets fix their columns and labels; the same keys override them.
+    """
+
+    name: Literal["pawsx", "xnli", "synthetic", "custom"] = "synthetic"
     source: Literal["auto", "hub", "local"] = "auto"
-    path: str | None = Field(None, description="local folder in the XTREME layout (or JSONL)")
-    format: Literal["tsv", "jsonl"] = "tsv"
-    languages: list[str] | None = Field(None, description="null = every language of the task")
+    path: str | None = Field(
+        None, description="local folder (train-<lang>.<ext>, ...), or with source hub any load_dataset path"
+    )
+    format: Literal["tsv", "jsonl", "csv"] = "tsv"
+    text_columns: list[str] | None = Field(
+        None,
+        min_length=1,
+        max_length=2,
+        description="custom: the text column, or the 2 sentence columns of a pair task; null = the preset's",
+    )
+    label_column: str = "label"
+    labels: list[str] | None = Field(
+        None, min_length=2, description="label names in id order; null = the preset's, or read from the data"
+    )
+    languages: list[str] | None = Field(
+        None, description="null = every language of the task (or of the files)"
+    )
     train_language: str = "en"
     gxlt: bool = True
     max_train_examples: int | None = Field(None, ge=1)
-    max_eval_examples: int | None = Field(None, ge=1)
+    max_eval_examples: int | None = Field(None, ge=1, description="first N examples of every dev/test set")
+    gxlt_pairs: Literal["all", "with_train_language"] | list[str] = Field(
+        "all",
+        description="G-XLT pairs to test: all ordered pairs, those with the train language on one side "
+        "(2n-1 instead of n*n), or a list such as [en-de, de-en] (sentence1 language - sentence2 language)",
+    )
+    max_gxlt_examples: int | None = Field(
+        None, ge=1, description="first N examples of every G-XLT pair set; null = as the test sets"
+    )
     synonyms: str | None = Field(None, description="JSON word -> [synonyms] table for RS-DA")
     synthetic: SyntheticConfig = Field(default_factory=SyntheticConfig)
+
+    @model_validator(mode="after")
+    def _check(self) -> TaskConfig:
+        for key in ("text_columns", "labels"):
+            values = getattr(self, key) or []
+            dup = sorted({x for x in values if values.count(x) > 1})
+            if dup:
+                raise ValueError(f"{key}: {dup} listed twice")
+        if self.name == "custom" and not self.text_columns:
+            raise ValueError(
+                "text_columns: required for task 'custom', e.g. [text] (one sentence) "
+                "or [sentence1, sentence2] (a pair)"
+            )
+        if self.name == "synthetic" and (self.text_columns or self.labels):
+            raise ValueError("text_columns/labels: the synthetic benchmark fixes its own columns and labels")
+        return self
+
+
+# transformers' schedules that need nothing but the warmup and total step counts; the others
+# (reduce_lr_on_plateau, cosine_with_min_lr, warmup_stable_decay, ...) need arguments we do not pass.
+Scheduler = Literal[
+    "linear",
+    "cosine",
+    "cosine_with_restarts",
+    "polynomial",
+    "constant",
+    "constant_with_warmup",
+    "inverse_sqrt",
+]
 
 
 class OptimConfig(StrictModel):
@@ -121,9 +183,17 @@ class OptimConfig(StrictModel):
     micro_batch_size: int | None = Field(
         None, ge=1, description="per device and forward; null = batch_size / world size (no accumulation)"
     )
-    scheduler: str = "linear"
+    scheduler: Scheduler = Field(
+        "linear", description="learning-rate schedule (transformers' get_scheduler) after linear warmup"
+    )
     warmup_ratio: float = Field(0.0, ge=0, lt=1)
     max_grad_norm: float | None = Field(1.0, gt=0)
+    nonfinite_patience: int = Field(
+        10,
+        ge=0,
+        description="optimizer steps in a row with a non-finite loss or gradient norm that are skipped "
+        "before the run stops as diverged (0 = stop at the first)",
+    )
 
 
 class EvalConfig(StrictModel):
@@ -135,7 +205,15 @@ class EvalConfig(StrictModel):
 class OutputConfig(StrictModel):
     dir: str = "runs/fastrobust"
     save_model: bool = True
-    checkpoint_every: int | None = Field(None, ge=1, description="steps between checkpoints; null = end only")
+    checkpoint_every: int | None = Field(
+        None, ge=1, description="steps between checkpoints, and one at the end of training; null = none"
+    )
+    checkpoint_minutes: float | None = Field(
+        10.0,
+        gt=0,
+        description="minutes of training between checkpoints, so an interruption loses at most that "
+        "much (SIGINT/SIGTERM also write one); null = none",
+    )
     keep_checkpoints: int = Field(2, ge=1)
     log_every: int = Field(10, ge=1)
     tensorboard: bool = True

@@ -55,12 +55,41 @@ def join_pair(a: str, first: datasets.Dataset, b: str, second: datasets.Dataset)
     return pairs_dataset(column(first, "sentence1"), column(second, "sentence2"), column(first, "label"))
 
 
+def select_pairs(
+    choice: str | Sequence[str], languages: Sequence[str], train_language: str, key: str = "task.gxlt_pairs"
+) -> list[tuple[str, str]]:
+    """The ordered G-XLT pairs to test, in row-major order of ``languages``.
+
+    ``choice``: ``"all"`` (n*n pairs), ``"with_train_language"`` (the 2n-1 pairs with the train
+    language on either side), or a list of ``"A-B"`` strings (sentence1 in A, sentence2 in B).
+    """
+    if choice == "all":
+        return [(a, b) for a in languages for b in languages]
+    if choice == "with_train_language":
+        return [(a, b) for a in languages for b in languages if train_language in (a, b)]
+    if isinstance(choice, str):
+        raise DataError(
+            f"{key}: expected 'all', 'with_train_language' or a list of 'A-B' pairs, got {choice!r}"
+        )
+    wanted = []
+    for item in choice:
+        a, sep, b = str(item).partition("-")
+        if not sep or a not in languages or b not in languages:
+            raise DataError(
+                f"{key}: {item!r} is not a pair 'A-B' of evaluation languages ({' '.join(languages)})"
+            )
+        if (a, b) not in wanted:
+            wanted.append((a, b))
+    return [(a, b) for a in languages for b in languages if (a, b) in wanted]
+
+
 def build_gxlt_pairs(
     test: Mapping[str, datasets.Dataset],
     languages: Sequence[str],
     ready_made: Mapping[tuple[str, str], datasets.Dataset] | None = None,
+    pairs: Sequence[tuple[str, str]] | None = None,
 ) -> dict[tuple[str, str], datasets.Dataset]:
-    """Every ordered pair (A, B) of ``languages`` -> its G-XLT test set (len(languages)**2 entries).
+    """Every ordered pair (A, B) of ``languages`` (or only ``pairs``) -> its G-XLT test set.
 
     A ready-made set (from a ``test-A-B`` file) is used as is when given for a pair; the other pairs
     are joined from the parallel per-language ``test`` sets, which must contain every language
@@ -76,17 +105,15 @@ def build_gxlt_pairs(
             cols[lang] = {c: column(test[lang], c) for c in ("sentence1", "sentence2", "label")}
         return cols[lang]
 
-    pairs: dict[tuple[str, str], datasets.Dataset] = {}
-    for a in languages:
-        for b in languages:
-            if (a, b) in ready_made:
-                pairs[(a, b)] = ready_made[(a, b)]
-                continue
-            ca, cb = columns(a), columns(b)
-            problem = _first_difference(a, ca["label"], b, cb["label"])
-            if problem:
-                raise DataError(problem)
-            pairs[(a, b)] = (
-                test[a] if a == b else pairs_dataset(ca["sentence1"], cb["sentence2"], ca["label"])
-            )
-    return pairs
+    wanted = list(pairs) if pairs is not None else [(a, b) for a in languages for b in languages]
+    out: dict[tuple[str, str], datasets.Dataset] = {}
+    for a, b in wanted:
+        if (a, b) in ready_made:
+            out[(a, b)] = ready_made[(a, b)]
+            continue
+        ca, cb = columns(a), columns(b)
+        problem = _first_difference(a, ca["label"], b, cb["label"])
+        if problem:
+            raise DataError(problem)
+        out[(a, b)] = test[a] if a == b else pairs_dataset(ca["sentence1"], cb["sentence2"], ca["label"])
+    return out

@@ -1,14 +1,20 @@
 """``load_task``: one TaskConfig -> train / dev / test / G-XLT datasets of one task.
 
-Sources (``task.source``): ``hub`` reads ``datasets.load_dataset(<hub id or task.path>, <lang>)``;
-``local`` reads a folder in the XTREME layout (``task.format`` tsv or jsonl, see
-:mod:`fastrobust.data.xtreme`); ``auto`` is local when ``task.path`` is given, hub otherwise.
+One machinery for every task: :func:`fastrobust.data.tasks.build_spec` turns the task section into
+a spec (PAWS-X and XNLI are presets; ``custom`` names its columns and labels), and the sources
+read any spec. Sources (``task.source``): ``hub`` reads
+``datasets.load_dataset(<hub id or task.path>, <lang>)``; ``local`` reads a folder in the XTREME
+layout (``task.format`` tsv, jsonl or csv, see :mod:`fastrobust.data.xtreme`); ``auto`` is local
+when ``task.path`` is given, hub otherwise. A custom task without ``task.languages`` takes its
+languages from the ``test-<lang>`` file names (hub: the dataset's configs), and without
+``task.labels`` its labels from the training set.
 Task ``synthetic`` builds (or reuses from its cache) the synthetic benchmark and reads its folder
 with the local TSV loader, taking the synonym table the benchmark ships.
 
 Truncation is deterministic: ``max_train_examples`` keeps the first N training rows,
 ``max_eval_examples`` the first N rows of each dev and test set (test sets stay parallel, so G-XLT
-pairs are built from the truncated sets).
+pairs are built from the truncated sets), ``max_gxlt_examples`` the first N rows of each G-XLT pair
+set. ``gxlt_pairs`` chooses the pairs: all, those with the train language, or a list.
 """
 
 from __future__ import annotations
@@ -20,9 +26,10 @@ from typing import TYPE_CHECKING
 
 import datasets
 
-from fastrobust.data.gxlt import build_gxlt_pairs
-from fastrobust.data.tasks import TaskSpec, get_spec, resolve_languages, synthetic_spec
-from fastrobust.data.xtreme import gxlt_files, read_split, split_file
+from fastrobust.data.gxlt import build_gxlt_pairs, select_pairs
+from fastrobust.data.tasks import TaskSpec, build_spec, labels_from_values, resolve_languages, synthetic_spec
+from fastrobust.data.textio import read_text
+from fastrobust.data.xtreme import RawSplit, column, gxlt_files, read_split_raw, split_file, split_languages
 from fastrobust.errors import DataError
 
 if TYPE_CHECKING:
@@ -34,9 +41,10 @@ class TaskData:
     """Everything one run needs from a task.
 
     ``train``, every ``dev`` / ``test`` set and every ``gxlt`` set have the columns sentence1 (str),
-    sentence2 (str), label (int, index into ``label_names``). ``languages`` lists the evaluation
-    languages, train language first; ``gxlt`` maps (language of sentence1, language of sentence2)
-    to its pair set (empty when G-XLT is off).
+    sentence2 (str, pair tasks only: ``pair``), label (int, index into ``label_names``).
+    ``languages`` lists the evaluation languages, train language first; ``gxlt`` maps (language of
+    sentence1, language of sentence2) to its pair set (empty when G-XLT is off or for
+    single-sentence tasks).
     """
 
     name: str
@@ -48,6 +56,7 @@ class TaskData:
     test: dict[str, datasets.Dataset]
     gxlt: dict[tuple[str, str], datasets.Dataset]
     synonyms: dict[str, list[str]] | None = None
+    pair: bool = True
 
     @property
     def num_labels(self) -> int:
@@ -60,7 +69,7 @@ def load_synonyms(path: str | Path) -> dict[str, list[str]]:
     if not path.is_file():
         raise DataError(f"{path}: synonym file not found")
     try:
-        table = json.loads(path.read_text(encoding="utf-8"))
+        table = json.loads(read_text(path))
     except json.JSONDecodeError as exc:
         raise DataError(f"{path}: invalid JSON at line {exc.lineno} ({exc.msg})") from None
     if not isinstance(table, dict):
@@ -75,12 +84,27 @@ def _head(ds: datasets.Dataset, n: int | None) -> datasets.Dataset:
     return ds if n is None or len(ds) <= n else ds.select(range(n))
 
 
-def _load_local(cfg: TaskConfig, spec: TaskSpec, folder: Path, languages: list[str]):
+def _local_languages(cfg: TaskConfig, spec: TaskSpec, folder: Path) -> list[str]:
+    """Evaluation languages of a local folder: the config's, or (no language list) its test files'."""
+    if cfg.languages is not None or spec.languages is not None:
+        return resolve_languages(spec, cfg.languages, cfg.train_language)
+    found = split_languages(folder, "test", cfg.format)
+    if not found:
+        raise DataError(
+            f"task.languages: no test-<lang>.{cfg.format} files in {folder} to take the languages from "
+            "(name them test-<lang>, or give task.languages)"
+        )
+    return resolve_languages(spec, found, cfg.train_language)
+
+
+def _load_local(cfg: TaskConfig, spec: TaskSpec, folder: Path):
+    """(spec with its labels, languages, train, dev, test, ready-made G-XLT) of a local folder."""
     if not folder.is_dir():
         raise DataError(
             f"task.path: {folder} is not a folder (expected the XTREME layout: train-en.tsv, ...)"
         )
     fmt = cfg.format
+    languages = _local_languages(cfg, spec, folder)
 
     def need(path: Path, what: str) -> Path:
         if not path.is_file():
@@ -90,37 +114,64 @@ def _load_local(cfg: TaskConfig, spec: TaskSpec, folder: Path, languages: list[s
             )
         return path
 
-    train_path = need(
-        split_file(folder, "train", cfg.train_language, fmt), "training set of task.train_language"
+    def read(path: Path) -> RawSplit:
+        return read_split_raw(path, spec, fmt)
+
+    train_raw = read(
+        need(split_file(folder, "train", cfg.train_language, fmt), "training set of task.train_language")
     )
-    train = read_split(train_path, spec, fmt)
+    if not spec.label_names:  # a custom task without task.labels: the training set defines them
+        names = labels_from_values(train_raw.labels, f"{train_raw.path} (labels)")
+        spec = spec.with_labels(names, from_data=True)
+    train = train_raw.to_dataset(spec)
     dev = {}
     for lang in languages:
         path = split_file(folder, "dev", lang, fmt)
         # only the train language's dev set is required (it selects the checkpoint)
         if path.is_file() or lang == cfg.train_language:
-            dev[lang] = read_split(
-                need(path, "dev set of task.train_language, used to select checkpoints"), spec, fmt
-            )
+            dev[lang] = read(
+                need(path, "dev set of task.train_language, used to select checkpoints")
+            ).to_dataset(spec)
     test = {
-        lang: read_split(need(split_file(folder, "test", lang, fmt), f"test set of {lang!r}"), spec, fmt)
+        lang: read(need(split_file(folder, "test", lang, fmt), f"test set of {lang!r}")).to_dataset(spec)
         for lang in languages
     }
     ready = {}
-    if cfg.gxlt:
+    if cfg.gxlt and spec.pair:
         ready = {
-            pair: read_split(path, spec, fmt) for pair, path in gxlt_files(folder, languages, fmt).items()
+            pair: read(path).to_dataset(spec) for pair, path in gxlt_files(folder, languages, fmt).items()
         }
-    return train, dev, test, ready
+    return spec, languages, train, dev, test, ready
 
 
-def _load_hub(cfg: TaskConfig, spec: TaskSpec, languages: list[str]):
-    from fastrobust.data.hub import load_hub_split
+def _load_hub(cfg: TaskConfig, spec: TaskSpec):
+    """(spec with its labels, languages, train, dev, test, {}) of a ``datasets`` source."""
+    from fastrobust.data.hub import (
+        hub_label_names,
+        hub_languages,
+        load_hub_raw,
+        load_hub_split,
+        map_hub_labels,
+    )
 
-    train = load_hub_split(spec, cfg.train_language, "train", path=cfg.path)
+    requested = cfg.languages
+    if requested is None and spec.languages is None:
+        if not cfg.path:
+            raise DataError("task.path: required for task 'custom' (a folder or any load_dataset path)")
+        requested = hub_languages(cfg.path)
+    languages = resolve_languages(spec, requested, cfg.train_language)
+    where = f"hub dataset {cfg.path or spec.hub_id!r} config {cfg.train_language!r} split 'train'"
+    raw_train = load_hub_raw(spec, cfg.train_language, "train", path=cfg.path)
+    if not spec.label_names:
+        names = hub_label_names(raw_train)
+        if names is not None:
+            spec = spec.with_labels(names)
+        else:
+            spec = spec.with_labels(labels_from_values(column(raw_train, "label"), where), from_data=True)
+    train = map_hub_labels(raw_train, spec, where)
     dev = {lang: load_hub_split(spec, lang, "dev", path=cfg.path) for lang in languages}
     test = {lang: load_hub_split(spec, lang, "test", path=cfg.path) for lang in languages}
-    return train, dev, test, {}
+    return spec, languages, train, dev, test, {}
 
 
 def load_task(cfg: TaskConfig) -> TaskData:
@@ -128,8 +179,9 @@ def load_task(cfg: TaskConfig) -> TaskData:
 
     Returns TaskData with the train set of ``cfg.train_language``, dev sets (the train language's
     is required; other languages' when available), test sets of every evaluation language and,
-    when ``cfg.gxlt``, the len(languages)**2 G-XLT pair sets. Raises DataError for a missing file,
-    a malformed row, an unknown label or language, an empty split or non-parallel test sets.
+    when ``cfg.gxlt`` and the task is a pair task, the len(languages)**2 G-XLT pair sets. Raises
+    DataError for a missing file, a malformed row, an unknown label or language, an empty split or
+    non-parallel test sets.
     """
     synonyms_path = Path(cfg.synonyms) if cfg.synonyms else None
     if cfg.name == "synthetic":
@@ -138,16 +190,15 @@ def load_task(cfg: TaskConfig) -> TaskData:
 
         spec = synthetic_spec(cfg.synthetic.languages)
         # checked before building: a wrong language should not cost a benchmark build
-        languages = resolve_languages(spec, cfg.languages, cfg.train_language)
+        resolve_languages(spec, cfg.languages, cfg.train_language)
         if cfg.format != "tsv":
             raise DataError(f"task.format: the synthetic benchmark is written as tsv, not {cfg.format!r}")
         folder = Path(prepare_synthetic(cfg.synthetic).data_dir)
-        train, dev, test, ready = _load_local(cfg, spec, folder, languages)
+        spec, languages, train, dev, test, ready = _load_local(cfg, spec, folder)
         if synonyms_path is None and (folder / "synonyms.json").is_file():
             synonyms_path = folder / "synonyms.json"
     else:
-        spec = get_spec(cfg.name)
-        languages = resolve_languages(spec, cfg.languages, cfg.train_language)
+        spec = build_spec(cfg)
         source = cfg.source
         if source == "auto":
             source = "local" if cfg.path else "hub"
@@ -155,19 +206,28 @@ def load_task(cfg: TaskConfig) -> TaskData:
             if not cfg.path:
                 raise DataError("task.path: required when task.source is 'local'")
             folder = Path(cfg.path).expanduser()
-            train, dev, test, ready = _load_local(cfg, spec, folder, languages)
+            spec, languages, train, dev, test, ready = _load_local(cfg, spec, folder)
             if synonyms_path is None and (folder / "synonyms.json").is_file():
                 synonyms_path = folder / "synonyms.json"
         else:
-            train, dev, test, ready = _load_hub(cfg, spec, languages)
+            spec, languages, train, dev, test, ready = _load_hub(cfg, spec)
 
     train = _head(train, cfg.max_train_examples)
     n_eval = cfg.max_eval_examples
     dev = {k: _head(v, n_eval) for k, v in dev.items()}
     test = {k: _head(v, n_eval) for k, v in test.items()}
     gxlt = {}
-    if cfg.gxlt:
-        gxlt = build_gxlt_pairs(test, languages, {k: _head(v, n_eval) for k, v in ready.items()})
+    if cfg.gxlt and spec.pair:
+        pairs = select_pairs(cfg.gxlt_pairs, languages, cfg.train_language)
+        try:
+            gxlt = build_gxlt_pairs(test, languages, {k: _head(v, n_eval) for k, v in ready.items()}, pairs)
+        except DataError as exc:
+            raise DataError(
+                f"{exc} — G-XLT needs test sets that are translations of each other, row by row; "
+                "set task.gxlt: false otherwise"
+            ) from None
+        # a separate cap: n*n pair sets cost n times the XLT test (225 sets for XNLI)
+        gxlt = {k: _head(v, cfg.max_gxlt_examples) for k, v in gxlt.items()}
     return TaskData(
         name=spec.name,
         label_names=list(spec.label_names),
@@ -178,4 +238,5 @@ def load_task(cfg: TaskConfig) -> TaskData:
         test=test,
         gxlt=gxlt,
         synonyms=load_synonyms(synonyms_path) if synonyms_path is not None else None,
+        pair=spec.pair,
     )

@@ -19,6 +19,7 @@ imported only when a figure is written.
 from __future__ import annotations
 
 import importlib
+import types
 from typing import Any
 
 _LAZY = {
@@ -54,6 +55,12 @@ def __getattr__(name: str) -> Any:
         raise AttributeError(f"module 'fastrobust.evaluate' has no attribute {name!r}")
     value = getattr(importlib.import_module(module), name)
     globals()[name] = value
+    # Importing the submodule ``predict`` binds the package attribute ``predict`` to that module,
+    # which would then shadow the function of the same name (``__getattr__`` is not consulted for
+    # attributes that exist): put the function back.
+    shadowed = globals().get("predict")
+    if isinstance(shadowed, types.ModuleType) and shadowed.__name__ == _LAZY["predict"]:
+        globals()["predict"] = shadowed.predict
     return value
 
 

@@ -34,7 +34,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--device", default=None, help="torch device (default: cuda when available, else cpu)"
     )
-    parser.add_argument("--no-gxlt", action="store_true", help="skip the G-XLT pairs")
+    parser.add_argument(
+        "--no-gxlt",
+        action="store_true",
+        help="skip the G-XLT pairs (or fewer: --set task.gxlt_pairs=with_train_language or [en-de,de-en], "
+        "--set task.max_gxlt_examples=N)",
+    )
 
 
 def _read_meta(model_dir: Path) -> dict | None:
@@ -45,7 +50,7 @@ def _read_meta(model_dir: Path) -> dict | None:
         meta = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise DataError(f"{path}: invalid JSON at line {exc.lineno} ({exc.msg})") from None
-    if not isinstance(meta, dict) or not isinstance(meta.get("task"), dict):
+    if not isinstance(meta, dict) or not isinstance(meta.get("task", {}), dict):
         raise DataError(f"{path}: expected an object with a 'task' section")
     return meta
 
@@ -60,6 +65,9 @@ def resolve(args: argparse.Namespace):
     meta = _read_meta(model_dir)
     if args.config is not None:
         cfg = load_config(args.config, args.overrides)
+    elif meta is not None and "task" not in meta:
+        # e.g. saved by RobustTrainer without task=: the file records the method, not the task
+        raise ConfigError(f"{model_dir / META_FILE}: has no 'task' section; give --config to say which task")
     elif meta is not None:
         # methods are irrelevant to evaluation; given explicitly so the Config validator sees a parsed list
         data = {
@@ -82,21 +90,64 @@ def resolve(args: argparse.Namespace):
     return cfg, max_length, out
 
 
-def run(args: argparse.Namespace) -> int:
+def resolve_device(name: str | None, flag: str = "--device"):
+    """A usable ``torch.device`` from ``--device`` (default: cuda when available, else cpu).
+
+    ConfigError naming ``flag`` for a malformed name or a CUDA device this machine does not have
+    (instead of torch's assertion deep inside the first ``.to(device)``).
+    """
     import torch
+
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise ConfigError(f"{flag}: {name!r} is not a torch device (e.g. cpu, cuda, cuda:1)") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(
+                f"{flag}: {name!r} requested but CUDA is not available on this machine; use cpu"
+            )
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            raise ConfigError(f"{flag}: {name!r} requested but this machine has {count} CUDA device(s)")
+    elif device.type not in ("cpu", "meta"):
+        backend = getattr(torch, device.type, None)
+        if backend is None or not getattr(backend, "is_available", lambda: False)():
+            raise ConfigError(f"{flag}: {name!r} requested but {device.type} is not available here")
+    return device
+
+
+def check_batch_size(value: int | None, default: int, flag: str = "--batch-size") -> int:
+    """``value`` when given (it must be >= 1; 0 is an error, not 'use the default'), else ``default``."""
+    if value is None:
+        return default
+    if value < 1:
+        raise ConfigError(f"{flag}: must be >= 1, got {value}")
+    return value
+
+
+def run(args: argparse.Namespace) -> int:
+    from fastrobust.progress import library_bars_off
+
+    with library_bars_off():
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
+    cfg, max_length, out = resolve(args)
+    batch_size = check_batch_size(args.batch_size, cfg.eval.batch_size)
+    device = resolve_device(args.device)
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from fastrobust.data import load_task
-    from fastrobust.evaluate import gxlt_markdown, predict_task, write_report, xlt_markdown
+    from fastrobust.evaluate import gxlt_markdown, write_report, xlt_markdown
+    from fastrobust.evaluate.predict import predict_task_with_progress
     from fastrobust.evaluate.predictions import FILE_NAME
 
-    cfg, max_length, out = resolve(args)
-    batch_size = args.batch_size or cfg.eval.batch_size
-    if batch_size < 1:
-        raise ConfigError(f"--batch-size: must be >= 1, got {batch_size}")
     gxlt = cfg.task.gxlt and cfg.eval.gxlt and not args.no_gxlt
     task = load_task(cfg.task.model_copy(update={"gxlt": gxlt}))
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     tokenizer = AutoTokenizer.from_pretrained(args.model_dir)
     model = AutoModelForSequenceClassification.from_pretrained(args.model_dir).to(device)
     if model.config.num_labels != task.num_labels:
@@ -104,8 +155,15 @@ def run(args: argparse.Namespace) -> int:
             f"MODEL_DIR: the model has {model.config.num_labels} labels but task {task.name} has "
             f"{task.num_labels} ({', '.join(task.label_names)})"
         )
-    predictions = predict_task(
-        model, tokenizer, task, max_length=max_length, batch_size=batch_size, device=device, gxlt=gxlt
+    predictions = predict_task_with_progress(
+        model,
+        tokenizer,
+        task,
+        max_length=max_length,
+        batch_size=batch_size,
+        device=device,
+        gxlt=gxlt,
+        progress="test",
     )
     report = predictions.report()
     write_report(report, out, title=f"{task.name}: {Path(args.model_dir).name}")

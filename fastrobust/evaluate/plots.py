@@ -34,7 +34,8 @@ def gxlt_heatmap(report: EvalReport, path: str, title: str | None = None) -> Non
                     if not np.isnan(mat[i, j]):
                         color = "black" if mat[i, j] > mid else "white"
                         ax.text(j, i, f"{mat[i, j]:.0f}", ha="center", va="center", fontsize=8, color=color)
-        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+        cbar = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+        cbar.set_label("accuracy (%)")
         fig.tight_layout()
         fig.savefig(path, format="png", dpi=110)
     finally:

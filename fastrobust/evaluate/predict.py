@@ -95,31 +95,51 @@ def evaluate_dev(
     return accuracy(preds, column(dataset, "label"))
 
 
+def test_progress(task: TaskData, gxlt: bool, progress: str | None) -> Any:
+    """A tqdm bar (on stderr; a no-op when ``progress`` is None) over the examples of a task's test
+    evaluation: the XLT sets, then the G-XLT sets not shared with them. Use as a context manager;
+    ``predict_task(..., progress=lambda name, n: bar.update(n))`` advances it."""
+    from fastrobust.progress import bar
+
+    xlt_ids = {id(task.test[lang]) for lang in task.languages}
+    total = sum(len(task.test[lang]) for lang in task.languages)
+    if gxlt:
+        total += sum(len(ds) for ds in task.gxlt.values() if id(ds) not in xlt_ids)
+    return bar(total=total, desc=progress, unit="ex", disable=progress is None)
+
+
 def evaluate_predictions(
     task: TaskData,
     predict_fn: Callable[[datasets.Dataset], Sequence[int] | np.ndarray],
     *,
     gxlt: bool = True,
+    progress: str | None = None,
 ) -> EvalReport:
     """XLT and G-XLT accuracies of any predictor: ``predict_fn(dataset) -> (N,)`` predicted label ids.
 
     xlt[l] = accuracy(predict_fn(test[l]), labels); gxlt[(a, b)] = accuracy on the (a, b) pair set.
     A G-XLT set that is the very same object as a test set (the diagonal built by joining) reuses
-    the XLT accuracy instead of predicting twice.
+    the XLT accuracy instead of predicting twice. ``progress``: the label of a progress bar over
+    the examples (on stderr); None draws none.
     """
     xlt: dict[str, float] = {}
     sizes: dict[str, int] = {}
     done: dict[int, float] = {}  # id(dataset) -> accuracy
-    for lang in task.languages:
-        ds = task.test[lang]
-        xlt[lang] = done[id(ds)] = accuracy(predict_fn(ds), column(ds, "label"))
-        sizes[lang] = len(ds)
     gx: dict[tuple[str, str], float] = {}
     gx_sizes: dict[tuple[str, str], int] = {}
-    if gxlt:
-        for pair, ds in task.gxlt.items():
-            gx[pair] = done[id(ds)] if id(ds) in done else accuracy(predict_fn(ds), column(ds, "label"))
-            gx_sizes[pair] = len(ds)
+    with test_progress(task, gxlt, progress) as bar:
+        for lang in task.languages:
+            ds = task.test[lang]
+            xlt[lang] = done[id(ds)] = accuracy(predict_fn(ds), column(ds, "label"))
+            sizes[lang] = len(ds)
+            bar.update(len(ds))
+        if gxlt:
+            for pair, ds in task.gxlt.items():
+                if id(ds) not in done:
+                    done[id(ds)] = accuracy(predict_fn(ds), column(ds, "label"))
+                    bar.update(len(ds))
+                gx[pair] = done[id(ds)]
+                gx_sizes[pair] = len(ds)
     return EvalReport(
         task=task.name,
         languages=list(task.languages),
@@ -183,9 +203,29 @@ def evaluate_task(
     batch_size: int,
     device: str | torch.device,
     gxlt: bool = True,
+    progress: str | None = None,
 ) -> EvalReport:
     """XLT accuracy of ``model`` on every test language and (``gxlt=True``) on every G-XLT pair set,
-    with each set's predicted-class rates (``predict_task(...).report()``)."""
-    return predict_task(
-        model, tokenizer, task, max_length=max_length, batch_size=batch_size, device=device, gxlt=gxlt
+    with each set's predicted-class rates (``predict_task(...).report()``); ``progress`` labels a
+    progress bar over the examples (None: no bar)."""
+    return predict_task_with_progress(
+        model,
+        tokenizer,
+        task,
+        max_length=max_length,
+        batch_size=batch_size,
+        device=device,
+        gxlt=gxlt,
+        progress=progress,
     ).report()
+
+
+def predict_task_with_progress(
+    model: Any, tokenizer: Any, task: TaskData, *, gxlt: bool, progress: str | None, **kwargs: Any
+) -> TaskPredictions:
+    """:func:`predict_task` under the :func:`test_progress` bar labelled ``progress`` (None: no bar);
+    ``kwargs``: max_length, batch_size, device."""
+    with test_progress(task, gxlt, progress) as bar:
+        return predict_task(
+            model, tokenizer, task, gxlt=gxlt, progress=lambda name, n: bar.update(n), **kwargs
+        )

@@ -17,8 +17,6 @@ Set names never become array names, so any language code is safe.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -150,17 +148,13 @@ class TaskPredictions:
             "sets": entries,
         }
         arrays["meta"] = np.array(json.dumps(meta))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
+        from fastrobust.fileio import atomic_write  # the user's umask, not mkstemp's 0600
+
+        def write(tmp: str) -> None:
+            with open(tmp, "wb") as f:
                 np.savez_compressed(f, **arrays)
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
-        return path
+
+        return atomic_write(path, write)
 
     @classmethod
     def load(cls, path: str | Path) -> TaskPredictions:

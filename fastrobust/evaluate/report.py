@@ -9,35 +9,15 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
-import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 
 from fastrobust.evaluate.metrics import EvalReport
 from fastrobust.evaluate.stats import SCOPE_EXAMPLES, CellStat, Comparison, Interval, RunResult, compare
+from fastrobust.fileio import atomic_write, atomic_write_text
 
-
-# ---- atomic file writes ------------------------------------------------------------------------
-def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
-    """Call ``write(tmp_path)`` then move the temporary file onto ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_write_text(path: str | Path, text: str) -> Path:
-    """Write ``text`` (UTF-8) to ``path`` atomically; returns the path."""
-    path = Path(path)
-    _atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
-    return path
+# Atomic writes with the user's umask (fastrobust.fileio); re-exported here, where callers found them.
+_atomic_write = atomic_write
 
 
 def _fmt(x: float | None, digits: int = 1) -> str:

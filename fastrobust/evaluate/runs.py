@@ -57,6 +57,8 @@ def read_run(folder: str | Path, *, default_seed: int = 0, label: str | None = N
     if not (summary_path.is_file() and report_path.is_file()):
         return None
     summary = _read_json(summary_path)
+    if summary.get("status", "complete") != "complete":  # a failed write rescued its results here
+        return None
     report = EvalReport.from_dict(_read_json(report_path))
     pred_path = folder / "report" / FILE_NAME
     predictions = TaskPredictions.load(pred_path) if pred_path.is_file() else None

@@ -20,13 +20,20 @@ FreeLB (Zhu et al. 2020)::
 Each ascent step's backward accumulates parameter gradients (so the optimizer step uses
 the average over the K perturbed inputs) and yields the delta gradient from the same pass.
 
+No (B, L, H) elementwise pass runs outside the fused ops: a zero start reads and allocates
+no delta (``pgd_step(None, ...)``), a random start writes e + delta_0 with ``pgd_init(...,
+next_input=True)``, and every later input e + delta_k (including PGD's final one and each of
+FreeLB's) is written by the ``pgd_step`` that computes delta_k. Those outputs are
+differentiable in e with the identity Jacobian, so the gradient w.r.t. delta_k is read off
+e + delta_k itself and the embedding table is still trained through it.
+
 ``dir`` is g/||g|| per example for L2 and sign(g) for Linf (see ``fastrobust.ops.pgd_step``).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import torch
 from torch import Tensor, nn
@@ -59,14 +66,118 @@ def _check_pgd_args(steps, epsilon, step_size, init_magnitude, norm, adv_weight)
         raise FastrobustError(f"adv_weight: must be in [0, 1], got {adv_weight!r}")
 
 
-def _initial_delta(
-    base: Tensor, init_magnitude: float, epsilon: float | None, norm: str, mask: Tensor
-) -> Tensor:
-    """delta_0: zeros, or ``pgd_init`` in the ball of radius init_magnitude (capped at epsilon)."""
+def _start(
+    embeds: Tensor, init_magnitude: float, epsilon: float | None, norm: str, mask: Tensor
+) -> tuple[Tensor | None, Tensor]:
+    """(delta_0, e + delta_0): a zero start is (None, e) — nothing is allocated or added —
+    else ``pgd_init`` in the ball of radius init_magnitude (capped at epsilon), which writes
+    e + delta_0 in the same pass (differentiable in e, identity)."""
     if init_magnitude <= 0:
-        return torch.zeros_like(base)
-    radius = init_magnitude if epsilon is None else min(init_magnitude, epsilon)
-    return ops.pgd_init(base, radius, norm=norm, mask=mask)
+        return None, embeds
+    return ops.pgd_init(embeds, start_radius(init_magnitude, epsilon), norm=norm, mask=mask, next_input=True)
+
+
+def start_radius(init_magnitude: float, epsilon: float | None) -> float:
+    """Radius of the random start: init_magnitude, capped at epsilon (a start outside the ball
+    would be projected away by the first step anyway)."""
+    return init_magnitude if epsilon is None else min(init_magnitude, epsilon)
+
+
+def weighted_loss(
+    adv_weight: float, adversarial: Callable[[], Tensor], clean: Callable[[], Tensor]
+) -> Tensor:
+    """PGD-AT's training loss ``(1 - w) * clean() + w * adversarial()``; a term of weight 0 is not
+    computed. The adversarial term comes first (its forward passes draw dropout before the
+    clean forward's)."""
+    loss = None
+    if adv_weight > 0:
+        loss = adv_weight * adversarial()
+    if adv_weight < 1:
+        clean_loss = (1 - adv_weight) * clean()
+        loss = clean_loss if loss is None else loss + clean_loss
+    return loss
+
+
+def freelb_ascent(
+    steps: int,
+    backward: Backward,
+    forward: Callable[[int, Tensor | None], tuple[Tensor, Tensor]],
+    timer: SectionTimer = NULL_TIMER,
+) -> Tensor:
+    """FreeLB's K ascent steps around ``forward(t, grad_{t-1}) -> (CE loss_t, x_t)``.
+
+    ``forward`` takes the ascent step from grad_{t-1} (None at t = 0), runs the perturbed forward
+    and returns its loss with the tensor x_t whose ``.grad`` is the gradient w.r.t. delta_t. Each
+    step calls ``backward(loss_t / steps)`` (parameter gradients accumulate the average over the
+    K perturbed inputs, and the delta gradient comes from the same pass). Returns the detached
+    mean of the K losses.
+    """
+    total = grad = None
+    for t in range(steps):
+        loss, x = forward(t, grad)
+        loss = loss / steps
+        with timer.section("backward"):
+            backward(loss)
+        total = loss.detach() if total is None else total + loss.detach()
+        grad = x.grad
+        if t < steps - 1 and grad is None:
+            raise FastrobustError(
+                "freelb: backward() did not propagate a gradient to the perturbed input "
+                "(does the backward callable call loss.backward() / engine.backward(loss)?)"
+            )
+        del x, loss
+    return total
+
+
+def _perturb(
+    model: nn.Module,
+    batch: Mapping[str, Tensor],
+    embeds: Tensor,
+    *,
+    steps: int,
+    epsilon: float | None,
+    step_size: float,
+    norm: str,
+    init_magnitude: float,
+    timer: SectionTimer,
+    final_embeds: Tensor | None,
+) -> tuple[Tensor, Tensor | None]:
+    """The PGD loop: (delta_K, final_embeds + delta_K or None).
+
+    Every input e + delta_k comes out of a fused op (``pgd_init`` / ``pgd_step`` with
+    ``embeds=``) as a function of one leaf ``base`` (the detached lookup) with the identity
+    Jacobian, so ``autograd.grad(loss, base)`` is the gradient w.r.t. delta_k and no
+    (B, L, H) elementwise pass runs outside the ops. The last step writes
+    ``final_embeds + delta_K`` (with final_embeds' graph) when asked.
+    """
+    labels = require_labels(batch)
+    mask = batch["attention_mask"]
+    base = embeds.detach().requires_grad_(True)
+    with timer.section("perturbation"):
+        delta, x = _start(base, init_magnitude, epsilon, norm, mask)
+    kw = dict(step_size=step_size, epsilon=epsilon, norm=norm, mask=mask)
+    final = None
+    for k in range(steps):
+        with timer.section("forward"):
+            # Through the unwrapped module: a DeepSpeed engine's forward hooks its output so that any
+            # backward through it runs the engine's gradient reduction, which must happen only in
+            # the trainer's backward (the delta-only grads here would trip ZeRO's bucket state).
+            inner_loss = classification_loss(forward_from_embeds(unwrap_model(model), batch, x), labels)
+        with timer.section("backward"):
+            # x = base + delta_k: grad w.r.t. base is grad w.r.t. delta_k, and autograd.grad
+            # computes only what leads to it (no parameter gradients).
+            (grad,) = torch.autograd.grad(inner_loss, base)
+        del inner_loss, x
+        with timer.section("perturbation"):
+            if k < steps - 1:
+                # fused: the new delta and the next forward's input e + delta in one pass
+                delta, x = ops.pgd_step(delta, grad, embeds=base, **kw)
+            elif final_embeds is not None:
+                delta, final = ops.pgd_step(delta, grad, embeds=final_embeds, **kw)
+            else:
+                delta = ops.pgd_step(delta, grad, embeds=None, **kw)
+        del grad
+    return delta, final
 
 
 def find_perturbation(
@@ -91,35 +202,22 @@ def find_perturbation(
     the dtype of the embeddings. ``embeds``: the lookup e if the caller already has it.
     """
     _check_pgd_args(steps, epsilon, step_size, init_magnitude, norm, 1.0)
-    labels = require_labels(batch)
-    mask = batch["attention_mask"]
+    require_labels(batch)
     if embeds is None:
         with timer.section("forward"):
             embeds = embed_inputs(model, batch)
-    base = embeds.detach()
-    with timer.section("perturbation"):
-        delta = _initial_delta(base, init_magnitude, epsilon, norm, mask)
-        x = base + delta if init_magnitude > 0 else base
-    for k in range(steps):
-        # A leaf on the detached input: grad w.r.t. x is grad w.r.t. delta (x = e + delta),
-        # and autograd.grad computes only what leads to it (no parameter gradients).
-        x = x.detach().requires_grad_(True)
-        with timer.section("forward"):
-            # Through the unwrapped module: a DeepSpeed engine's forward hooks its output so that any
-            # backward through it runs the engine's gradient reduction, which must happen only in
-            # the trainer's backward (the delta-only grads here would trip ZeRO's bucket state).
-            inner_loss = classification_loss(forward_from_embeds(unwrap_model(model), batch, x), labels)
-        with timer.section("backward"):
-            (grad,) = torch.autograd.grad(inner_loss, x)
-        with timer.section("perturbation"):
-            if k < steps - 1:
-                # fused: the new delta and the next forward's input e + delta in one pass
-                delta, x = ops.pgd_step(
-                    delta, grad, step_size=step_size, epsilon=epsilon, norm=norm, mask=mask, embeds=base
-                )
-            else:
-                delta = ops.pgd_step(delta, grad, step_size=step_size, epsilon=epsilon, norm=norm, mask=mask)
-        del inner_loss, grad
+    delta, _ = _perturb(
+        model,
+        batch,
+        embeds,
+        steps=steps,
+        epsilon=epsilon,
+        step_size=step_size,
+        norm=norm,
+        init_magnitude=init_magnitude,
+        timer=timer,
+        final_embeds=None,
+    )
     return delta
 
 
@@ -156,26 +254,30 @@ def adversarial_step(
     labels = require_labels(batch)
     with timer.section("forward"):
         embeds = embed_inputs(model, batch)
-    loss = None
-    if adv_weight > 0:
-        delta = find_perturbation(
+
+    def adversarial() -> Tensor:
+        _, adv_input = _perturb(
             model,
             batch,
+            embeds,
             steps=steps,
             epsilon=epsilon,
             step_size=step_size,
             norm=norm,
             init_magnitude=init_magnitude,
-            embeds=embeds,
             timer=timer,
+            final_embeds=embeds,
         )
         with timer.section("forward"):
-            # e (with graph) + the constant delta: the embedding table gets its gradient here.
-            loss = adv_weight * classification_loss(forward_from_embeds(model, batch, embeds + delta), labels)
-    if adv_weight < 1:
+            # e + delta_K, written by the last fused step, keeps e's graph (identity Jacobian):
+            # the embedding table gets its gradient here.
+            return classification_loss(forward_from_embeds(model, batch, adv_input), labels)
+
+    def clean() -> Tensor:
         with timer.section("forward"):
-            clean = (1 - adv_weight) * classification_loss(forward_from_embeds(model, batch, embeds), labels)
-        loss = clean if loss is None else loss + clean
+            return classification_loss(forward_from_embeds(model, batch, embeds), labels)
+
+    loss = weighted_loss(adv_weight, adversarial, clean)
     with timer.section("backward"):
         backward(loss)
     return loss.detach()
@@ -200,36 +302,36 @@ def freelb_step(
     same pass, the gradient w.r.t. delta_t — then ``delta_{t+1} = pgd_step(delta_t, ...)``.
     The optimizer step that follows uses the average over the K perturbed inputs. The
     embedding lookup e is recomputed at every step (a cheap gather) because each
-    backward frees its graph. Scales are absolute (see ``adversarial_step``).
+    backward frees its graph; the fused step then writes delta_{t+1} and e + delta_{t+1}
+    (with e's graph) in one pass, and the delta gradient is that input's ``.grad``.
+    Scales are absolute (see ``adversarial_step``).
     Returns the detached mean of the K losses.
     """
     _check_pgd_args(steps, epsilon, step_size, init_magnitude, norm, 1.0)
     labels = require_labels(batch)
     mask = batch["attention_mask"]
-    total = None
     delta = None
-    for t in range(steps):
+
+    def forward(t: int, grad: Tensor | None) -> tuple[Tensor, Tensor]:
+        nonlocal delta
         with timer.section("forward"):
             embeds = embed_inputs(model, batch)
-        if delta is None:
-            with timer.section("perturbation"):
-                delta = _initial_delta(embeds.detach(), init_magnitude, epsilon, norm, mask)
-        delta_leaf = delta.detach().requires_grad_(True)
-        with timer.section("forward"):
-            loss = classification_loss(forward_from_embeds(model, batch, embeds + delta_leaf), labels) / steps
-        with timer.section("backward"):
-            backward(loss)
-        total = loss.detach() if total is None else total + loss.detach()
-        if t < steps - 1:
-            grad = delta_leaf.grad
-            if grad is None:
-                raise FastrobustError(
-                    "freelb: backward() did not propagate a gradient to the embeddings "
-                    "(does the backward callable call loss.backward() / engine.backward(loss)?)"
+        with timer.section("perturbation"):
+            if t == 0:
+                delta, x = _start(embeds, init_magnitude, epsilon, norm, mask)
+            else:
+                # delta_t and x_t = e + delta_t in one fused pass; x_t keeps e's graph (identity).
+                delta, x = ops.pgd_step(
+                    delta, grad, step_size=step_size, epsilon=epsilon, norm=norm, mask=mask, embeds=embeds
                 )
-            with timer.section("perturbation"):
-                delta = ops.pgd_step(delta, grad, step_size=step_size, epsilon=epsilon, norm=norm, mask=mask)
-    return total
+        if not x.requires_grad:  # a frozen embedding table: x is where the delta gradient ends
+            x = x.detach().requires_grad_(True)
+        # d loss / d x_t is the gradient w.r.t. delta_t (x_t = e + delta_t), from the same backward.
+        x.retain_grad()
+        with timer.section("forward"):
+            return classification_loss(forward_from_embeds(model, batch, x), labels), x
+
+    return freelb_ascent(steps, backward, forward, timer)
 
 
 class _AdversarialBase(RobustMethod):

@@ -23,12 +23,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from fastrobust.data.textio import read_text
 from fastrobust.errors import ConfigError, DataError
 
 TEXT_COLUMNS = ("sentence1", "sentence2")
@@ -65,7 +64,7 @@ def read_tsv(path: Path) -> tuple[list[str] | None, list[list[str]], tuple[int, 
 
     Without a header every line must have exactly 3 fields sentence1, sentence2, label.
     """
-    text = path.read_text(encoding="utf-8")
+    text = read_text(path)
     lines = text.split("\n")
     if lines and lines[-1] == "":
         lines.pop()
@@ -92,7 +91,7 @@ def read_tsv(path: Path) -> tuple[list[str] | None, list[list[str]], tuple[int, 
 
 def read_jsonl(path: Path) -> list[dict]:
     rows = []
-    for i, line in enumerate(path.read_text(encoding="utf-8").split("\n"), start=1):
+    for i, line in enumerate(read_text(path).split("\n"), start=1):
         if not line.strip():
             continue
         try:
@@ -110,15 +109,9 @@ def read_jsonl(path: Path) -> list[dict]:
 
 
 def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    from fastrobust.fileio import atomic_write_text
+
+    atomic_write_text(path, text)
 
 
 def augment_file(

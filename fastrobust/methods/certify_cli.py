@@ -106,13 +106,20 @@ def format_table(results: dict[str, dict], radii: list[float]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from fastrobust.evaluate.cli import resolve
+    from fastrobust.progress import library_bars_off
+
+    with library_bars_off():
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from fastrobust.evaluate.cli import resolve, resolve_device
 
     radii = _check_args(args)
     cfg, max_length, default_out = resolve(args)
+    device = resolve_device(args.device)
     out = Path(args.out) if args.out else default_out.parent / "certify"
 
-    import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from fastrobust.data import encode_dataset, load_task, make_collator
@@ -130,7 +137,6 @@ def run(args: argparse.Namespace) -> int:
                 f"--languages: {unknown} not among the task's test languages {sorted(task.test)}"
             )
         languages = wanted
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     tokenizer = AutoTokenizer.from_pretrained(args.model_dir)
     model = AutoModelForSequenceClassification.from_pretrained(args.model_dir).to(device).eval()
     if model.config.num_labels != len(task.label_names):

@@ -27,6 +27,9 @@ from fastrobust.errors import FastrobustError
 from fastrobust.methods.embeddings import embedding_rms, input_embedding_module, unwrap_model
 from fastrobust.methods.noise import SIGMA_MODES, neftune_sigma
 
+_SEED_MOD = 2**31 - 1
+_SEED_STRIDE = 1_640_531_527  # ~ 2**31 / golden ratio: consecutive forwards get distant keys
+
 
 class EmbeddingNoiseHandle:
     """Returned by :func:`add_embedding_noise`. ``remove()`` (or leaving a ``with`` block)
@@ -43,9 +46,11 @@ class EmbeddingNoiseHandle:
         elif sigma_mode == "relative":
             self.sigma = float(sigma) * embedding_rms(model)
         self.distribution = distribution
-        # A private generator for the per-forward seeds when a seed is given, so the noise
-        # stream is reproducible without touching torch's global RNG (and dropout's draws).
-        self._gen = None if seed is None else torch.Generator().manual_seed(seed)
+        # With a seed, forward k uses the seed tensor mix(seed, k) computed on the device from a
+        # call counter: reproducible without touching torch's global RNG (and dropout's draws),
+        # with no host read, so torch.compile traces it and CUDA graphs advance it per replay.
+        self._seed = seed
+        self._counter: Tensor | None = None
         self._mask: Tensor | None = None
         try:
             self._mask_arg = list(inspect.signature(self.model.forward).parameters).index("attention_mask")
@@ -79,8 +84,19 @@ class EmbeddingNoiseHandle:
             sigma = self.sigma
             if sigma == 0:
                 return None
-        seed = None if self._gen is None else int(torch.randint(0, 2**31 - 1, (1,), generator=self._gen))
+        seed = self._next_seed(output)
         return ops.add_noise(output, sigma, seed=seed, distribution=self.distribution, mask=mask)
+
+    def _next_seed(self, like: Tensor) -> Tensor | None:
+        """None (torch's generator) without a seed; else seed_k = (s + k * A) mod P for the
+        k-th noisy forward (P = 2**31 - 1, A invertible mod P, so k -> seed_k is one to one)."""
+        if self._seed is None:
+            return None
+        if self._counter is None or self._counter.device != like.device:
+            self._counter = torch.zeros((), dtype=torch.int64, device=like.device)
+        seed = torch.remainder(self._counter * _SEED_STRIDE + self._seed % _SEED_MOD, _SEED_MOD)
+        self._counter.add_(1)
+        return seed
 
     def remove(self) -> None:
         """Detaches the hooks; the model behaves as before. Idempotent."""
@@ -115,7 +131,11 @@ def add_embedding_noise(
     attention mask passed to that forward (no mask: every position), and s = sigma
     (``absolute``), sigma * RMS of the embedding table (``relative``, measured now), or
     sigma / sqrt(L_b * H) per example with L_b the real length (``neftune``).
-    ``seed`` makes the noise stream reproducible independently of torch's global RNG.
+    ``seed`` makes the noise stream reproducible independently of torch's global RNG (the
+    k-th noisy forward uses a seed derived on the device from (seed, k)); without it each
+    forward draws its seed from torch's default generator on the embeddings' device.
+    Nothing reads a device value on the host, so ``torch.compile(model, fullgraph=True)``
+    traces the hooks and the fused op without a graph break.
 
     model: an HF model (or a DeepSpeed engine around one). Returns a handle; call
     ``handle.remove()`` to take the noise off, or use it as a context manager::

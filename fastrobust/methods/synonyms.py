@@ -91,10 +91,9 @@ def load_synonym_table(path: str | Path) -> SynonymTable:
         raise DataError(f"{path}: synonym file not found")
     if not path.is_file():
         raise DataError(f"{path}: synonym table must be a JSON file, got a directory")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    from fastrobust.data.textio import read_text
+
+    text = read_text(path)  # a byte that is not UTF-8: DataError naming the line and byte offset
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:

@@ -28,6 +28,7 @@ def train(
     deepspeed: str | None = None,
     seeds: Sequence[int] | None = None,
     parallel: int | None = None,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Fine-tunes and evaluates every selected method of ``config``.
 
@@ -36,5 +37,12 @@ def train(
     from fastrobust.train.trainer import train as _train
 
     return _train(
-        config, overrides, methods=methods, resume=resume, deepspeed=deepspeed, seeds=seeds, parallel=parallel
+        config,
+        overrides,
+        methods=methods,
+        resume=resume,
+        deepspeed=deepspeed,
+        seeds=seeds,
+        parallel=parallel,
+        overwrite=overwrite,
     )

@@ -3,16 +3,66 @@
 Single process: ``fastrobust train --config F``. Under a launcher:
 ``deepspeed --num_gpus N --module fastrobust train --config F --deepspeed configs/ds/zero3.json``
 or ``torchrun --nproc_per_node N -m fastrobust train --config F``.
+
+This module imports nothing heavy: ``fastrobust train --help`` answers without loading torch, and
+the config is validated before torch is imported, so a wrong key fails at once.
 """
 
 from __future__ import annotations
 
 import argparse
 
+DESCRIPTION = """\
+Fine-tune a multilingual encoder on English with one or more robust-training methods, select each
+method's checkpoint on English dev accuracy, then evaluate it on every language (XLT) and every
+ordered language pair (G-XLT). Without --config: the synthetic demo (nothing is downloaded)."""
+
+EPILOG = """\
+one method on your own data (a packaged recipe by name, overridden with --set):
+  fastrobust train --config pawsx_xlmr_base --method pgd \\
+      --set model.name_or_path=xlm-roberta-base \\
+      --set task.path=/data/my_pawsx --set output.dir=runs/mine
+
+  model.name_or_path  a Hugging Face hub name or a local folder (config, weights, tokenizer files)
+  task.name           pawsx (labels 0/1 = not paraphrase/paraphrase) or xnli (entailment,
+                      neutral, contradiction); the label convention of your files
+  task.path           a folder with train-en.tsv, dev-<lang>.tsv, test-<lang>.tsv; each line
+                      "sentence1<TAB>sentence2<TAB>label" (or .jsonl with --set task.format=jsonl);
+                      without task.path the task is read from the Hugging Face hub
+  task.languages      e.g. [en,de,fr]: the evaluation languages (default: every language of the task)
+  --method LABEL      a method section's label, which is its kind unless it sets `label`:
+                      baseline, pgd (adversarial training), freelb, rs-rp (embedding noise),
+                      rs-da (synonym substitution: needs task.synonyms or <task.path>/synonyms.json)
+  output.dir          where models, reports and checkpoints go; a used folder is refused unless
+                      --overwrite or --resume
+
+packaged recipes (--config NAME): {recipes}
+every key with its value: --print-config; their bounds: fastrobust/config/schema.py, methods.py;
+data formats: docs/data.md; the methods and their scales: docs/methods.md (source repository)."""
+
+
+def _recipes() -> str:
+    # read here rather than through fastrobust.config, whose pydantic schema takes 0.2 s to build
+    import importlib.resources
+    from pathlib import Path
+
+    try:
+        folder = Path(str(importlib.resources.files("fastrobust.configs")))
+        return ", ".join(sorted(p.stem for p in folder.glob("*.yaml"))) or "(none found)"
+    except Exception:  # the help must print even if the package data is missing
+        return "(none found)"
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.description = DESCRIPTION
+    parser.epilog = EPILOG.format(recipes=_recipes())
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.add_argument(
-        "--config", "-c", default=None, metavar="FILE", help="YAML recipe (default: the packaged demo.yaml)"
+        "--config",
+        "-c",
+        default=None,
+        metavar="FILE|RECIPE",
+        help="YAML recipe: a file, or the name of a packaged recipe (default: the packaged demo)",
     )
     parser.add_argument(
         "--set",
@@ -37,10 +87,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="DS_JSON",
         help='DeepSpeed config (e.g. configs/ds/zero3.json); its "auto" fields are filled from the config',
     )
-    parser.add_argument(
+    again = parser.add_mutually_exclusive_group()
+    again.add_argument(
         "--resume",
         action="store_true",
-        help="continue each method from its newest complete checkpoint (finished seeds are skipped)",
+        help="continue each method from its newest complete checkpoint (finished runs are skipped)",
+    )
+    again.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the results of the methods being run if output.dir already holds some",
     )
     parser.add_argument(
         "--seeds",
@@ -56,13 +112,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="CPU: train up to N (method, seed) runs at once in worker processes (default: config, 1)",
     )
+    parser.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print the resolved config (recipe + --set) as YAML, every key included, and exit",
+    )
     # Launchers may pass the local rank as an argument; LOCAL_RANK in the environment is what we use.
     parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
 
 
 def run(args: argparse.Namespace) -> int:
+    from fastrobust.config import load_config
     from fastrobust.errors import ConfigError
-    from fastrobust.train import train
 
     seeds = None
     if args.seeds is not None:
@@ -72,13 +133,22 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError(
                 f"--seeds {args.seeds!r}: expected integers separated by commas, e.g. 0,1,2"
             ) from None
+    # Validated here, before the trainer imports torch and transformers: a typo fails in a blink.
+    cfg = load_config(args.config, args.overrides)
+    if args.print_config:
+        import yaml
+
+        print(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), end="")
+        return 0
+    from fastrobust.train import train
+
     train(
-        args.config,
-        args.overrides,
+        cfg,
         methods=args.methods,
         resume=args.resume,
         deepspeed=args.deepspeed,
         seeds=seeds,
         parallel=args.parallel,
+        overwrite=args.overwrite,
     )
     return 0

@@ -93,11 +93,30 @@ def console_summary(summaries: list[dict[str, Any]], comparison: Any, out_dir: P
                 ["method", "runs", "samples/s", f"vs {base_label}", "tokens/s", "peak MiB", "best dev"], rows
             )
         )
-    per_run = ["report/ (with predictions.npz)", "summary.json", "checkpoints/"]
-    if cfg.output.save_model:
-        per_run.insert(0, "model/")
-    if cfg.output.tensorboard:
-        per_run.append("tb/")
-    where = f"{out_dir}/<method>/seed-<k>/" if cfg.seeds is not None else f"{out_dir}/<method>/"
-    parts.append(f"Files: {out_dir}/comparison.md|json|csv|png; per run {where}{{{', '.join(per_run)}}}")
+    parts.append(files_line(summaries, out_dir, multi_seed=cfg.seeds is not None))
     return "\n\n".join(parts)
+
+
+def files_line(summaries: list[dict[str, Any]], out_dir: Path, *, multi_seed: bool = False) -> str:
+    """``Files: ...`` naming only what the runs wrote (model/ only if saved, tb/ only if logged...)."""
+    groups: dict[tuple[str, ...], list[str]] = {}
+    for s in summaries:
+        files = s.get("files") or {}
+        items = ["report/", "summary.json"]
+        items += [name for key, name in MAYBE_WRITTEN if files.get(key)]
+        labels = groups.setdefault(tuple(items), [])
+        if s["label"] not in labels:
+            labels.append(s["label"])
+    run = "<method>/seed-<k>" if multi_seed else "<method>"
+    seed = "/seed-<k>" if multi_seed else ""
+    if len(groups) == 1:
+        per_run = f"per run {out_dir}/{run}/{{{', '.join(next(iter(groups)))}}}"
+    else:
+        per_run = "; ".join(
+            f"{out_dir}/{{{','.join(labels)}}}{seed}/{{{', '.join(items)}}}"
+            for items, labels in groups.items()
+        )
+    return f"Files: {out_dir}/comparison.md|json|csv|png; {per_run}"
+
+
+MAYBE_WRITTEN = (("model", "model/"), ("tensorboard", "tb/"), ("checkpoints", "checkpoints/"))

@@ -59,6 +59,14 @@ class DistContext:
         dist.all_reduce(out, op=dist.ReduceOp.SUM)
         return out
 
+    def all_reduce_max(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Elementwise maximum over ranks of ``tensor``; the identity with one process."""
+        if self.world_size == 1:
+            return tensor
+        out = tensor.detach().to(self._comm_device(), copy=True)
+        dist.all_reduce(out, op=dist.ReduceOp.MAX)
+        return out.to(tensor.device)
+
     def broadcast_float(self, value: float) -> float:
         """Rank 0's ``value`` on every rank (so that every rank takes the same decision)."""
         if self.world_size == 1:

@@ -120,6 +120,25 @@ def backward_calls(mcfg: Any) -> int:
 # our own trainer's optimizer side
 
 
+def use_fused(device: torch.device) -> bool:
+    """Whether our AdamW is the fused one: on CUDA only.
+
+    Fused AdamW skips a step on the device when told ``found_inf`` (as grad scalers do): how a
+    non-finite step is dropped on a GPU without waiting for the GPU. On the CPU there is nothing to
+    wait for, so the step is skipped by reading the flag, and the optimizer stays the unfused one
+    whose numbers the measured CPU results (README, docs/synthetic.md) were obtained with.
+    """
+    return device.type == "cuda"
+
+
+def total_norm(grads: list[Tensor], device: torch.device) -> Tensor:
+    """L2 norm of all gradients together, a 0-d tensor on ``device`` (no synchronisation)."""
+    if not grads:
+        return torch.zeros((), device=device)
+    norms = torch._foreach_norm(grads, 2.0)
+    return torch.linalg.vector_norm(torch.stack([n.to(device) for n in norms]), 2.0)
+
+
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     # Matrices decay; biases and norm scales (1-D) do not — the usual BERT fine-tuning rule.
     decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
@@ -166,7 +185,10 @@ class TrainEngine:
             )
 
         if run.ds_raw is None:
-            self.optimizer: Any = torch.optim.AdamW(groups, lr=o.learning_rate, eps=o.adam_epsilon)
+            self.fused = use_fused(self.device)
+            self.optimizer: Any = torch.optim.AdamW(
+                groups, lr=o.learning_rate, eps=o.adam_epsilon, fused=self.fused or None
+            )
             self.scheduler: Any = make_scheduler(self.optimizer)
             if self.precision == "fp16":
                 self.scaler = torch.amp.GradScaler(self.device.type)
@@ -231,39 +253,69 @@ class TrainEngine:
             expected_calls=self.backward_calls if self.engine is not None else None,
         )
 
-    def optimizer_step(self) -> Any:
-        """After the micro-batches of one step: reduce, unscale, clip, step, zero; the grad norm or None."""
+    @property
+    def skips_nonfinite(self) -> bool:
+        """Whether a step with a non-finite loss/gradient is skipped (plain path) or already applied
+        (DeepSpeed applies its step inside ``backward``; only its fp16 loss scaler skips overflows)."""
+        return self.engine is None
+
+    def optimizer_step(self, loss: Tensor | None = None) -> tuple[Any, Tensor]:
+        """After the micro-batches of one step: reduce, unscale, clip, step, zero.
+
+        Returns ``(grad norm or None, bad)`` where ``bad`` is a 0-d bool device tensor: this step's
+        mean loss (over ranks) or gradient norm was not finite. On the plain path such a step is
+        skipped (on CUDA on the device, by fused AdamW's ``found_inf``; the scheduler still advances),
+        without a host synchronisation (on the CPU, with the unfused optimizer, the flag is read: there is
+        no device to wait for). Under fp16 the grad scaler skips gradient overflows itself (routine:
+        it lowers the scale), so only a non-finite loss counts as bad there.
+        """
+        from fastrobust.train.guard import nonfinite
+
         if self.engine is not None:
-            return self.engine.get_global_grad_norm()
-        grad_norm = None
+            grad_norm = self.engine.get_global_grad_norm()
+            return grad_norm, nonfinite(loss, grad_norm, device=self.device)
         params = [p for p in self.module.parameters() if p.requires_grad]
+        loss_bad = nonfinite(loss, device=self.device)
         if self.world_size > 1:
-            self._all_reduce_grads(params)
+            loss_bad = self._all_reduce_grads(params, loss_bad)
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
         if self.max_grad_norm:
             grad_norm = torch.nn.utils.clip_grad_norm_(params, self.max_grad_norm)
+        else:
+            grad_norm = total_norm([p.grad for p in params if p.grad is not None], self.device)
         if self.scaler is not None:
-            self.scaler.step(self.optimizer)
+            bad = loss_bad
+            self.scaler.step(self.optimizer)  # passes its own found_inf to the fused optimizer
             self.scaler.update()
         else:
-            self.optimizer.step()
+            bad = loss_bad | nonfinite(grad_norm, device=self.device)
+            if self.fused:
+                self.optimizer.found_inf = bad.to(torch.float32)
+                try:
+                    self.optimizer.step()
+                finally:
+                    del self.optimizer.found_inf
+            elif not bool(bad):  # unfused (CPU): read the flag; on the CPU that costs no wait
+                self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return grad_norm
+        return grad_norm, bad
 
-    def _all_reduce_grads(self, params: list[torch.nn.Parameter]) -> None:
-        # Plain torch on several processes (torchrun without DeepSpeed): average the accumulated
-        # gradients once per optimizer step, in one flat buffer.
+    def _all_reduce_grads(self, params: list[torch.nn.Parameter], flag: Tensor) -> Tensor:
+        """Averages the accumulated gradients over ranks (torchrun without DeepSpeed), in one flat
+        buffer that also carries this rank's non-finite-loss ``flag``; returns the flag of any rank."""
         import torch.distributed as tdist
         from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 
         grads = [p.grad for p in params if p.grad is not None]
-        flat = _flatten_dense_tensors(grads)
+        flat = _flatten_dense_tensors([*grads, flag.to(grads[0].dtype).reshape(1)])
         tdist.all_reduce(flat)
-        flat /= self.world_size
+        any_bad = flat[-1] > 0
+        flat = flat[:-1] / self.world_size
         for g, synced in zip(grads, _unflatten_dense_tensors(flat, grads)):
             g.copy_(synced)
+        return any_bad
 
     def lr(self) -> float:
         groups = getattr(self.optimizer, "param_groups", None) or []
@@ -281,6 +333,9 @@ class TrainEngine:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.optimizer.load_state_dict(state["optimizer"])
+        for group in self.optimizer.param_groups:  # a checkpoint written on another device type
+            group["fused"] = self.fused or None
+            group["foreach"] = None if self.fused else group.get("foreach")
         self.scheduler.load_state_dict(state["scheduler"])
         if self.scaler is not None and state["scaler"]:
             self.scaler.load_state_dict(state["scaler"])

@@ -1,21 +1,26 @@
 """After training one method: load the best-on-dev parameters, test XLT and G-XLT, save the model,
 the report and ``summary.json`` (rank 0; the other ranks wait at the closing barrier).
 
-Files under the run's folder (``<output.dir>/<label>/``, or ``.../<label>/seed-<k>/`` with
-several seeds): ``model/`` (safetensors, config, tokenizer and ``fastrobust.json`` — the task,
-max_length and method section needed to evaluate it again), ``report/``
-(:func:`fastrobust.evaluate.write_report`, plus ``predictions.npz``: every test example's class
-probabilities and label, which the comparison's statistics resample) and ``summary.json``.
+Files under the run's folder (``<output.dir>/<label>/``, or ``.../<label>/seed-<k>/`` when the
+config lists ``seeds``): ``model/`` (safetensors, config, tokenizer, ``fastrobust.json`` — the
+task, max_length and method section needed to evaluate it again — and the model card
+``README.md``), ``report/`` (:func:`fastrobust.evaluate.write_report`, plus ``predictions.npz``:
+every test example's class probabilities and label, which the comparison's statistics resample)
+and ``summary.json``.
 """
 
 from __future__ import annotations
 
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
 
+from fastrobust.fileio import json_text
 from fastrobust.train.meter import peak_memory_mb
+from fastrobust.train.model_card import command_line, render_model_card, resolved_scales, write_model_card
 from fastrobust.train.run import write_json
 
 
@@ -35,38 +40,97 @@ def eval_model(t: Any) -> torch.nn.Module:
     return model
 
 
-def save_model_folder(t: Any, model: torch.nn.Module, model_dir: Any) -> None:
-    """The model folder: HF weights + config, the tokenizer and ``fastrobust.json``."""
+def save_model_folder(t: Any, model: torch.nn.Module, model_dir: Path, report: Any) -> None:
+    """The model folder: HF weights + config, the tokenizer, ``fastrobust.json`` and the model card,
+    written into a temporary folder that replaces ``model_dir`` only once complete (a full disk
+    leaves no half-written model)."""
+    from fastrobust.fileio import atomic_dir
+
     cfg = t.cfg
-    model_dir.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(str(model_dir))
-    t.run.tokenizer.save_pretrained(str(model_dir))
-    write_json(
-        model_dir / "fastrobust.json",
-        {
-            "task": cfg.task.model_dump(mode="json"),
-            "max_length": cfg.model.max_length,
-            "method": t.mcfg.model_dump(mode="json"),
-        },
+    try:
+        with atomic_dir(model_dir) as tmp:
+            model.save_pretrained(str(tmp))
+            t.run.tokenizer.save_pretrained(str(tmp))
+            write_json(
+                tmp / "fastrobust.json",
+                {
+                    "task": cfg.task.model_dump(mode="json"),
+                    "max_length": cfg.model.max_length,
+                    "method": t.mcfg.model_dump(mode="json"),
+                },
+            )
+            write_model_card(tmp, model_card(t, report))
+    except OSError as exc:  # name the folder the user will look for, not the removed temporary one
+        raise OSError(exc.errno, exc.strerror or str(exc), str(model_dir)) from exc
+
+
+def rescue(payload: dict[str, Any], places: list[Path]) -> Path | None:
+    """Writes ``payload`` (JSON) to the first of ``places`` where it fits; None if nowhere."""
+    for place in places:
+        try:
+            write_json(place, payload)
+            return place
+        except OSError:
+            continue
+    return None
+
+
+def model_card(t: Any, report: Any) -> str:
+    """The README.md of trainer ``t``'s model folder (see :mod:`.model_card`)."""
+    import fastrobust
+
+    cfg, run, sel = t.cfg, t.run, t.selection
+    training = {
+        "train examples": len(run.task.train),
+        "optimizer steps": run.total_steps,
+        "epochs": round(run.total_steps / run.steps_per_epoch, 4),
+        "batch size": cfg.optim.batch_size,
+        "learning rate": cfg.optim.learning_rate,
+        "max length": cfg.model.max_length,
+        "precision": cfg.model.precision,
+        "processes": t.dist.world_size,
+        "seed": cfg.seed,
+        "best dev accuracy (%)": f"{100 * sel.best_acc:.2f} at step {sel.best_step}",
+    }
+    return render_model_card(
+        title=f"{cfg.name} / {t.label}",
+        base_model=run.model_path,
+        task=run.task,
+        task_cfg=cfg.task,
+        method_section=t.mcfg.model_dump(mode="json"),
+        scales=resolved_scales(t.method),
+        training=training,
+        report=report,
+        version=fastrobust.__version__,
+        command=command_line(),
+        config=cfg.model_dump(mode="json"),
     )
 
 
 def finish(t: Any, wall_seconds: float, eval_seconds: float) -> dict[str, Any]:
     """Final evaluation and files of trainer ``t``; its summary on rank 0 (``{}`` elsewhere).
 
+    Written in the order of their value: ``report/``, ``model/``, then ``summary.json`` (whose
+    ``"status": "complete"`` marks the method finished). If a write fails (disk full, permissions),
+    the summary and the report are rescued as JSON to the first place they fit (the method folder,
+    ``output.dir``, the working directory, the temporary folder) and OutputError names the path.
     The summary also carries the evaluation report and the per-example predictions under
     ``"_report"`` / ``"_predictions"`` (not written to ``summary.json``), for the comparison.
     """
-    from fastrobust.evaluate import predict_task, write_report
+    from fastrobust.errors import OutputError
+    from fastrobust.evaluate import write_report
+    from fastrobust.evaluate.predict import predict_task_with_progress
     from fastrobust.evaluate.predictions import FILE_NAME
+    from fastrobust.fileio import describe_os_error
 
     cfg, dist, run, eng = t.cfg, t.dist, t.run, t.eng
     summary: dict[str, Any] = {}
+    problem = ""
     if dist.is_main:
         model = eval_model(t)
         t0 = time.perf_counter()
         with eng.autocast():
-            predictions = predict_task(
+            predictions = predict_task_with_progress(
                 model,
                 run.tokenizer,
                 run.task,
@@ -74,63 +138,109 @@ def finish(t: Any, wall_seconds: float, eval_seconds: float) -> dict[str, Any]:
                 batch_size=cfg.eval.batch_size,
                 device=t.device,
                 gxlt=cfg.eval.gxlt and cfg.task.gxlt,
+                progress=f"{t.label} test" if run.progress_bar else None,
             )
         test_seconds = time.perf_counter() - t0
         report = predictions.report()
         report_dir = t.dir / "report"
-        write_report(report, report_dir, title=f"{cfg.name} / {t.label} / seed {t.seed}")
-        predictions.save(report_dir / FILE_NAME)
         model_dir = t.dir / "model"
-        if cfg.output.save_model:
-            save_model_folder(t, model, model_dir)
-        throughput = t.meter.summary()
-        throughput["peak_memory_mb"] = peak_memory_mb(t.device)
-        throughput["peak_memory_kind"] = "cuda_max_allocated" if t.device.type == "cuda" else "cpu_peak_rss"
-        sel = t.selection
-        summary = {
-            "label": t.label,
-            "seed": t.seed,
-            "fingerprint": t.fingerprint,
-            "kind": t.mcfg.kind,
-            "method": t.mcfg.model_dump(mode="json"),
-            "model": run.model_path,
-            "task": cfg.task.name,
-            "precision": eng.precision,
-            "world_size": dist.world_size,
-            "device": str(t.device),
-            "deepspeed": (
-                {"config": cfg.deepspeed.config, "zero_stage": eng.zero_stage}
-                if eng.engine is not None
-                else None
-            ),
-            "steps": run.total_steps,
-            "steps_per_epoch": run.steps_per_epoch,
-            "epochs": run.total_steps / run.steps_per_epoch,
-            "batch_size": cfg.optim.batch_size,
-            "micro_batch_size": run.micro,
-            "grad_accum": run.accum,
-            "best_dev_accuracy": sel.best_acc,
-            "best_step": sel.best_step,
-            "dev_history": sel.history,
-            "final_loss": t.losses[-1] if t.losses else None,
-            "losses": t.losses,
-            "throughput": throughput,
-            "averages": report.averages(),
-            "xlt": dict(report.xlt),
-            "resumed_from_step": t.resumed_from,
-            "wall_seconds": wall_seconds,
-            "eval_and_checkpoint_seconds": eval_seconds,
-            "test_eval_seconds": test_seconds,
-            "files": {
-                "model": str(model_dir) if cfg.output.save_model else None,
-                "report": str(report_dir),
-                "predictions": str(report_dir / FILE_NAME),
-                "tensorboard": str(t.dir / "tb") if cfg.output.tensorboard else None,
-                "checkpoints": str(t.ckpt_root),
-            },
-        }
-        write_json(t.dir / "summary.json", summary)
-        summary["_report"] = report
-        summary["_predictions"] = predictions
+        summary = build_summary(t, report, wall_seconds, eval_seconds, test_seconds, report_dir, model_dir)
+        try:
+            seed_part = f" / seed {t.seed}" if cfg.seeds is not None else ""
+            write_report(report, report_dir, title=f"{cfg.name} / {t.label}{seed_part}")
+            predictions.save(report_dir / FILE_NAME)
+            if cfg.output.save_model:
+                save_model_folder(t, model, model_dir, report)
+            write_json(t.dir / "summary.json", summary)
+        except OSError as exc:
+            payload = {
+                **summary,
+                "status": f"incomplete: {describe_os_error(exc)}",
+                "report": report.to_dict(),
+            }
+            stem = t.label if cfg.seeds is None else f"{t.label}-seed-{t.seed}"
+            places = [
+                t.dir / "summary.json",
+                run.out_dir / f"{stem}-summary.json",
+                Path.cwd() / f"fastrobust-{stem}-summary.json",
+                Path(tempfile.gettempdir()) / f"fastrobust-{stem}-summary.json",
+            ]
+            where = rescue(payload, places)
+            kept = (
+                f"the results were saved to {where}"
+                if where
+                else "the results could not be saved anywhere; they follow on stdout"
+            )
+            if where is None:
+                print(json_text(payload), flush=True)
+            problem = f"method {t.label}: {describe_os_error(exc)}; {kept}"
+        summary["_report"], summary["_predictions"] = report, predictions
+    failed = dist.broadcast_float(1.0 if problem else 0.0)
     dist.barrier()
+    if failed:
+        raise OutputError(problem or f"method {t.label}: rank 0 could not write the results")
     return summary
+
+
+def build_summary(
+    t: Any,
+    report: Any,
+    wall_seconds: float,
+    eval_seconds: float,
+    test_seconds: float,
+    report_dir: Path,
+    model_dir: Path,
+) -> dict[str, Any]:
+    """The ``summary.json`` of trainer ``t`` (its ``files`` name only what this run writes)."""
+    from fastrobust.evaluate.predictions import FILE_NAME
+    from fastrobust.train import checkpoint as ckpt
+
+    cfg, dist, run, eng = t.cfg, t.dist, t.run, t.eng
+    throughput = t.meter.summary()
+    throughput["peak_memory_mb"] = peak_memory_mb(t.device)
+    throughput["peak_memory_kind"] = "cuda_max_allocated" if t.device.type == "cuda" else "cpu_peak_rss"
+    sel = t.selection
+    checkpoints = cfg.output.checkpoint_every is not None or bool(ckpt.complete_checkpoints(t.ckpt_root))
+    return {
+        "status": "complete",
+        "label": t.label,
+        "seed": t.seed,
+        "fingerprint": t.fingerprint,
+        "kind": t.mcfg.kind,
+        "method": t.mcfg.model_dump(mode="json"),
+        "model": run.model_path,
+        "task": cfg.task.name,
+        "precision": eng.precision,
+        "world_size": dist.world_size,
+        "device": str(t.device),
+        "deepspeed": (
+            {"config": cfg.deepspeed.config, "zero_stage": eng.zero_stage} if eng.engine is not None else None
+        ),
+        "steps": run.total_steps,
+        "steps_per_epoch": run.steps_per_epoch,
+        "epochs": run.total_steps / run.steps_per_epoch,
+        "batch_size": cfg.optim.batch_size,
+        "micro_batch_size": run.micro,
+        "grad_accum": run.accum,
+        "best_dev_accuracy": sel.best_acc,
+        "best_step": sel.best_step,
+        "dev_history": sel.history,
+        "final_loss": t.losses[-1] if t.losses else None,
+        "losses": t.losses,
+        "skipped_nonfinite_steps": t.guard.skipped if t.guard is not None else 0,
+        "truncated_train_examples": t.truncated,
+        "throughput": throughput,
+        "averages": report.averages(),
+        "xlt": dict(report.xlt),
+        "resumed_from_step": t.resumed_from,
+        "wall_seconds": wall_seconds,
+        "eval_and_checkpoint_seconds": eval_seconds,
+        "test_eval_seconds": test_seconds,
+        "files": {
+            "model": str(model_dir) if cfg.output.save_model else None,
+            "report": str(report_dir),
+            "predictions": str(report_dir / FILE_NAME),
+            "tensorboard": str(t.dir / "tb") if cfg.output.tensorboard else None,
+            "checkpoints": str(t.ckpt_root) if checkpoints else None,
+        },
+    }

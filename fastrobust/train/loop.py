@@ -10,7 +10,7 @@ with :func:`fastrobust.train.batches.micro_seed`, then one optimizer step. Dev e
 from __future__ import annotations
 
 import gc
-import sys
+import signal
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -21,13 +21,15 @@ from fastrobust.config import method_label
 from fastrobust.errors import ConfigError
 from fastrobust.timing import SectionTimer
 from fastrobust.train import checkpoint as ckpt
+from fastrobust.train import preflight
 from fastrobust.train.batches import GlobalBatchSampler, micro_seed
 from fastrobust.train.console import log_step_scalars
 from fastrobust.train.engine import TrainEngine, backward_calls
 from fastrobust.train.final import finish
+from fastrobust.train.guard import DivergenceGuard
 from fastrobust.train.meter import ThroughputMeter, peak_memory_mb
 from fastrobust.train.resume import load_checkpoint, save_checkpoint
-from fastrobust.train.run import RunContext, fingerprint, log, quiet_transformers
+from fastrobust.train.run import RunContext, cpu_state, fingerprint, log, quiet_transformers
 from fastrobust.train.selection import DevSelection
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "labels")
@@ -67,6 +69,8 @@ class MethodTrainer:
         self._pending_tokens = torch.zeros((), dtype=torch.float64, device=self.device)
         self._encoded: dict[int, Any] = {}
         self.fingerprint = fingerprint(self.cfg, mcfg, run.dist.world_size)
+        self.guard: DivergenceGuard | None = None
+        self.truncated: int | None = None  # training pairs cut to model.max_length (first epoch)
 
     def finished_run(self) -> Any:
         """Rank 0: the RunResult already on disk for exactly this run (same config fingerprint), or
@@ -97,6 +101,7 @@ class MethodTrainer:
                 num_labels=len(names),
                 id2label=dict(enumerate(names)),
                 label2id={n: i for i, n in enumerate(names)},
+                ignore_mismatched_sizes=self.run.head_warning is not None,
             )
         model.to(self.device)
         model.train()
@@ -113,7 +118,18 @@ class MethodTrainer:
         key = id(train) if train is self.run.task.train else -1
         encoded = self._encoded.get(key)
         if encoded is None:
-            encoded = encode_dataset(train, self.run.tokenizer, self.cfg.model.max_length)
+            stats: dict[str, int] = {}
+            encoded = encode_dataset(train, self.run.tokenizer, self.cfg.model.max_length, stats=stats)
+            if self.truncated is None:
+                self.truncated = stats["truncated"]
+                if self.truncated:
+                    share = 100 * self.truncated / max(1, stats["examples"])
+                    n, limit = stats["examples"], self.cfg.model.max_length
+                    log(
+                        self.dist,
+                        f"[{self.label}] {self.truncated} of {n} training pairs ({share:.1f}%) are longer "
+                        f"than model.max_length = {limit} tokens and were truncated",
+                    )
             encoded = encoded.select_columns([c for c in MODEL_INPUTS if c in encoded.column_names])
             if key != -1:
                 self._encoded[key] = encoded  # unchanged across epochs: tokenize once
@@ -141,8 +157,12 @@ class MethodTrainer:
 
     def _train_step(
         self, it: Iterator[dict[str, torch.Tensor]], timer: SectionTimer
-    ) -> tuple[torch.Tensor, Any]:
-        """Runs A micro-batches and one optimizer step; returns (mean micro loss, grad norm or None)."""
+    ) -> tuple[torch.Tensor, Any, torch.Tensor]:
+        """Runs A micro-batches and one optimizer step.
+
+        Returns (mean micro loss, grad norm or None, non-finite flag); a flagged step was skipped
+        (see :meth:`fastrobust.train.engine.TrainEngine.optimizer_step`).
+        """
         losses = []
         for k in range(self.run.accum):
             batch = next(it)
@@ -153,8 +173,9 @@ class MethodTrainer:
             torch.manual_seed(micro_seed(self.cfg.seed, self.step, q))
             loss = self.eng.micro_step(self.method, batch, timer)
             losses.append(loss.detach().float())
-        grad_norm = self.eng.optimizer_step()
-        return torch.stack(losses).mean(), grad_norm
+        loss = torch.stack(losses).mean()
+        grad_norm, bad = self.eng.optimizer_step(loss)
+        return loss, grad_norm, bad
 
     def _flush(self) -> list[float]:
         """Mean-over-ranks losses of the steps since the last flush (a collective on every rank)."""
@@ -188,8 +209,12 @@ class MethodTrainer:
                     dist,
                     f"[{self.label}] --resume: no complete checkpoint under {self.ckpt_root}; starting anew",
                 )
+        elif dist.is_main and run.overwrite:
+            # --overwrite: nothing of the previous run (checkpoints, TensorBoard events) mixes in.
+            preflight.clear_method_dir(self.dir)
         elif dist.is_main and self.ckpt_root.exists():
-            # A fresh run must not leave older checkpoints for a later --resume to mix in.
+            # A fresh run must not leave older checkpoints for a later --resume to mix in (the
+            # folder was checked to hold no finished or checkpointed run before training began).
             import shutil
 
             shutil.rmtree(self.ckpt_root)
@@ -197,79 +222,147 @@ class MethodTrainer:
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
 
+    def _agree(self, flag: bool) -> bool:
+        """``flag`` of any rank, on every rank (a collective with several processes)."""
+        if self.dist.world_size == 1:
+            return flag
+        return bool(self.dist.all_reduce_max(torch.tensor([1.0 if flag else 0.0])).item() > 0)
+
+    def _interrupted(self, signum: int, saved: Any, checkpoints_on: bool) -> Exception:
+        from fastrobust.errors import Interrupted
+
+        if saved is not None:
+            kept = f"checkpoint {saved} written; continue with --resume"
+        elif checkpoints_on:
+            kept = "the checkpoint could not be written"
+        else:
+            kept = "no checkpoint (output.checkpoint_minutes and output.checkpoint_every are null)"
+        return Interrupted(
+            f"{signal.Signals(signum).name}: method {self.label} stopped at step "
+            f"{self.step}/{self.run.total_steps}; {kept}",
+            signum,
+        )
+
+    def _divergence_hint(self) -> str:
+        o = self.cfg.optim
+        clip = "" if o.max_grad_norm else ", or set optim.max_grad_norm"
+        return f"; lower optim.learning_rate (now {o.learning_rate:g}){clip}"
+
     def train(self) -> dict[str, Any]:
-        from tqdm.auto import tqdm
+        from fastrobust.progress import bar as progress_bar
+        from fastrobust.train.signals import stop_on_signals
 
         run, cfg, dist = self.run, self.cfg, self.dist
         t_start = time.perf_counter()
         self._start()
+        # DeepSpeed applies a step inside backward: a non-finite one cannot be skipped, so stop at once.
+        patience = cfg.optim.nonfinite_patience if self.eng.skips_nonfinite else 0
+        self.guard = guard = DivergenceGuard(patience, self.device, self.label)
+        hint = self._divergence_hint()
         writer = None
         if dist.is_main and cfg.output.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
             writer = SummaryWriter(log_dir=str(self.dir / "tb"))
         spe, total, log_every = run.steps_per_epoch, run.total_steps, cfg.output.log_every
-        bar = tqdm(
+        every_steps, minutes = cfg.output.checkpoint_every, cfg.output.checkpoint_minutes
+        checkpoints_on = bool(every_steps or minutes)
+        bar = progress_bar(
             total=total,
             initial=self.step,
             desc=self.label,
             unit="step",
             disable=not (dist.is_main and run.progress_bar),
-            dynamic_ncols=True,
-            mininterval=1.0,
-            file=sys.stderr,
         )
         it: Iterator[dict[str, torch.Tensor]] | None = None
         eval_seconds = 0.0
-        while self.step < total:
-            if it is None or self.step % spe == 0:
-                it = self._loader(self.step // spe, self.step % spe)
-            logged = (self.step + 1) % log_every == 0 or self.step + 1 == total
-            timer = SectionTimer(enabled=logged, device=self.device)
-            t0 = time.perf_counter()
-            loss, grad_norm = self._train_step(it, timer)
-            self._pending_losses.append(loss)
-            self.step += 1
-            if logged and self.device.type == "cuda":
-                torch.cuda.synchronize(self.device)
-            seconds = time.perf_counter() - t0
-            self.meter.add_step(seconds, cfg.optim.batch_size, 0)
-            if logged:
-                self.meter.add_timed(seconds, timer.totals)
-                values = self._flush()
-                s = self.meter.summary()
-                if dist.is_main:
-                    bar.set_postfix(loss=f"{values[-1]:.4f}", samples_s=f"{s['samples_per_s']:.1f}")
-                if writer is not None:
-                    log_step_scalars(
-                        writer,
-                        self.step,
-                        values,
-                        lr=self.eng.lr(),
-                        grad_norm=grad_norm,
-                        throughput=s,
-                        sections=timer.totals,
-                        step_seconds=seconds,
-                        peak_mb=peak_memory_mb(self.device),
+        last_checkpoint = time.monotonic()
+        try:
+            with stop_on_signals() as stop:
+                while self.step < total:
+                    if it is None or self.step % spe == 0:
+                        it = self._loader(self.step // spe, self.step % spe)
+                    logged = (self.step + 1) % log_every == 0 or self.step + 1 == total
+                    timer = SectionTimer(enabled=logged, device=self.device)
+                    t0 = time.perf_counter()
+                    loss, grad_norm, bad = self._train_step(it, timer)
+                    guard.observe(bad)
+                    self._pending_losses.append(loss)
+                    self.step += 1
+                    if logged and self.device.type == "cuda":
+                        torch.cuda.synchronize(self.device)
+                    seconds = time.perf_counter() - t0
+                    self.meter.add_step(seconds, cfg.optim.batch_size, 0)
+                    if logged:
+                        self.meter.add_timed(seconds, timer.totals)
+                        values = self._flush()
+                        guard.check(self.step, dist, hint)
+                        s = self.meter.summary()
+                        if dist.is_main:
+                            bar.set_postfix(loss=f"{values[-1]:.4f}", samples_s=f"{s['samples_per_s']:.1f}")
+                        if writer is not None:
+                            log_step_scalars(
+                                writer,
+                                self.step,
+                                values,
+                                lr=self.eng.lr(),
+                                grad_norm=grad_norm,
+                                throughput=s,
+                                sections=timer.totals,
+                                step_seconds=seconds,
+                                peak_mb=peak_memory_mb(self.device),
+                            )
+                    bar.update(1)
+                    every = cfg.eval.every_steps or spe
+                    t_eval = time.perf_counter()
+                    if self._due(every) or self.step == total:
+                        guard.check(self.step, dist, hint)  # never evaluate (or keep) a diverged model
+                        self.selection.evaluate(self, writer)
+                    # Host-side decisions every rank must share (time, signals) are taken where the
+                    # ranks synchronise anyway: every step with one process, logged steps with several.
+                    synced = logged or dist.world_size == 1
+                    stopping = synced and self._agree(stop.signum is not None)
+                    timely = (
+                        synced
+                        and minutes is not None
+                        and self._agree(time.monotonic() - last_checkpoint >= 60 * minutes)
                     )
-            bar.update(1)
-            every = cfg.eval.every_steps or spe
-            t_eval = time.perf_counter()
-            if self._due(every) or self.step == total:
+                    saved = None
+                    periodic = self.step < total and (self._due(every_steps) or timely)
+                    if checkpoints_on and (periodic or stopping):
+                        self._flush()
+                        guard.check(self.step, dist, hint)
+                        saved = save_checkpoint(self)
+                        last_checkpoint = time.monotonic()
+                    if stopping:
+                        raise self._interrupted(int(stop.signum or signal.SIGTERM), saved, checkpoints_on)
+                    eval_seconds += time.perf_counter() - t_eval
+            self._flush()
+            guard.check(self.step, dist, hint)
+            if not self.selection.history:  # defensive: a resumed final checkpoint without any dev evaluation
                 self.selection.evaluate(self, writer)
-            if self._due(cfg.output.checkpoint_every) or self.step == total:
-                self._flush()
-                save_checkpoint(self)
-            eval_seconds += time.perf_counter() - t_eval
-        bar.close()
-        self._flush()
+        except BaseException:
+            if writer is not None:
+                writer.close()
+            raise
+        finally:
+            bar.close()
         if writer is not None:
             writer.flush()
-        if not self.selection.history:  # defensive: a resumed final checkpoint without any dev evaluation
-            self.selection.evaluate(self, writer)
+        final_checkpoint = bool(every_steps) and not ckpt.step_dir(self.ckpt_root, self.step).is_dir()
+        last_state = None
+        if final_checkpoint and self.eng.engine is None and dist.is_main:
+            # finish() loads the best parameters into the model; the checkpoint keeps the last ones
+            last_state = cpu_state(self.eng.module)
         summary = finish(self, time.perf_counter() - t_start, eval_seconds)
         if writer is not None:
             writer.close()
+        if final_checkpoint:
+            # Written after the results (report, model, summary): a full disk must cost the
+            # optional checkpoint, never the results.
+            if last_state is not None:
+                self.eng.module.load_state_dict(last_state)
+            save_checkpoint(self)
         return summary
 
     def close(self) -> None:

@@ -44,7 +44,7 @@ def _cost(mcfg: Any) -> int:
     return int(getattr(mcfg, "steps", 0)) + 1 if mcfg.kind in ("pgd", "freelb") else 1
 
 
-def _init_worker(cfg_json: dict, resume: bool, threads: int) -> None:
+def _init_worker(cfg_json: dict, resume: bool, overwrite: bool, threads: int) -> None:
     import datasets
     import torch
     from transformers.utils import logging as hf_logging
@@ -57,12 +57,14 @@ def _init_worker(cfg_json: dict, resume: bool, threads: int) -> None:
     datasets.disable_progress_bars()
     hf_logging.disable_progress_bar()
     cfg = config_from_dict(cfg_json, source="<parallel worker>")
-    run = RunContext(cfg, init_distributed(use_deepspeed=False), resume)
+    run = RunContext(cfg, init_distributed(use_deepspeed=False), resume, overwrite)
     run.progress_bar = False  # N bars on one terminal would garble each other
     _WORKER["run"] = run
 
 
 def _run_job(index: int, seed: int | None) -> dict[str, Any]:
+    """One run's summary, or ``{"_diverged": message}`` (the other runs go on, as in the sequential loop)."""
+    from fastrobust.errors import DivergenceError
     from fastrobust.train.loop import MethodTrainer
     from fastrobust.train.trainer import skip_finished
 
@@ -72,16 +74,19 @@ def _run_job(index: int, seed: int | None) -> dict[str, Any]:
         t0 = time.perf_counter()
         summary = skip_finished(trainer) if run.resume else None
         if summary is None:
-            summary = trainer.train()
+            try:
+                summary = trainer.train()
+            except DivergenceError as exc:
+                return {"_diverged": str(exc)}
         summary["_job_seconds"] = time.perf_counter() - t0
         return summary
     finally:
         trainer.close()
 
 
-def train_parallel(run: Any, sections: list[Any], workers: int) -> list[dict[str, Any]]:
-    """Every (seed, section) run of ``run.cfg`` on ``workers`` processes; summaries in seed-major
-    order (as the sequential loop returns them)."""
+def train_parallel(run: Any, sections: list[Any], workers: int) -> tuple[list[dict[str, Any]], list[str]]:
+    """Every (seed, section) run of ``run.cfg`` on ``workers`` processes: the summaries in seed-major
+    order (as the sequential loop returns them) and the messages of the runs that diverged."""
     import torch
 
     cfg = run.cfg
@@ -96,9 +101,12 @@ def train_parallel(run: Any, sections: list[Any], workers: int) -> list[dict[str
     )
     ctx = multiprocessing.get_context("spawn")
     results: dict[int, dict[str, Any]] = {}
+    diverged: list[str] = []
     cfg_json = cfg.model_dump(mode="json")
     with ctx.Pool(
-        min(workers, len(jobs)), initializer=_init_worker, initargs=(cfg_json, run.resume, threads)
+        min(workers, len(jobs)),
+        initializer=_init_worker,
+        initargs=(cfg_json, run.resume, run.overwrite, threads),
     ) as pool:
         pending = {j: pool.apply_async(_run_job, (jobs[j][0], jobs[j][1])) for j in order}
         try:
@@ -106,8 +114,13 @@ def train_parallel(run: Any, sections: list[Any], workers: int) -> list[dict[str
                 done = [j for j, res in pending.items() if res.ready()]
                 for j in done:
                     summary = pending.pop(j).get()  # re-raises a worker's exception here
+                    label = method_label(jobs[j][2])
+                    if "_diverged" in summary:
+                        print(f"[{label}] error: {summary['_diverged']}", flush=True)
+                        diverged.append(summary["_diverged"])
+                        continue
                     results[j] = summary
-                    label, seed = method_label(jobs[j][2]), summary.get("seed")
+                    seed = summary.get("seed")
                     print(
                         f"[parallel] {label} seed {seed}: finished in {summary['_job_seconds']:.0f} s, "
                         f"best English dev {100 * summary['best_dev_accuracy']:.1f}% "
@@ -119,4 +132,4 @@ def train_parallel(run: Any, sections: list[Any], workers: int) -> list[dict[str
         except BaseException:
             pool.terminate()
             raise
-    return [results[j] for j in range(len(jobs))]
+    return [results[j] for j in range(len(jobs)) if j in results], diverged

@@ -11,6 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from fastrobust.errors import ConfigError
 from fastrobust.train import checkpoint as ckpt
 
@@ -38,27 +40,62 @@ def trainer_state(t: Any) -> dict[str, Any]:
     return state
 
 
-def save_checkpoint(t: Any) -> None:
-    """Writes checkpoint ``step-N`` of trainer ``t`` atomically (a collective on every rank)."""
+def save_checkpoint(t: Any) -> Path | None:
+    """Writes checkpoint ``step-N`` of trainer ``t`` atomically (a collective on every rank).
+
+    A checkpoint is insurance, not a result: if a rank cannot write its part (disk full), the
+    half-written ``.tmp`` folder is removed (its space is needed for the results), rank 0 prints one
+    warning line, and training goes on. Returns the checkpoint's path, or None when it failed.
+    """
     from safetensors.torch import save_file, save_model
+
+    from fastrobust.fileio import describe_os_error
 
     dist, eng = t.dist, t.eng
     name = ckpt.step_dir(t.ckpt_root, t.step).name + ".tmp"
     tmp = t.ckpt_root / name
+    error = ""
     if dist.is_main:
-        ckpt.begin(t.ckpt_root, t.step)
-    dist.barrier()
-    if eng.engine is not None:
-        eng.engine.save_checkpoint(str(tmp), tag="ds")
-        dist.barrier()
+        try:
+            ckpt.begin(t.ckpt_root, t.step)
+        except OSError as exc:
+            error = describe_os_error(exc)
+    # every rank learns whether rank 0 could create the folder before writing into it
+    if dist.broadcast_float(1.0 if error else 0.0) == 0.0:
+        if eng.engine is not None:
+            try:
+                eng.engine.save_checkpoint(str(tmp), tag="ds")
+            except OSError as exc:
+                error = describe_os_error(exc)
+            dist.barrier()
+        if dist.is_main and not error:
+            try:
+                if eng.engine is None:
+                    save_model(eng.module, str(tmp / ckpt.MODEL_FILE))
+                if t.selection.best_state is not None:
+                    save_file(t.selection.best_state, str(tmp / ckpt.BEST_FILE))
+                ckpt.save_state(tmp / ckpt.STATE_FILE, trainer_state(t))
+            except OSError as exc:
+                error = describe_os_error(exc)
+    failed = dist.all_reduce_max(torch.tensor([1.0 if error else 0.0])).item() > 0
+    path = None
     if dist.is_main:
-        if eng.engine is None:
-            save_model(eng.module, str(tmp / ckpt.MODEL_FILE))
-        if t.selection.best_state is not None:
-            save_file(t.selection.best_state, str(tmp / ckpt.BEST_FILE))
-        ckpt.save_state(tmp / ckpt.STATE_FILE, trainer_state(t))
-        ckpt.commit(tmp, t.cfg.output.keep_checkpoints)
+        if not failed:
+            try:
+                path = ckpt.commit(tmp, t.cfg.output.keep_checkpoints)
+            except OSError as exc:
+                error, failed = describe_os_error(exc), True
+        if failed:
+            import shutil
+
+            shutil.rmtree(tmp, ignore_errors=True)
+            print(
+                f"[{t.label}] warning: checkpoint at step {t.step} not written "
+                f"({error or 'another rank could not write its part'}); training goes on",
+                flush=True,
+            )
     dist.barrier()
+    return path
 
 
 def load_checkpoint(t: Any, path: Path) -> None:

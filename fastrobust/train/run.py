@@ -78,13 +78,21 @@ def quiet_transformers() -> Iterator[None]:
         transformers.logging.set_verbosity(level)
 
 
+NOT_FINGERPRINTED: dict[str, set[str]] = {
+    "optim": {"nonfinite_patience"},
+    "task": {"max_gxlt_examples", "gxlt_pairs"},
+}
+
+
 def fingerprint(cfg: Config, mcfg: Any, world_size: int) -> dict[str, str]:
     """Hashes of the config sections a checkpoint depends on (a resume must not silently mix runs)."""
     parts = {
         "seed": cfg.seed,
         "model": cfg.model.model_dump(mode="json"),
-        "task": cfg.task.model_dump(mode="json"),
-        "optim": cfg.optim.model_dump(mode="json"),
+        "task": cfg.task.model_dump(mode="json", exclude=NOT_FINGERPRINTED["task"]),
+        # without the keys that cannot change what training computes (added later: an older
+        # checkpoint still resumes)
+        "optim": cfg.optim.model_dump(mode="json", exclude=NOT_FINGERPRINTED["optim"]),
         "method": mcfg.model_dump(mode="json"),
         "world_size": world_size,
     }
@@ -98,19 +106,11 @@ def cpu_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in module.state_dict().items()}
 
 
-def _json_default(x: Any) -> Any:
-    if isinstance(x, Path):
-        return str(x)
-    if isinstance(x, torch.Tensor):
-        return x.tolist()
-    raise TypeError(f"not JSON serializable: {type(x).__name__}")
-
-
 def write_json(path: Path, obj: Any) -> None:
-    """Writes ``obj`` as indented JSON atomically (a temporary file renamed over ``path``)."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=_json_default) + "\n", encoding="utf-8")
-    tmp.replace(path)
+    """Writes ``obj`` as indented JSON atomically (see :func:`fastrobust.fileio.atomic_write_json`)."""
+    from fastrobust.fileio import atomic_write_json
+
+    atomic_write_json(path, obj)
 
 
 # --------------------------------------------------------------------------------------------
@@ -125,26 +125,40 @@ class RunContext:
     ``warmup_steps = ceil(warmup_ratio * total_steps)``.
     """
 
-    def __init__(self, cfg: Config, dist: DistContext, resume: bool) -> None:
+    def __init__(self, cfg: Config, dist: DistContext, resume: bool, overwrite: bool = False) -> None:
         from transformers import AutoConfig, AutoTokenizer
 
         from fastrobust.data import load_task
+        from fastrobust.train import preflight
 
         self.cfg = cfg
         self.dist = dist
         self.resume = resume
         self.progress_bar = True  # parallel workers switch theirs off
+        self.overwrite = overwrite
         self.out_dir = Path(cfg.output.dir)
         # Rank 0 first: the synthetic benchmark and the datasets cache are built once, then read.
         if not dist.is_main:
             dist.barrier()
         self.task = load_task(cfg.task)
         self.model_path = self._model_path()
+        preflight.check_model_source(self.model_path)
         with quiet_transformers():
-            self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
-            self.hf_config = AutoConfig.from_pretrained(self.model_path)
+            self.hf_config = preflight.load_pretrained(AutoConfig.from_pretrained, self.model_path)
+            self.tokenizer = preflight.load_pretrained(AutoTokenizer.from_pretrained, self.model_path)
         if dist.is_main:
             dist.barrier()
+        preflight.check_tokenizer(self.tokenizer, self.hf_config, self.model_path)
+        limit = preflight.position_limit(self.hf_config)
+        if cfg.model.name_or_path is None and limit is not None and cfg.model.max_length > limit:
+            # The synthetic benchmark's own model: its sentences are shorter than its position table.
+            cfg.model.max_length = limit
+        preflight.check_max_length(cfg.model.max_length, self.hf_config, self.model_path)
+        # A checkpoint fine-tuned for another label count: re-initialise its head, as transformers
+        # users expect, and say so (its weights would not fit anyway).
+        self.head_warning = preflight.head_mismatch(
+            self.hf_config, self.task.num_labels, self.model_path, self.task.name
+        )
         self.micro, self.accum = batch_layout(cfg, dist.world_size)
         n = len(self.task.train)
         self.steps_per_epoch = n // cfg.optim.batch_size

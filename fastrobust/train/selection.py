@@ -12,7 +12,9 @@ from typing import Any
 
 import torch
 
+from fastrobust.errors import DivergenceError
 from fastrobust.train.distributed import DistContext
+from fastrobust.train.guard import params_finite
 from fastrobust.train.run import cpu_state, log
 
 
@@ -70,8 +72,15 @@ class DevSelection:
         acc = dev_accuracy(eng.module, trainer.run, dist, eng.autocast())
         self.history.append([step, acc])
         if acc > self.best_acc:
+            state = gather_state(eng.module, eng.zero_stage, dist)
+            # rank 0 holds the state; its verdict is every rank's (all raise, or none)
+            if dist.broadcast_float(1.0 if state is None or params_finite(state) else 0.0) == 0.0:
+                raise DivergenceError(
+                    f"method {trainer.label} diverged: its weights at step {step} are not finite; "
+                    "they are neither kept as the best model nor saved"
+                )
             self.best_acc, self.best_step = acc, step
-            self.best_state = gather_state(eng.module, eng.zero_stage, dist)
+            self.best_state = state
         if writer is not None:
             writer.add_scalar("dev/accuracy", acc, step)
         log(

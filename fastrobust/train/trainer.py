@@ -37,11 +37,12 @@ from pathlib import Path
 from typing import Any
 
 from fastrobust.config import Config, method_label
-from fastrobust.errors import ConfigError
+from fastrobust.errors import ConfigError, DivergenceError
 from fastrobust.train.console import banner, console_summary
 from fastrobust.train.distributed import init_distributed
 from fastrobust.train.loop import MODEL_INPUTS, MethodTrainer
 from fastrobust.train.parallel import check_parallel, train_parallel
+from fastrobust.train.preflight import check_output_dir
 from fastrobust.train.resume import STATE_VERSION
 from fastrobust.train.run import RunContext, batch_layout, log, resolve_config, write_json
 
@@ -67,6 +68,7 @@ def train(
     deepspeed: str | None = None,
     seeds: Sequence[int] | None = None,
     parallel: int | None = None,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Fine-tunes every (selected) method of ``config`` and evaluates it; see the module docstring.
 
@@ -80,6 +82,8 @@ def train(
         seeds: train every method once per seed (overrides ``seed`` and ``seeds`` of the config).
         parallel: train up to N runs at once in worker processes (CPU; overrides ``parallel``;
             :mod:`fastrobust.train.parallel`).
+        overwrite: replace the results of these methods if ``output.dir`` holds some (without it,
+            or ``resume``, a used folder is refused before anything is loaded).
 
     Returns ``{"output_dir", "methods", "reports", "runs", "comparison", "statistics"}``:
     ``methods`` / ``reports`` map a label to its summary dict / EvalReport (to ``{seed: ...}``
@@ -104,6 +108,7 @@ def train(
             deepspeed=deepspeed,
             seeds=seeds,
             parallel=parallel,
+            overwrite=overwrite,
         )
     finally:
         if bars[0]:
@@ -121,6 +126,7 @@ def _train(
     deepspeed: str | None,
     seeds: Sequence[int] | None = None,
     parallel: int | None = None,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     cfg = resolve_config(config, overrides)
     if parallel is not None:
@@ -144,9 +150,11 @@ def _train(
             )
         sections = [m for m in sections if method_label(m) in methods]
     check_parallel(cfg)
+    # Before anything is loaded: a used output folder is refused unless resumed or overwritten.
+    check_output_dir(Path(cfg.output.dir), run_folders(cfg, sections), resume=resume, overwrite=overwrite)
     dist = init_distributed(use_deepspeed=bool(cfg.deepspeed.config))
     check_parallel(cfg, dist)
-    run = RunContext(cfg, dist, resume)
+    run = RunContext(cfg, dist, resume, overwrite)
     from fastrobust.methods import build_method
 
     for mcfg in sections:  # fail before any training if a section cannot be built (e.g. no synonyms)
@@ -155,9 +163,12 @@ def _train(
     if dist.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
         log(dist, banner(cfg, run, sections))
+        if run.head_warning:
+            log(dist, f"warning: {run.head_warning}")
     summaries: list[dict[str, Any]] = []  # this call's runs, in training order (rank 0)
+    diverged: list[str] = []
     if cfg.parallel > 1:
-        summaries = train_parallel(run, sections, cfg.parallel)
+        summaries, diverged = train_parallel(run, sections, cfg.parallel)
     else:
         for seed in cfg.run_seeds:
             for mcfg in sections:
@@ -165,14 +176,33 @@ def _train(
                 try:
                     summary = skip_finished(trainer) if resume else None
                     summaries.append(summary if summary is not None else trainer.train())
+                except DivergenceError as exc:
+                    # the other runs may well train: report this one at the end, keep going
+                    log(dist, f"[{trainer.label}] error: {exc}")
+                    diverged.append(str(exc))
                 finally:
                     trainer.close()
     result: dict[str, Any] = {"output_dir": str(out_dir), "methods": {}, "reports": {}, "runs": []}
     result.update(comparison="", statistics=None)
-    if dist.is_main:
+    if dist.is_main and summaries:
         result.update(_compare_and_report(cfg, summaries, out_dir))
     dist.barrier()
+    if diverged:
+        done = sorted({s["label"] for s in summaries if s})
+        kept = f"; the results of {', '.join(done)} were written" if done else ""
+        raise DivergenceError(" | ".join(diverged) + kept)
     return result
+
+
+def run_folders(cfg: Config, sections: Sequence[Any]) -> list[str]:
+    """The folders (relative to ``output.dir``) the runs of ``sections`` write: ``<label>``, or
+    ``<label>/seed-<k>`` for each seed when the config lists ``seeds``."""
+    from fastrobust.evaluate.runs import seed_dir_name
+
+    labels = [method_label(m) for m in sections]
+    if cfg.seeds is None:
+        return labels
+    return [f"{label}/{seed_dir_name(seed)}" for label in labels for seed in cfg.run_seeds]
 
 
 def skip_finished(trainer: MethodTrainer) -> dict[str, Any] | None:

@@ -1,0 +1,250 @@
+#!/usr/bin/env bash
+# The one script to run on the GPU machine (issue 12 item 9, issues 15 and 16).
+#
+#   benchmarks/gpu/run.sh [tests] [ops] [train] [ds]     # no argument: all four, in this order
+#
+# Stages (each with its own timeout and log under $OUT; a failing stage does not stop the next):
+#   tests  copy bandwidth, then the kernel and op tests natively on CUDA: every test file with a
+#          `kernels` marker and tests/test_ops_*.py, pytest -n 8 (xdist), -p no:cacheprovider
+#   ops    benchmarks/bench_ops.py: the CUDA grid (events + CUDA-graph timers)  -> ops.jsonl
+#   train  benchmarks/bench_train_step.py: XLM-R base/large, bf16/fp32, 8 methods -> train.jsonl
+#   ds     benchmarks/gpu/ds_check.py + `deepspeed` launches of `python -m fastrobust train`, PGD K=2,
+#          XLM-R-large-sized, ZeRO-2 and ZeRO-3 (configs/ds as shipped)          -> ds.json
+# At the end: $OUT/summary.md (all tables) and a compact summary on stdout.
+#
+# Environment:
+#   OUT        output folder (the device tool sets it; default /tmp/fastrobust_gpu_out). 8 files land
+#              there: tests.log ops.log ops.jsonl train.log train.jsonl ds.log ds.json summary.md
+#   BUDGET_S   wall seconds from the start to the end of the last stage (default 470); a stage gets
+#              min(its own cap, what is left - 15 s) and is skipped with less than 20 s left
+#   RUN_CPU=1  plumbing check on a machine without a GPU: tiny sizes, Triton through the
+#              interpreter, DeepSpeed on CPU, tests collected but not run
+#   PYTHON     interpreter (default python3)
+# Carried wheels in .whl/ (benchmarks/gpu/fetch_wheels.sh) are installed into /tmp/site first.
+set -u
+cd "$(dirname "$0")/../.."
+REPO=$PWD
+export OUT=${OUT:-/tmp/fastrobust_gpu_out}
+export PY=${PYTHON:-python3}
+export RUN_CPU=${RUN_CPU:-0}
+BUDGET_S=${BUDGET_S:-470}
+START=$(date +%s)
+DEADLINE=$((START + BUDGET_S))
+mkdir -p "$OUT"
+STAGES_FILE=${TMPDIR:-/tmp}/fastrobust_gpu_$$_stages.tsv
+ENV_FILE=${TMPDIR:-/tmp}/fastrobust_gpu_$$_env.txt
+: >"$STAGES_FILE"
+
+# ------------------------------------------------------------------------------ setup (always)
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+export TRANSFORMERS_NO_ADVISORY_WARNINGS=1 TORCH_EXTENSIONS_DIR=${TORCH_EXTENSIONS_DIR:-/tmp/fastrobust_torch_ext}
+if compgen -G ".whl/*.whl" >/dev/null; then
+  if "$PY" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 12))'; then
+    if "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+      --target /tmp/site .whl/*.whl; then
+      export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+      export PATH=/tmp/site/bin:$PATH
+      echo "wheels: installed $(ls .whl/*.whl | wc -l) from .whl/ into /tmp/site"
+    else
+      echo "wheels: INSTALL FAILED (stages that need deepspeed/datasets/pydantic will fail)"
+    fi
+  else
+    echo "wheels: .whl/ holds CPython 3.12 wheels; $("$PY" -V) is not 3.12: not installed"
+  fi
+else
+  echo "wheels: no .whl/ folder: using what the image has"
+fi
+# fastrobust from this checkout without installing it: the package maps kernels/ and configs/
+# into fastrobust.kernels / fastrobust.configs (setup.py package_dir); links do the same here.
+[ -e fastrobust/kernels ] || ln -s ../kernels fastrobust/kernels
+[ -e fastrobust/configs ] || ln -s ../configs fastrobust/configs
+export PYTHONPATH=$REPO${PYTHONPATH:+:$PYTHONPATH}
+if [ "$RUN_CPU" = 1 ]; then export DS_ACCELERATOR=cpu; fi
+
+{
+  echo "date: $(date -u +%FT%TZ)  host: $(hostname)  cpus: $(nproc)  stages: ${*:-tests ops train ds}"
+  command -v nvidia-smi >/dev/null &&
+    nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,clocks.max.mem,power.limit \
+      --format=csv,noheader 2>&1
+  "$PY" - <<'EOF' 2>&1
+import importlib, platform
+print("python", platform.python_version())
+for name in ("torch", "triton", "transformers", "tokenizers", "deepspeed", "datasets", "pydantic",
+             "pyarrow", "fsspec", "huggingface_hub", "xdist", "pytest"):
+    try:
+        mod = importlib.import_module(name)
+        print(f"{name} {getattr(mod, '__version__', '?')}  ({mod.__file__.rsplit('/', 2)[0]})")
+    except Exception as exc:
+        print(f"{name} MISSING ({type(exc).__name__}: {exc})")
+import torch
+print("cuda", torch.version.cuda, "available", torch.cuda.is_available(),
+      torch.cuda.get_device_name(0) if torch.cuda.is_available() else "")
+import fastrobust.kernels, fastrobust.ops  # the checkout imports (kernels through the link)
+print("fastrobust from", fastrobust.ops.__file__)
+EOF
+} 2>&1 | tee "$ENV_FILE"
+
+# ------------------------------------------------------------------------------ stages
+stage_tests() {
+  if [ "$RUN_CPU" != 1 ]; then
+    "$PY" - <<'EOF'
+import torch
+n = 2**30  # bytes per buffer: 2 GiB moved per copy
+src = torch.empty(n // 4, device="cuda").uniform_()
+dst = torch.empty_like(src)
+for _ in range(3):
+    dst.copy_(src)
+times = []
+for _ in range(10):
+    a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    a.record(); dst.copy_(src); b.record(); b.synchronize()
+    times.append(a.elapsed_time(b) / 1e3)
+times.sort()
+print(f"copy bandwidth: {2 * n / times[len(times) // 2] / 1e9:.0f} GB/s (2 GiB read + written, median of 10)")
+EOF
+  fi
+  local files
+  files=$({ ls tests/test_ops_*.py; grep -l "mark.kernels" tests/test_*.py; } 2>/dev/null | sort -u | tr '\n' ' ')
+  echo "test files: $files"
+  local par=()
+  "$PY" -c "import xdist" 2>/dev/null && par=(-n 8)
+  if [ "$RUN_CPU" = 1 ]; then
+    "$PY" -m pytest $files -p no:cacheprovider -q --collect-only
+  else
+    "$PY" -m pytest $files "${par[@]}" -p no:cacheprovider -q -rfE --timeout 60
+  fi
+}
+
+stage_ops() {
+  if [ "$RUN_CPU" = 1 ]; then
+    TRITON_INTERPRET=1 "$PY" benchmarks/bench_ops.py --smoke --shapes 2x8x32 \
+      --ops copy,add_noise,noisy_copies_n4,pgd_init,pgd_step_l2+e,pgd_step_linf --out "$OUT/ops.jsonl"
+  else
+    "$PY" benchmarks/bench_ops.py --out "$OUT/ops.jsonl" --budget-s "${OPS_BUDGET_S:-85}"
+  fi
+}
+
+stage_train() {
+  if [ "$RUN_CPU" = 1 ]; then
+    "$PY" benchmarks/bench_train_step.py --smoke --out "$OUT/train.jsonl"
+  else
+    "$PY" benchmarks/bench_train_step.py --out "$OUT/train.jsonl" --budget-s "${TRAIN_BUDGET_S:-60}" \
+      --rounds-s "${TRAIN_ROUNDS_S:-5}"
+  fi
+}
+
+ds_launch() { # name zero-stage timeout [extra --set ...]
+  local name=$1 zero=$2 limit=$3
+  shift 3
+  local root=/tmp/fastrobust_ds left=$((STAGE_END - $(date +%s) - 25)) # 25 s kept for the report
+  [ "$left" -lt "$limit" ] && limit=$left
+  if [ "$limit" -lt 20 ]; then
+    echo "--- launch $name: SKIPPED (the stage's time is spent)"
+    return
+  fi
+  echo "--- launch $name: ZeRO-$zero (timeout ${limit}s)"
+  local t0=$SECONDS
+  timeout -k 10 "$limit" "$PY" -m deepspeed.launcher.runner --num_gpus 1 --master_port $((29500 + zero)) \
+    --module fastrobust train --config "$root/ds_check.yaml" --deepspeed "configs/ds/zero$zero.json" \
+    --set "output.dir=$root/$name" "$@"
+  echo "--- launch $name: exit $? after $((SECONDS - t0)) s"
+  rm -rf "$root/$name"/*/checkpoints # a ZeRO checkpoint of XLM-R-large is ~8 GB
+}
+
+stage_ds() {
+  local root=/tmp/fastrobust_ds size=large extra=() launch_s=${DS_LAUNCH_S:-70}
+  if [ "$RUN_CPU" = 1 ]; then
+    size=tiny
+    extra=(--precision fp32 --steps 4)
+    launch_s=200
+  fi
+  rm -rf "$root"
+  timeout 60 "$PY" benchmarks/gpu/ds_check.py prepare --root "$root" --size "$size" "${extra[@]}" || return 1
+  local runs=(zero2 zero3)
+  ds_launch zero2 2 "$launch_s"
+  ds_launch zero3 3 "$launch_s"
+  if "$PY" -c "import sys; from fastrobust.config import ModelConfig; sys.exit('compile' not in ModelConfig.model_fields)"; then
+    ds_launch zero2_compile 2 "$launch_s" --set model.compile=true
+    runs+=(zero2_compile)
+  else
+    echo "torch.compile of the model under DeepSpeed: NOT RUN: fastrobust train has no option to compile" \
+      "the model (ModelConfig has no 'compile' field)"
+  fi
+  "$PY" benchmarks/gpu/ds_check.py report --root "$root" --out "$OUT/ds.json" "${runs[@]}"
+}
+export -f stage_tests stage_ops stage_train stage_ds ds_launch
+
+# Caps sum to 450 s: with ~15 s of setup, one call of about 7.75 minutes runs everything (see
+# BUDGET_S). Override a cap with TESTS_CAP_S / OPS_CAP_S / TRAIN_CAP_S / DS_CAP_S; inside the
+# stages OPS_BUDGET_S, TRAIN_BUDGET_S (no new case / group after it) and DS_LAUNCH_S apply.
+declare -A CAP=([tests]=${TESTS_CAP_S:-75} [ops]=${OPS_CAP_S:-115} [train]=${TRAIN_CAP_S:-85} [ds]=${DS_CAP_S:-175})
+if [ "$RUN_CPU" = 1 ]; then CAP=([tests]=300 [ops]=300 [train]=300 [ds]=700); fi
+
+# Runs "$@" in a new session for at most $1 seconds (log in $2). On expiry every process of
+# that session gets SIGTERM, then SIGKILL 10 s later: this also reaches the process groups that
+# inner `timeout`s and launchers make, which a plain outer `timeout` would miss. Whatever is
+# left in the session at the end is killed too (a new session would outlive this command on
+# the device machine). Returns the command's status, or 124 on expiry.
+run_limited() {
+  local limit=$1 log=$2
+  shift 2
+  setsid "$@" >"$log" 2>&1 </dev/null &
+  local sid=$! waited=0 rc
+  while kill -0 "$sid" 2>/dev/null && [ "$waited" -lt "$limit" ]; do
+    sleep 1
+    waited=$((waited + 1))
+  done
+  if kill -0 "$sid" 2>/dev/null; then
+    pkill -TERM -s "$sid"
+    sleep 10
+    pkill -KILL -s "$sid"
+    wait "$sid" 2>/dev/null
+    rc=124
+  else
+    wait "$sid"
+    rc=$?
+  fi
+  pkill -KILL -s "$sid" 2>/dev/null
+  return "$rc"
+}
+
+run_stage() {
+  local name=$1 cap=${CAP[$1]:-}
+  if [ -z "$cap" ]; then
+    echo "unknown stage '$name' (tests ops train ds)"
+    printf '%s\tunknown stage\t0\n' "$name" >>"$STAGES_FILE"
+    return
+  fi
+  local left=$((DEADLINE - $(date +%s) - 15))
+  local limit=$((cap < left ? cap : left))
+  if [ "$limit" -lt 20 ]; then
+    echo "[$name] SKIPPED: the time budget (BUDGET_S=$BUDGET_S) is spent"
+    printf '%s\tskipped (budget)\t0\n' "$name" >>"$STAGES_FILE"
+    return
+  fi
+  echo "[$name] start $(date -u +%T), timeout ${limit}s, log $OUT/$name.log"
+  export STAGE_END=$(($(date +%s) + limit))
+  local t0=$SECONDS
+  run_limited "$limit" "$OUT/$name.log" bash -c "stage_$name"
+  local rc=$? dt=$((SECONDS - t0)) status
+  case $rc in
+    0) status=ok ;;
+    124 | 137) status="TIMEOUT after ${limit}s" ;;
+    *) status="FAILED rc=$rc" ;;
+  esac
+  echo "[$name] $status (${dt}s)"
+  if [ "$rc" != 0 ]; then
+    echo "----- last lines of $name.log"
+    tail -n 15 "$OUT/$name.log" | cut -c1-200
+    echo "-----"
+  fi
+  printf '%s\t%s\t%s\n' "$name" "$status" "$dt" >>"$STAGES_FILE"
+}
+
+for stage in "${@:-tests ops train ds}"; do
+  for s in $stage; do run_stage "$s"; done
+done
+
+echo
+echo "===== summary ($(($(date +%s) - START)) s) ====="
+"$PY" benchmarks/gpu/summary.py "$OUT" --stages "$STAGES_FILE" --env "$ENV_FILE"

@@ -1,0 +1,162 @@
+"""End of ``benchmarks/gpu/run.sh``: writes ``$OUT/summary.md`` (every table, for BENCHMARKS.md)
+and prints a compact summary (the device tool returns only the last 12,000 characters).
+
+``python benchmarks/gpu/summary.py OUT_DIR [--stages FILE] [--env FILE]``: reads what the stages
+left in OUT_DIR (``ops.jsonl``, ``train.jsonl``, ``ds.json``, ``tests.log``), the stage status
+lines (``name<TAB>status<TAB>seconds``) and the environment report that run.sh wrote.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import re
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/
+
+
+def _jsonl(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        with contextlib.suppress(json.JSONDecodeError):  # a line cut by a timeout
+            out.append(json.loads(line))
+    return out
+
+
+def tests_line(log: Path) -> str:
+    """pytest's final counts line of the tests stage, or why there is none."""
+    if not log.is_file():
+        return "not run"
+    counts = r"\d+ (?:passed|failed|errors?|skipped|xfailed|deselected|tests? collected)"
+    pattern = rf"^=*\s*({counts}.* in [\d.]+s.*?)\s*=*$"
+    found = re.findall(pattern, log.read_text(errors="replace"), flags=re.MULTILINE)
+    return found[-1] if found else "no pytest summary line (timed out or crashed: see tests.log)"
+
+
+def ops_compact(records: list[dict]) -> str:
+    """One line per op and dtype: targets met per mask, ranges of the deciding ratios."""
+    from _ops_summary import evaluate_targets
+
+    entries = evaluate_targets(records)
+    if not entries:
+        return "ops: no target rows measured"
+    groups: dict[tuple, list[dict]] = {}
+    for e in entries:
+        groups.setdefault((e["op"], e["dtype"]), []).append(e)
+
+    def rng(es, key, pct=False):
+        vals = [e[key] for e in es if e.get(key) is not None]
+        if not vals:
+            return "—"
+        f = (lambda v: f"{100 * v:.0f}%") if pct else (lambda v: f"{v:.1f}x")
+        return f(min(vals)) if max(vals) - min(vals) < 1e-9 else f"{f(min(vals))}..{f(max(vals))}"
+
+    lines = [
+        "| op | dtype | met full | met padded | % of copy | x eager | x compile | check |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for (op, dtype), es in groups.items():
+        met = {
+            m: f"{sum(e['met'] for e in es if e['mask'] == m)}/{sum(e['mask'] == m for e in es)}"
+            for m in ("full", "padded")
+        }
+        checks = ",".join(sorted({str(e.get("check")) for e in es}))[:40]
+        ranges = f"{rng(es, 'frac_copy', True)} | {rng(es, 'vs_eager')} | {rng(es, 'vs_compile')}"
+        lines.append(f"| {op} | {dtype} | {met['full']} | {met['padded']} | {ranges} | {checks} |")
+    return "\n".join(lines)
+
+
+def train_compact(records: list[dict]) -> str:
+    """Ratios to the baseline: one row per method, one column per (model, precision) group."""
+    rows = [r for r in records if r.get("kind") == "row"]
+    if not rows:
+        return "train: no rows"
+    groups = list(dict.fromkeys(f"{r['model']}/{r['precision']}" for r in rows))
+    by = {(r["method"], f"{r['model']}/{r['precision']}"): r for r in rows}
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    lines = ["| method | target | " + " | ".join(groups) + " |", "|---|---|" + "---|" * len(groups)]
+    for m in methods:
+        cells = []
+        for g in groups:
+            r = by.get((m, g))
+            if r is None:
+                cells.append("—")
+                continue
+            mark = "" if m == "baseline" else (" ok" if r["ratio"] <= r["target"] else " NO")
+            spread = f"[{r['ratio_min']:.2f},{r['ratio_max']:.2f}]"
+            cells.append(f"{r['ratio']:.2f} {spread}{mark} {r['step_ms']:.0f}ms")
+        target = next(r["target"] for r in rows if r["method"] == m)
+        lines.append(f"| {m} | <= {target:.2f} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("out_dir")
+    p.add_argument("--stages", default=None, help="file of name<TAB>status<TAB>seconds lines")
+    p.add_argument("--env", default=None, help="file with the environment report")
+    args = p.parse_args(argv)
+    out = Path(args.out_dir)
+    stages = []
+    if args.stages and Path(args.stages).is_file():
+        stages = [ln.split("\t") for ln in Path(args.stages).read_text().splitlines() if ln.strip()]
+    env = Path(args.env).read_text(errors="replace") if args.env and Path(args.env).is_file() else ""
+    ops = _jsonl(out / "ops.jsonl")
+    train = _jsonl(out / "train.jsonl")
+    ds_path = out / "ds.json"
+    ds = json.loads(ds_path.read_text()) if ds_path.is_file() else None
+
+    stage_table = ["| stage | status | seconds |", "|---|---|---|"]
+    stage_table += ["| " + " | ".join((s + ["", ""])[:3]) + " |" for s in stages]
+    tests = tests_line(out / "tests.log")
+    log = (out / "tests.log").read_text(errors="replace") if (out / "tests.log").is_file() else ""
+    copy = re.findall(r"^copy bandwidth: .*$", log, flags=re.MULTILINE)
+    if copy:
+        tests = f"{tests}; {copy[0]}"
+
+    full = ["# GPU run (benchmarks/gpu/run.sh)", "", "```", env.strip(), "```", "", *stage_table, ""]
+    full += [f"Kernel and op tests (native CUDA): {tests}", ""]
+    compact = [*stage_table, f"tests: {tests}"]
+    if ops:
+        from _ops_summary import summarize_gpu
+
+        full += ["## Kernels", "", summarize_gpu(ops), ""]
+        meta = next((r for r in ops if r.get("kind") == "meta"), {})
+        y = meta.get("copy_yardstick", {})
+        compact += ["", f"ops on {meta.get('device', '?')}: copy yardstick {y.get('gbps', '?')} GB/s"]
+        compact += [ops_compact(ops)]
+        compact += [f"ops {r['kind']}: {str(r)[:300]}" for r in ops if r.get("kind") in ("budget", "abort")]
+        n_err = sum("error" in r for r in ops)
+        if n_err:
+            compact.append(f"ops: {n_err} records with errors (see summary.md / ops.jsonl)")
+    if train:
+        from _train_grid import summarize
+
+        full += ["## Training step", "", summarize(train), ""]
+        compact += ["", "train (ratio to baseline [range over rounds], median step):", train_compact(train)]
+        compact += [
+            f"train {r['kind']}: {str(r)[:300]}" for r in train if r.get("kind") in ("error", "budget")
+        ]
+        for r in train:
+            if r.get("kind") == "rsda_epoch":
+                sub, tok = 1e6 * r["substitute_s_per_example"], 1e6 * r["tokenize_s_per_example"]
+                compact.append(
+                    f"rs-da per epoch (CPU): substitution {sub:.0f} us + tokenisation {tok:.0f} us / example"
+                )
+    if ds is not None:
+        text = ds.get("markdown") or json.dumps(ds)[:2000]
+        full += ["## DeepSpeed", "", text, ""]
+        compact += ["", text]
+    (out / "summary.md").write_text("\n".join(full) + "\n")
+    print("\n".join(compact))
+    print(f"\n(full tables: {out / 'summary.md'})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,121 @@
+"""Atomic file writes that respect the user's umask, and one-line messages for failed writes.
+
+Every report, summary and model file fastrobust writes goes through :func:`atomic_write`: the
+content is written to a temporary file in the destination folder, flushed to disk, then renamed
+onto the destination (``os.replace`` is atomic on POSIX). A reader, or a run killed mid-write,
+never sees half a file: the old version or the new one.
+
+``tempfile.mkstemp`` creates its file with mode 0600 whatever the umask; teams share run folders,
+so the file gets the mode ``open()`` would have given it (0666 minus the umask) before the rename.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+
+@functools.cache
+def umask() -> int:
+    """The process umask, read once (``os.umask`` can only be read by setting it; doing that later,
+    while other threads create files, could briefly expose them with a wrong umask)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def file_mode() -> int:
+    """0666 minus the umask: the mode ``open(path, "w")`` gives a new file."""
+    return 0o666 & ~umask()
+
+
+def atomic_write(path: str | Path, write: Callable[[str], None]) -> Path:
+    """Calls ``write(tmp_path)``, flushes the file to disk and renames it onto ``path``; returns ``path``.
+
+    The folder is created if needed. On any failure the temporary file is removed and the previous
+    version of ``path`` (if any) is left untouched.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        os.fchmod(fd, file_mode())
+        os.close(fd)
+        fd = -1
+        write(tmp)
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if fd >= 0:
+            os.close(fd)
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    """Writes ``text`` (UTF-8, ``\\n`` line ends kept as given) to ``path`` atomically."""
+    return atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8", newline=""))
+
+
+def _json_default(x: Any) -> Any:
+    if isinstance(x, Path):
+        return str(x)
+    if hasattr(x, "tolist"):  # tensors and numpy arrays/scalars
+        return x.tolist()
+    raise TypeError(f"not JSON serializable: {type(x).__name__}")
+
+
+def json_text(obj: Any) -> str:
+    """Indented JSON of ``obj`` (paths as strings, tensors/arrays as lists), ending with a newline.
+
+    Non-finite floats are written as ``NaN``/``Infinity`` (Python's json reads them back).
+    """
+    return json.dumps(obj, indent=2, default=_json_default) + "\n"
+
+
+def atomic_write_json(path: str | Path, obj: Any) -> Path:
+    """Writes ``obj`` as indented JSON to ``path`` atomically (see :func:`json_text`)."""
+    return atomic_write_text(path, json_text(obj))
+
+
+def describe_os_error(exc: OSError, path: str | Path | None = None) -> str:
+    """One line naming the file and the reason: ``cannot write /x/y: No space left on device [errno 28]``."""
+    where = path if path is not None else (exc.filename or "?")
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    errno = f" [errno {exc.errno}]" if exc.errno is not None else ""
+    return f"cannot write {where}: {reason}{errno}"
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | Path) -> Iterator[Path]:
+    """Yields a temporary folder next to ``path``; when the block succeeds, it replaces ``path``.
+
+    For folders written by other libraries (``save_pretrained``): a crash or a full disk leaves the
+    previous ``path`` (or none), never a half-written one; the temporary folder is removed on failure.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    os.chmod(tmp, 0o777 & ~umask())  # mkdtemp gives 0700; mkdir would give 0777 minus the umask
+    try:
+        yield tmp
+        old = None
+        if path.exists():
+            old = path.with_name(f".{path.name}.old-{os.getpid()}")
+            os.replace(path, old)
+        os.replace(tmp, path)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
