@@ -69,3 +69,13 @@ def test_exit_code_in_a_real_process(tmp_path: Path) -> None:
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "optim.epochs" in lines[0] and str(bad) in lines[0]
+
+
+def test_fastrobust_train_is_callable_after_a_submodule_import() -> None:
+    import fastrobust
+    import fastrobust.train.run  # noqa: F401  (binds the package to fastrobust.train)
+    from fastrobust.errors import ConfigError
+
+    assert callable(fastrobust.train)
+    with pytest.raises(ConfigError, match="optim.batch_size"):
+        fastrobust.train(None, ["optim.batch_size=-1"])

@@ -41,6 +41,8 @@ def _config(data: Path, model: Path, out: Path, method: str, *extra: str):
         None,
         [
             "seed=3",
+            "seeds=null",  # one run (the demo config underneath lists 3 seeds)
+            "parallel=1",
             "task.name=pawsx",
             "task.source=local",
             f"task.path={data}",

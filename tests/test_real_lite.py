@@ -31,7 +31,7 @@ def _overrides(data, model, out, section):
         f"model.name_or_path={model}", "model.max_length=32", f"methods=[{json.dumps(section)}]",
         "optim.batch_size=8", "optim.max_steps=10", "optim.learning_rate=1e-3", "optim.warmup_ratio=0.2",
         "eval.every_steps=4", "eval.batch_size=8", "output.save_model=false", "output.tensorboard=false",
-        f"output.dir={out}", "seed=3",
+        f"output.dir={out}", "seed=3", "seeds=null", "parallel=1",
     ]  # fmt: skip
 
 

@@ -36,6 +36,8 @@ def fixture_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def overrides(model: Path, out: Path, *extra: str) -> list[str]:
     return [
+        "seeds=null",  # the demo config underneath lists seeds; these tests choose their own
+        "parallel=1",
         "task.name=pawsx",
         "task.source=local",
         f"task.path={FIXTURE}",
@@ -88,6 +90,15 @@ def test_seeds_train_every_method_per_seed_and_compare(fixture_model: Path, tmp_
     )
     assert single["methods"]["baseline"]["losses"] == pytest.approx(b1, abs=0, rel=0)
     assert (tmp_path / "single" / "baseline" / "report" / "predictions.npz").is_file()
+    # the same runs on 2 worker processes (one thread each, as here): the same losses and accuracies
+    par = train(None, overrides(fixture_model, tmp_path / "par", "seeds=[0, 1]"), parallel=2)
+    printed = capsys.readouterr().out
+    assert "4 run(s) on 2 worker processes" in printed
+    for label in ("baseline", "rs-rp"):
+        for seed in (0, 1):
+            mine, theirs = result["methods"][label][seed], par["methods"][label][seed]
+            assert theirs["losses"] == pytest.approx(mine["losses"], rel=1e-6)
+            assert theirs["xlt"] == pytest.approx(mine["xlt"])
 
 
 def test_resume_skips_finished_runs_and_continues_the_unfinished(fixture_model: Path, tmp_path: Path, capsys):
@@ -136,7 +147,7 @@ def test_seed_and_seeds_errors(fixture_model: Path, tmp_path: Path, capsys) -> N
     assert load_config(None, ["seeds=[3, 4]", "seed=5"]).run_seeds == [3, 4]  # seeds wins (banner says)
     with pytest.raises(ConfigError, match="seeds"):
         load_config(None, ["seeds=[]"])
-    assert load_config(None, ["seed=2"]).run_seeds == [2]
+    assert load_config(None, ["seeds=null", "seed=2"]).run_seeds == [2]
     assert main(["train", "--seeds", "0,x", "--set", f"output.dir={tmp_path}"]) == 2
     assert "--seeds '0,x'" in capsys.readouterr().err
     assert main(["train", "--parallel", "0", "--set", f"output.dir={tmp_path}"]) == 2

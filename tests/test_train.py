@@ -33,6 +33,8 @@ def fixture_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _fixture_overrides(model: Path, out: Path) -> list[str]:
     return [
+        "seeds=null",  # one run per method (the demo config underneath lists 3 seeds)
+        "parallel=1",
         "task.name=pawsx",
         "task.source=local",
         f"task.path={FIXTURE}",

@@ -19,6 +19,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 def overrides(data: Path, model: Path, out: Path, *extra: str) -> list[str]:
     return [
+        "seeds=null",  # one run per method (the demo config underneath lists 3 seeds)
+        "parallel=1",
         "task.name=pawsx",
         f"task.path={data}",
         "task.languages=[en, de]",

@@ -38,7 +38,7 @@ GRID: dict[str, list[dict]] = {
     "rs-rp": [{"kind": "rs-rp", "sigma": s, "sigma_mode": "relative"} for s in (0.05, 0.1, 0.2)],
     "rs-da": [{"kind": "rs-da"}],
     "pgd": [
-        {"kind": "pgd", "steps": 3, "norm": "l2", "epsilon": e, "step_size": e / 2, "scale_mode": "relative"}
+        {"kind": "pgd", "steps": 1, "norm": "l2", "epsilon": e, "step_size": e, "scale_mode": "relative"}
         for e in (0.003, 0.01, 0.03)
     ],
 }

@@ -234,7 +234,10 @@ class Config(StrictModel):
     parallel: int = Field(
         1,
         ge=1,
-        description="CPU, single process: train up to N (method, seed) runs at once in worker processes",
+        description=(
+            "train up to N (method, seed) runs at once in worker processes (single-process CPU runs; "
+            "elsewhere the runs go one by one, with a note)"
+        ),
     )
     model: ModelConfig = Field(default_factory=ModelConfig)
     task: TaskConfig = Field(default_factory=TaskConfig)

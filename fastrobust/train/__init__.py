@@ -8,6 +8,8 @@ Imported lazily so that ``fastrobust --help`` does not import torch.
 
 from __future__ import annotations
 
+import sys
+import types
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -46,3 +48,15 @@ def train(
         parallel=parallel,
         overwrite=overwrite,
     )
+
+
+class _CallableModule(types.ModuleType):
+    """``fastrobust.train(config)`` must work even after a submodule (``fastrobust.train.run``...)
+    was imported: the import binds the package, not the function, to ``fastrobust.train``. Calling
+    the package calls :func:`train`."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        return train(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

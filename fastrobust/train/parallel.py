@@ -11,7 +11,7 @@ sequential loop would train (its randomness depends on its seed only, see
 can differ when the thread count differs. The parent then writes the comparison as usual.
 
 Single-process CPU runs only: under DeepSpeed / torchrun the processes already share the work, and
-on a GPU several runs would compete for its memory.
+on a GPU several runs would compete for its memory; there the runs go one by one (with a note).
 """
 
 from __future__ import annotations
@@ -21,22 +21,29 @@ import time
 from typing import Any
 
 from fastrobust.config import Config, method_label
-from fastrobust.errors import ConfigError
 
 _WORKER: dict[str, Any] = {}
 
 
-def check_parallel(cfg: Config, dist: Any = None) -> None:
-    """ConfigError unless parallel runs are possible here: single process, no DeepSpeed (checked
-    before any process group is set up), and, once ``dist`` is known, a CPU device."""
-    import os
+def parallel_workers(cfg: Config, dist: Any) -> tuple[int, str]:
+    """How many worker processes ``parallel: N`` gets here, and a note when it is not N.
 
+    Only a single-process CPU run spreads its runs over workers; under DeepSpeed / torchrun (the
+    ranks already share the work) or on a GPU (runs would compete for its memory) the runs go one
+    after another, with a note, so one config (e.g. the demo's ``parallel: 2``) works everywhere.
+    """
     if cfg.parallel <= 1:
-        return
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 or cfg.deepspeed.config:
-        raise ConfigError("parallel: only for single-process runs (not under DeepSpeed or torchrun)")
-    if dist is not None and dist.device.type != "cpu":
-        raise ConfigError(f"parallel: only for CPU runs (this run is on {dist.device}); use 1 on a GPU")
+        return 1, ""
+    if dist.world_size > 1 or cfg.deepspeed.config:
+        where = "under DeepSpeed/torchrun"
+    elif dist.device.type != "cpu":
+        where = f"on {dist.device}"
+    else:
+        return cfg.parallel, ""
+    return (
+        1,
+        f"note: parallel: {cfg.parallel} applies to single-process CPU runs; {where} the runs go one by one",
+    )
 
 
 def _cost(mcfg: Any) -> int:

@@ -41,7 +41,7 @@ from fastrobust.errors import ConfigError, DivergenceError
 from fastrobust.train.console import banner, console_summary
 from fastrobust.train.distributed import init_distributed
 from fastrobust.train.loop import MODEL_INPUTS, MethodTrainer
-from fastrobust.train.parallel import check_parallel, train_parallel
+from fastrobust.train.parallel import parallel_workers, train_parallel
 from fastrobust.train.preflight import check_output_dir
 from fastrobust.train.resume import STATE_VERSION
 from fastrobust.train.run import RunContext, batch_layout, log, resolve_config, write_json
@@ -149,11 +149,9 @@ def _train(
                 f"--method {', '.join(unknown)}: no such method section; the config has {labels}"
             )
         sections = [m for m in sections if method_label(m) in methods]
-    check_parallel(cfg)
     # Before anything is loaded: a used output folder is refused unless resumed or overwritten.
     check_output_dir(Path(cfg.output.dir), run_folders(cfg, sections), resume=resume, overwrite=overwrite)
     dist = init_distributed(use_deepspeed=bool(cfg.deepspeed.config))
-    check_parallel(cfg, dist)
     run = RunContext(cfg, dist, resume, overwrite)
     from fastrobust.methods import build_method
 
@@ -165,10 +163,13 @@ def _train(
         log(dist, banner(cfg, run, sections))
         if run.head_warning:
             log(dist, f"warning: {run.head_warning}")
+    workers, note = parallel_workers(cfg, dist)
+    if note:
+        log(dist, note)
     summaries: list[dict[str, Any]] = []  # this call's runs, in training order (rank 0)
     diverged: list[str] = []
-    if cfg.parallel > 1:
-        summaries, diverged = train_parallel(run, sections, cfg.parallel)
+    if workers > 1:
+        summaries, diverged = train_parallel(run, sections, workers)
     else:
         for seed in cfg.run_seeds:
             for mcfg in sections:
