@@ -77,7 +77,7 @@ def test_bad_config_names_the_key(tmp_path: Path, text: str, needle: str) -> Non
         ("optim.nope=1", "optim.nope: unknown key"),
         ("optim.epochs=zero", "optim.epochs"),
         ("methods.7.sigma=0.1", "not an index"),
-        ("seed.x=1", "is a value, not a section"),
+        ("name.x=1", "is a value, not a section"),
         ("eval.every_steps=0", "eval.every_steps"),
     ],
 )

@@ -259,6 +259,8 @@ def test_train_on_custom_single_sentence_task(tmp_path: Path) -> None:
         result = train(
             None,
             [
+                "seeds=null",  # one run per method (the demo config underneath lists seeds)
+                "parallel=1",
                 "task.name=custom",
                 f"task.path={root}",
                 "task.text_columns=[text]",

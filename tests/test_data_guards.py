@@ -133,6 +133,8 @@ def test_training_reports_truncated_pairs(tiny_pawsx: tuple[Path, Path], tmp_pat
     result = train(
         None,
         [
+            "seeds=null",  # one run per method (the demo config underneath lists seeds)
+            "parallel=1",
             "task.name=pawsx",
             f"task.path={data}",
             "task.languages=[en]",

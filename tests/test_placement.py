@@ -209,6 +209,8 @@ def test_placed_methods_train_in_the_trainer(tiny_pawsx, tmp_path):
     result = train(
         None,
         [
+            "seeds=null",  # one run per method (the demo config underneath lists seeds)
+            "parallel=1",
             "task.name=pawsx",
             "task.source=local",
             f"task.path={data}",
