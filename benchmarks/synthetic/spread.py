@@ -51,6 +51,8 @@ def one_run(
         sets = [
             *overrides,
             f"seed={seed}",
+            "seeds=null",  # one run (the demo lists 3 seeds)
+            "parallel=1",
             f"output.dir={tmp}",
             "output.save_model=false",
             "output.tensorboard=false",
