@@ -136,6 +136,11 @@ def test_methods_already_reported_in_the_folder_stay_in_the_comparison(fixture_m
     train(None, overrides(fixture_model, out, "optim.learning_rate=5e-4"), methods=["rs-rp"], overwrite=True)
     comp = json.loads((out / "comparison.json").read_text())
     assert comp["methods"]["rs-rp"]["seeds"] == [0]
+    # --resume over a run that finished with another config refuses instead of training over it
+    before = (out / "rs-rp" / "summary.json").read_bytes()
+    with pytest.raises(ConfigError, match=r"rs-rp holds a run finished with a different optim.*--overwrite"):
+        train(None, overrides(fixture_model, out), methods=["rs-rp"], resume=True)
+    assert (out / "rs-rp" / "summary.json").read_bytes() == before
 
 
 def test_seed_and_seeds_errors(fixture_model: Path, tmp_path: Path, capsys) -> None:

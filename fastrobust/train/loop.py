@@ -73,8 +73,10 @@ class MethodTrainer:
         self.truncated: int | None = None  # training pairs cut to model.max_length (first epoch)
 
     def finished_run(self) -> Any:
-        """Rank 0: the RunResult already on disk for exactly this run (same config fingerprint), or
-        None. ``--resume`` skips such runs instead of evaluating them again."""
+        """Rank 0: the RunResult already on disk for this run, or None. ``--resume`` skips such runs
+        instead of training them again; a run that finished with another config (fingerprint) is
+        a ConfigError, not retrained over (summaries written before fingerprints count as this run).
+        """
         import json
 
         from fastrobust.evaluate.runs import read_run
@@ -83,8 +85,16 @@ class MethodTrainer:
             summary = json.loads((self.dir / "summary.json").read_text(encoding="utf-8"))
         except (OSError, ValueError):
             return None
-        if not isinstance(summary, dict) or summary.get("fingerprint") != self.fingerprint:
+        if not isinstance(summary, dict) or summary.get("status", "complete") != "complete":
             return None
+        theirs = summary.get("fingerprint")
+        if isinstance(theirs, dict):
+            changed = [k for k, v in self.fingerprint.items() if theirs.get(k) != v]
+            if changed:
+                raise ConfigError(
+                    f"--resume: {self.dir} holds a run finished with a different {', '.join(changed)}; "
+                    "pass --overwrite to replace it, or set output.dir to a new folder"
+                )
         return read_run(self.dir)
 
     # ---- building -------------------------------------------------------------------------
