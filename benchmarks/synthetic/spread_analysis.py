@@ -8,6 +8,7 @@ For a cell (English, zero-shot average), the sd over seeds of the accuracy is sp
 Also prints each seed's positive-prediction rate per language.
 
     python benchmarks/synthetic/spread_analysis.py benchmarks/synthetic/results/spread/<tag>
+    python benchmarks/synthetic/spread_analysis.py runs/demo      # a `fastrobust train --seeds` folder
 """
 
 from __future__ import annotations
@@ -23,11 +24,23 @@ from fastrobust.evaluate import TaskPredictions
 def main(folder: str) -> None:
     files = sorted(Path(folder).glob("baseline-seed*.npz"))
     preds = [TaskPredictions.load(f) for f in files]
+    if not files:  # a training output folder: the baseline's runs, by seed
+        from fastrobust.evaluate.runs import load_runs
+
+        runs = sorted(
+            (r for r in load_runs(folder) if r.label == "baseline" and r.predictions), key=lambda r: r.seed
+        )
+        files = [Path(f"baseline-seed{r.seed}") for r in runs]
+        preds = [r.predictions for r in runs]
     if len(preds) < 2:
         raise SystemExit(f"{folder}: fewer than 2 runs with predictions")
     langs = preds[0].languages
     train = preds[0].train_language
-    cells = {train: [train], "zero-shot avg": [lang for lang in langs if lang != train]}
+    cells = {
+        train: [train],
+        "zero-shot avg": [lang for lang in langs if lang != train],
+        "XLT avg": list(langs),
+    }
     print(f"{folder}: {len(preds)} seeds, test sizes {[len(preds[0].xlt[lang]) for lang in langs]}")
     for name, group in cells.items():
         c = np.stack([np.concatenate([p.xlt[lang].correct for lang in group]) for p in preds]).astype(float)

@@ -139,4 +139,8 @@ def train_parallel(run: Any, sections: list[Any], workers: int) -> tuple[list[di
         except BaseException:
             pool.terminate()
             raise
+        # a clean shutdown (the context manager's terminate() leaves the workers' semaphores to
+        # the resource tracker, which then warns about "leaked semaphore objects")
+        pool.close()
+        pool.join()
     return [results[j] for j in range(len(jobs)) if j in results], diverged
