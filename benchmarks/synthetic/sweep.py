@@ -31,7 +31,9 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
-DEFAULT_OUT = HERE / "results" / "sweep"
+DEFAULT_OUT = (
+    ROOT / "runs" / "synthetic-sweep"
+)  # the run folders (large); docs copy the summaries to results/sweep/
 
 # label -> method section; scales relative to the RMS of the embedding table (docs/methods.md)
 GRID: dict[str, list[dict]] = {
