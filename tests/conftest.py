@@ -9,6 +9,7 @@ variable is left unset and the kernel tests run natively on CUDA.
 import contextlib
 import glob
 import os
+from pathlib import Path
 
 if "TRITON_INTERPRET" not in os.environ and not glob.glob("/dev/nvidia[0-9]*"):
     os.environ["TRITON_INTERPRET"] = "1"
@@ -69,6 +70,20 @@ def one_thread():
 
 
 # --- trainer fixtures (tiny BERT, a small PAWS-X-layout folder) -------------------------------
+
+
+PAWSX_FIXTURE = Path(__file__).resolve().parent / "fixtures" / "pawsx"
+
+
+@pytest.fixture(scope="session")
+def fixture_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny BERT whose vocabulary covers the words of the PAWS-X fixture (tests/fixtures/pawsx)."""
+    words = set()
+    for f in PAWSX_FIXTURE.glob("*.tsv"):
+        for line in f.read_text(encoding="utf-8").splitlines():
+            for text in line.split("\t")[:2]:
+                words.update(text.split())
+    return _build_tiny_bert(tmp_path_factory.mktemp("fixture_bert"), sorted(words))
 
 
 def _write_pawsx_folder(root, n_train=64, n_dev=16, n_test=16, languages=("en", "de", "fr"), seed=0):

@@ -14,24 +14,7 @@ from fastrobust.errors import ConfigError
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "pawsx"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny model: a second thread only costs on a shared machine
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def fixture_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from conftest import _build_tiny_bert
-
-    words = set()
-    for f in FIXTURE.glob("*.tsv"):
-        for line in f.read_text(encoding="utf-8").splitlines():
-            for text in line.split("\t")[:2]:
-                words.update(text.split())
-    return _build_tiny_bert(tmp_path_factory.mktemp("seeds_bert"), sorted(words))
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny model: one torch thread
 
 
 def overrides(model: Path, out: Path, *extra: str) -> list[str]:
@@ -220,8 +203,6 @@ def test_parallel_runs_equal_the_sequential_ones(fixture_model: Path, tmp_path: 
 
 def test_parallel_falls_back_to_one_by_one_where_it_cannot_apply() -> None:
     from types import SimpleNamespace
-
-    import torch
 
     from fastrobust.config import load_config
     from fastrobust.train.parallel import parallel_workers

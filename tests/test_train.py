@@ -18,19 +18,6 @@ FIXTURE = Path(__file__).resolve().parent / "fixtures" / "pawsx"
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.fixture(scope="module")
-def fixture_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny BERT whose vocabulary covers the words of the PAWS-X fixture."""
-    from conftest import _build_tiny_bert
-
-    words = set()
-    for f in FIXTURE.glob("*.tsv"):
-        for line in f.read_text(encoding="utf-8").splitlines():
-            for text in line.split("\t")[:2]:
-                words.update(text.split())
-    return _build_tiny_bert(tmp_path_factory.mktemp("fixture_bert"), sorted(words))
-
-
 def _fixture_overrides(model: Path, out: Path) -> list[str]:
     return [
         "seeds=null",  # one run per method (the demo config underneath lists 3 seeds)
