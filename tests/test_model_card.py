@@ -123,3 +123,25 @@ def test_card_parsing_and_command_line() -> None:
     )
     assert command_line(["/x/fastrobust/__main__.py", "train"]) == "fastrobust train"
     assert re.fullmatch(r"python \S+ --x", command_line(["script.py", "--x"]))
+
+
+def test_relative_scales_at_an_encoder_layer_are_stated_as_the_per_batch_rule() -> None:
+    from fastrobust.config import load_config
+    from fastrobust.methods import build_method
+    from fastrobust.train.model_card import resolved_scales
+
+    sections = (
+        "methods=[{kind: pgd, layer: 2, epsilon: 0.25, step_size: 0.1},"
+        " {kind: rs-rp, layer: 1, sigma: 0.5}, {kind: pgd, label: abs, layer: 2, epsilon: 0.25,"
+        " step_size: 0.1, scale_mode: absolute}]"
+    )
+    pgd, noise, absolute = (build_method(m) for m in load_config(None, [sections]).methods)
+    unit = "x the RMS of layer {}'s hidden states over real tokens (per batch)"
+    assert resolved_scales(pgd) == {
+        "epsilon": f"0.25 {unit.format(2)}",
+        "step_size": f"0.1 {unit.format(2)}",
+        "init_magnitude": f"0 {unit.format(2)}",
+    }
+    assert resolved_scales(noise) == {"sigma": f"0.5 {unit.format(1)}"}
+    # absolute scales need no unit: the numbers are what the layer's states get
+    assert resolved_scales(absolute)["epsilon"] == pytest.approx(0.25)

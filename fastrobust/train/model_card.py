@@ -29,9 +29,21 @@ def resolved_scales(method: Any) -> dict[str, Any]:
 
     PGD/FreeLB: epsilon, step_size, init_magnitude; RS-RP: sigma (neftune: alpha and the rule);
     plus ``embedding_rms`` when the scales are relative to it. Empty for baseline and RS-DA.
+    A relative scale at an encoder layer (``layer`` >= 1) is resolved per batch against the RMS of
+    that layer's hidden states (:mod:`fastrobust.methods.placement`), so it is stated as that rule,
+    not as a number in embedding units.
     """
     out: dict[str, Any] = {}
     cfg = method.cfg
+    layer = int(getattr(cfg, "layer", 0) or 0)
+    relative = "relative" in (getattr(cfg, "scale_mode", None), getattr(cfg, "sigma_mode", None))
+    if layer >= 1 and relative:
+        unit = f"x the RMS of layer {layer}'s hidden states over real tokens (per batch)"
+        names = ("sigma",) if cfg.kind == "rs-rp" else ("epsilon", "step_size", "init_magnitude")
+        for name in names:
+            value = getattr(cfg, name)
+            out[name] = None if value is None else f"{value:g} {unit}"
+        return out
     if hasattr(method, "scales"):
         out.update(method.scales())
     elif getattr(cfg, "kind", None) == "rs-rp":
