@@ -72,8 +72,9 @@ class MethodTrainer:
         self.guard: DivergenceGuard | None = None
         self.truncated: int | None = None  # training pairs cut to model.max_length (first epoch)
 
-    def finished_run(self) -> Any:
-        """Rank 0: the RunResult already on disk for this run, or None. ``--resume`` skips such runs
+    def finished_run(self) -> dict[str, Any] | None:
+        """Rank 0: the summary of the run already finished on disk for this run (its report and
+        predictions under ``"_report"`` / ``"_predictions"``), or None. ``--resume`` skips such runs
         instead of training them again; a run that finished with another config (fingerprint) is
         a ConfigError, not retrained over (summaries written before fingerprints count as this run).
         """
@@ -95,7 +96,11 @@ class MethodTrainer:
                     f"--resume: {self.dir} holds a run finished with a different {', '.join(changed)}; "
                     "pass --overwrite to replace it, or set output.dir to a new folder"
                 )
-        return read_run(self.dir)
+        done = read_run(self.dir)
+        if done is None:
+            return None
+        summary["_report"], summary["_predictions"] = done.report, done.predictions
+        return summary
 
     # ---- building -------------------------------------------------------------------------
 

@@ -224,12 +224,7 @@ def skip_finished(trainer: MethodTrainer) -> dict[str, Any] | None:
     log(dist, f"[{trainer.label}] seed {trainer.seed}: finished run in {trainer.dir}, skipped (--resume)")
     if not dist.is_main:
         return {}
-    import json
-
-    summary = json.loads((trainer.dir / "summary.json").read_text(encoding="utf-8"))
-    summary["_report"], summary["_predictions"] = done.report, done.predictions
-    summary["skipped"] = True
-    return summary
+    return {**done, "skipped": True}
 
 
 def _compare_and_report(cfg: Config, summaries: list[dict[str, Any]], out_dir: Path) -> dict[str, Any]:
