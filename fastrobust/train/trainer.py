@@ -91,15 +91,11 @@ def train(
     the markdown and ``statistics`` the :class:`~fastrobust.evaluate.Comparison` written to the
     output folder. On ranks other than 0 these are empty.
     """
-    import datasets
-    from transformers.utils import logging as hf_logging
+    from fastrobust.progress import library_bars_off
 
     # Our tqdm bar is the progress display; datasets' per-map bars and transformers' weight
     # loading/saving bars would interleave with it.
-    bars = datasets.utils.logging.is_progress_bar_enabled(), hf_logging.is_progress_bar_enabled()
-    datasets.disable_progress_bars()
-    hf_logging.disable_progress_bar()
-    try:
+    with library_bars_off():
         return _train(
             config,
             overrides,
@@ -110,11 +106,6 @@ def train(
             parallel=parallel,
             overwrite=overwrite,
         )
-    finally:
-        if bars[0]:
-            datasets.enable_progress_bars()
-        if bars[1]:
-            hf_logging.enable_progress_bar()
 
 
 def _train(
