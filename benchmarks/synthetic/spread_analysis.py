@@ -9,11 +9,16 @@ Also prints each seed's positive-prediction rate per language.
 
     python benchmarks/synthetic/spread_analysis.py benchmarks/synthetic/results/spread/<tag>
     python benchmarks/synthetic/spread_analysis.py runs/demo      # a `fastrobust train --seeds` folder
+    python benchmarks/synthetic/spread_analysis.py RUNS_A RUNS_B --json OUT.json  # seeds of both, as JSON
+
+With 6 or more seeds it also gives the sd of the first and the second half of the seeds (two
+independent 5-seed estimates when there are 10), since one sd from 5 seeds is itself noisy.
 """
 
 from __future__ import annotations
 
-import sys
+import argparse
+import json
 from pathlib import Path
 
 import numpy as np
@@ -21,19 +26,31 @@ import numpy as np
 from fastrobust.evaluate import TaskPredictions
 
 
-def main(folder: str) -> None:
+def load_baseline(folder: str) -> list[tuple[int | str, TaskPredictions]]:
+    """(seed, predictions) of the baseline's runs in a spread.py results folder or a training folder."""
     files = sorted(Path(folder).glob("baseline-seed*.npz"))
-    preds = [TaskPredictions.load(f) for f in files]
-    if not files:  # a training output folder: the baseline's runs, by seed
-        from fastrobust.evaluate.runs import load_runs
+    if files:
+        seeds = [f.stem.removeprefix("baseline-seed") for f in files]
+        pairs = [(int(s) if s.isdigit() else s, TaskPredictions.load(f)) for s, f in zip(seeds, files)]
+        return sorted(pairs, key=lambda pair: str(pair[0]).zfill(8))
+    from fastrobust.evaluate.runs import load_runs
 
-        runs = sorted(
-            (r for r in load_runs(folder) if r.label == "baseline" and r.predictions), key=lambda r: r.seed
-        )
-        files = [Path(f"baseline-seed{r.seed}") for r in runs]
-        preds = [r.predictions for r in runs]
-    if len(preds) < 2:
-        raise SystemExit(f"{folder}: fewer than 2 runs with predictions")
+    runs = sorted(
+        (r for r in load_runs(folder) if r.label == "baseline" and r.predictions), key=lambda r: r.seed
+    )
+    return [(r.seed, r.predictions) for r in runs]
+
+
+def sd(values: np.ndarray) -> float | None:
+    return float(values.std(ddof=1)) if len(values) > 1 else None
+
+
+def main(folders: list[str], json_out: str | None = None) -> None:
+    seeded = [pair for folder in folders for pair in load_baseline(folder)]
+    if len(seeded) < 2:
+        raise SystemExit(f"{' '.join(folders)}: fewer than 2 baseline runs with predictions")
+    seeds = [seed for seed, _ in seeded]
+    preds = [p for _, p in seeded]
     langs = preds[0].languages
     train = preds[0].train_language
     cells = {
@@ -41,19 +58,39 @@ def main(folder: str) -> None:
         "zero-shot avg": [lang for lang in langs if lang != train],
         "XLT avg": list(langs),
     }
-    print(f"{folder}: {len(preds)} seeds, test sizes {[len(preds[0].xlt[lang]) for lang in langs]}")
+    half = len(preds) // 2 if len(preds) >= 6 else None
+    report: dict = {"folders": [Path(f).name for f in folders], "seeds": seeds, "cells": {}}
+    print(
+        f"{' '.join(folders)}: {len(preds)} seeds, test sizes {[len(preds[0].xlt[lang]) for lang in langs]}"
+    )
     for name, group in cells.items():
         c = np.stack([np.concatenate([p.xlt[lang].correct for lang in group]) for p in preds]).astype(float)
         acc = 100 * c.mean(axis=1)
         example_part = 100 * np.sqrt(c.var(axis=0, ddof=1).mean() / c.shape[1])
+        cell = {"accuracy": [round(float(a), 2) for a in acc], "mean": float(acc.mean()), "sd": sd(acc)}
+        cell["example_part"] = float(example_part)
+        halves = ""
+        if half:
+            cell["sd_halves"] = [sd(acc[:half]), sd(acc[half:])]
+            halves = f" (halves {cell['sd_halves'][0]:.2f} / {cell['sd_halves'][1]:.2f})"
+        report["cells"][name] = cell
         print(
-            f"  {name}: {' '.join(f'{a:.1f}' for a in acc)}; sd {acc.std(ddof=1):.2f}; "
-            f"from seed-by-example disagreement ~{example_part:.2f}"
+            f"  {name}: {' '.join(f'{a:.1f}' for a in acc)}; mean {acc.mean():.1f}, "
+            f"sd {cell['sd']:.2f}{halves}; from seed-by-example disagreement ~{example_part:.2f}"
         )
-    for p, f in zip(preds, files):
+    for seed, p in seeded:
         rates = [f"{lang} {100 * p.xlt[lang].predicted.mean():.0f}%" for lang in langs]
-        print(f"  {f.stem}: predicted positive {', '.join(rates)}")
+        print(f"  baseline-seed{seed}: predicted positive {', '.join(rates)}")
+    if json_out:
+        Path(json_out).parent.mkdir(parents=True, exist_ok=True)
+        Path(json_out).write_text(json.dumps(report, indent=1) + "\n")
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument(
+        "folders", nargs="+", help="spread.py results folders or `fastrobust train` output folders"
+    )
+    ap.add_argument("--json", default=None, help="also write the per-seed accuracies and sds here")
+    args = ap.parse_args()
+    main(args.folders, args.json)
