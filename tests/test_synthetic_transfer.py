@@ -25,6 +25,7 @@ def _baseline_accuracies(tmp_path: Path, misalignment: float) -> dict[str, float
         "seeds=null",
         "parallel=1",
         "task.synthetic.dropout=0.1",
+        "task.synthetic.synonym_spread=0.5",
         "task.synthetic.embedding_scale=1.0",
         "task.synthetic.dev_size=400",
         "task.synthetic.test_size=400",
