@@ -26,13 +26,12 @@ import numpy as np
 from fastrobust.evaluate import TaskPredictions
 
 
-def load_baseline(folder: str) -> list[tuple[int | str, TaskPredictions]]:
-    """(seed, predictions) of the baseline's runs in a spread.py results folder or a training folder."""
-    files = sorted(Path(folder).glob("baseline-seed*.npz"))
+def load_baseline(folder: str) -> list[tuple[int, TaskPredictions]]:
+    """(seed, predictions) of the baseline's runs, by seed, in a spread.py results folder
+    (``baseline-seed<k>.npz``) or a training output folder."""
+    files = {int(f.stem.removeprefix("baseline-seed")): f for f in Path(folder).glob("baseline-seed*.npz")}
     if files:
-        seeds = [f.stem.removeprefix("baseline-seed") for f in files]
-        pairs = [(int(s) if s.isdigit() else s, TaskPredictions.load(f)) for s, f in zip(seeds, files)]
-        return sorted(pairs, key=lambda pair: str(pair[0]).zfill(8))
+        return [(seed, TaskPredictions.load(files[seed])) for seed in sorted(files)]
     from fastrobust.evaluate.runs import load_runs
 
     runs = sorted(
@@ -41,8 +40,9 @@ def load_baseline(folder: str) -> list[tuple[int | str, TaskPredictions]]:
     return [(r.seed, r.predictions) for r in runs]
 
 
-def sd(values: np.ndarray) -> float | None:
-    return float(values.std(ddof=1)) if len(values) > 1 else None
+def sd(values: np.ndarray) -> float:
+    """Sample standard deviation (callers pass at least 2 values)."""
+    return float(values.std(ddof=1))
 
 
 def main(folders: list[str], json_out: str | None = None) -> None:
