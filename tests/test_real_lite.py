@@ -25,8 +25,8 @@ SECTIONS = [
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def _overrides(data, model, out, section):
-    return [
+def _overrides(data, model, out, section, precision="fp32"):
+    return [f"model.precision={precision}",
         "task.name=pawsx", "task.source=local", f"task.path={data}", "task.languages=[en, de, fr]",
         f"model.name_or_path={model}", "model.max_length=32", f"methods=[{json.dumps(section)}]",
         "optim.batch_size=8", "optim.max_steps=10", "optim.learning_rate=1e-3", "optim.warmup_ratio=0.2",
@@ -35,14 +35,20 @@ def _overrides(data, model, out, section):
     ]  # fmt: skip
 
 
-@pytest.mark.parametrize("section", SECTIONS, ids=lambda s: s.get("label", s["kind"]))
-def test_lite_loop_equals_the_trainer(section, tiny_pawsx, tmp_path):
+CASES = [(s, "fp32") for s in SECTIONS] + [(SECTIONS[0], "bf16"), (SECTIONS[2], "bf16")]
+
+
+@pytest.mark.parametrize(
+    ("section", "precision"), CASES, ids=lambda x: x if isinstance(x, str) else x.get("label", x["kind"])
+)
+def test_lite_loop_equals_the_trainer(section, precision, tiny_pawsx, tmp_path):
+    """Also under bf16 autocast (the CPU speed option): same autocast regions as the trainer."""
     from fastrobust.train import train
 
     data, model = tiny_pawsx
-    overrides = _overrides(data, model, tmp_path / "trainer", section)
+    overrides = _overrides(data, model, tmp_path / "trainer", section, precision)
     ref = next(iter(train(None, overrides)["methods"].values()))
-    cfg = load_config(None, _overrides(data, model, tmp_path / "lite", section))
+    cfg = load_config(None, _overrides(data, model, tmp_path / "lite", section, precision))
     got = run_one(cfg, cfg.methods[0].model_dump(mode="json"), tmp_path / "lite", log=lambda _m: None)
     np.testing.assert_allclose(got["losses"], ref["losses"], rtol=1e-5, atol=1e-6)
     assert [s for s, _ in got["dev_history"]] == [s for s, _ in ref["dev_history"]]

@@ -78,8 +78,15 @@ class Encoded:
         return out
 
 
+def autocast(precision: str, device) -> Any:
+    """The forwards' autocast of ``fastrobust train`` (``fastrobust.train.engine.autocast_context``)."""
+    from fastrobust.train.engine import autocast_context
+
+    return autocast_context(precision, torch.device(device).type)
+
+
 @torch.no_grad()
-def predict_logits(model, data: Encoded, batch_size: int, device) -> np.ndarray:
+def predict_logits(model, data: Encoded, batch_size: int, device, precision: str = "fp32") -> np.ndarray:
     """Logits (N, C) in data order; batches grouped by length (as ``predict_logits``)."""
     order = np.argsort([len(r["input_ids"]) for r in data.rows], kind="stable")
     model.eval()
@@ -87,7 +94,9 @@ def predict_logits(model, data: Encoded, batch_size: int, device) -> np.ndarray:
     for i in range(0, len(order), batch_size):
         b = data.batch(order[i : i + batch_size].tolist(), device)
         b.pop("labels")
-        out.append(model(**b).logits.float().cpu())
+        with autocast(precision, device):
+            logits = model(**b).logits
+        out.append(logits.float().cpu())
     model.train()
     logits = torch.cat(out).numpy()
     result = np.empty_like(logits)
@@ -151,7 +160,16 @@ def run_one(cfg, section: dict, out_dir: Path, device: str = "cpu", log=print) -
         num_warmup_steps=math.ceil(o.warmup_ratio * total),
         num_training_steps=total,
     )
+    precision = cfg.model.precision
+    if precision == "fp16":
+        raise ValueError("model.precision fp16 needs a loss scaler; this loop runs fp32 or bf16")
+
+    def backward(x: torch.Tensor) -> None:  # outside autocast, as fastrobust.train.engine.torch_backward
+        with torch.autocast(device_type=torch.device(device).type, enabled=False):
+            x.backward()
+
     every = cfg.eval.every_steps or spe
+    dev_seconds = 0.0
     best, best_step, best_state, history, losses = -math.inf, -1, None, [], []
     step = 0
     data = None
@@ -176,7 +194,8 @@ def run_one(cfg, section: dict, out_dir: Path, device: str = "cpu", log=print) -
         k = step % spe
         batch = data.batch(order[k * o.batch_size : (k + 1) * o.batch_size], device)
         torch.manual_seed(micro_seed(seed, step, 0))
-        loss = method.training_step(model, batch, lambda x: x.backward())
+        with autocast(precision, device):
+            loss = method.training_step(model, batch, backward)
         losses.append(float(loss))
         if o.max_grad_norm:
             torch.nn.utils.clip_grad_norm_(
@@ -187,7 +206,10 @@ def run_one(cfg, section: dict, out_dir: Path, device: str = "cpu", log=print) -
         opt.zero_grad(set_to_none=True)
         step += 1
         if step % every == 0 or step == total:
-            acc = accuracy(predict_logits(model, dev, cfg.eval.batch_size, device).argmax(1), dev.labels)
+            t_dev = time.perf_counter()
+            logits = predict_logits(model, dev, cfg.eval.batch_size, device, precision)
+            acc = accuracy(logits.argmax(1), dev.labels)
+            dev_seconds += time.perf_counter() - t_dev
             history.append([step, acc])
             if acc > best:
                 best, best_step = acc, step
@@ -205,7 +227,7 @@ def run_one(cfg, section: dict, out_dir: Path, device: str = "cpu", log=print) -
     xlt, gxlt = {}, {}
     for lang in langs:
         logits = predict_logits(
-            model, Encoded(tok, *tests[lang], cfg.model.max_length), cfg.eval.batch_size, device
+            model, Encoded(tok, *tests[lang], cfg.model.max_length), cfg.eval.batch_size, device, precision
         )
         xlt[lang] = SetPredictions.from_logits(logits, np.asarray(tests[lang][2]))
     for a in langs:
@@ -217,7 +239,7 @@ def run_one(cfg, section: dict, out_dir: Path, device: str = "cpu", log=print) -
                 raise ValueError(f"test-{a} and test-{b} are not parallel (labels differ)")
             enc = Encoded(tok, tests[a][0], tests[b][1], tests[a][2], cfg.model.max_length)
             gxlt[(a, b)] = SetPredictions.from_logits(
-                predict_logits(model, enc, cfg.eval.batch_size, device), np.asarray(tests[a][2])
+                predict_logits(model, enc, cfg.eval.batch_size, device, precision), np.asarray(tests[a][2])
             )
     preds = TaskPredictions(
         xlt=xlt, gxlt=gxlt, task=cfg.task.name, languages=langs, train_language="en", label_names=names
@@ -241,7 +263,9 @@ def run_one(cfg, section: dict, out_dir: Path, device: str = "cpu", log=print) -
         "final_loss": losses[-1] if losses else None,
         "averages": report.averages(),
         "xlt": dict(report.xlt),
+        "precision": precision,
         "train_seconds": train_seconds,
+        "dev_eval_seconds": dev_seconds,
         "test_eval_seconds": time.perf_counter() - t0,
     }
     _write_json(run_dir / "summary.json", summary)

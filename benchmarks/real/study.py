@@ -1,0 +1,365 @@
+"""The confirmatory study on the real benchmark: seven configurations x seeds 1-5, kept in git.
+
+``python -m benchmarks.real.study run --config ~/.cache/fastrobust/real/real.yaml`` trains, in
+this order, every run that ``benchmarks/real/results/`` does not hold yet:
+
+1. **the precision check**: the baseline, seeds 0 and 1, in fp32 and in bf16
+   (``results/precision-check/<precision>/baseline/seed-<k>/``); then the pre-registered rule of
+   :func:`precision_decision` picks the study's precision and writes
+   ``results/precision-check/decision.json``;
+2. **the study**: :data:`LABELS` x :data:`SEEDS`, seed by seed (all seven configurations of seed 1
+   before seed 2, so a study cut short has whole seeds), in ``results/<label>/seed-<k>/``.
+
+Each finished run is moved into the results folder as ``summary.json`` (with a ``provenance``
+block: project commit, precision, device, threads, CPU, library versions), ``report/report.json``
+and ``report/predictions.npz``; ``summary.json`` is written last, so a run counts as finished
+exactly when it has one. Runs train in a scratch folder (``--scratch``, default
+``runs/real-study``) on ``--workers`` processes that claim runs through lock files, so a killed
+study resumes where it stopped and several machines can add seeds to the same folder through git.
+
+The protocol (configurations, seeds, endpoints, the Holm correction) is in
+docs/real-benchmark.md, written before the first run. ``python -m benchmarks.real.study report``
+regenerates the tables from the results folder alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+
+RESULTS = Path(__file__).parent / "results"
+# Fixed before the first run (docs/real-benchmark.md, "The confirmatory study").
+LABELS = ("baseline", "rs-da", "shift-s2-0.4", "shift-0.2", "rs-rp-l6-0.25", "rs-rp-0.25", "pgd-k1-1")
+SEEDS = (1, 2, 3, 4, 5)
+CHECK_SEEDS = (0, 1)
+PRECISIONS = ("fp32", "bf16")
+CHECK_DIR = "precision-check"
+
+
+def sections() -> dict[str, dict]:
+    """label -> method section, from the sweep's plan (the same definitions, not copies)."""
+    from benchmarks.real.sweep import families
+
+    return {s.get("label", s["kind"]): s for _, secs in families() for s in secs}
+
+
+def finished(run_dir: Path) -> bool:
+    return all(
+        (run_dir / p).is_file() for p in ("report/report.json", "report/predictions.npz", "summary.json")
+    )
+
+
+def check_items() -> list[tuple[str, int, str, Path]]:
+    """(label, seed, precision, results folder of the run) of the precision check."""
+    return [
+        ("baseline", s, p, Path(CHECK_DIR) / p / "baseline" / f"seed-{s}")
+        for p in PRECISIONS
+        for s in CHECK_SEEDS
+    ]
+
+
+def study_items(precision: str, seeds=SEEDS, labels=LABELS) -> list[tuple[str, int, str, Path]]:
+    return [(label, s, precision, Path(label) / f"seed-{s}") for s in seeds for label in labels]
+
+
+# --------------------------------------------------------------------------------------------
+# provenance
+
+
+def _git(*args: str, cwd: Path) -> str:
+    try:
+        return subprocess.run(
+            ["git", *args], cwd=cwd, capture_output=True, text=True, check=True, timeout=30
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def provenance(*, precision: str, device: str, threads: int, workers: int) -> dict:
+    """What produced a run: the code (commit; whether the tree had edits), the machine, the settings."""
+    import torch
+    import transformers
+
+    root = Path(__file__).resolve().parents[2]
+    status = _git("status", "--porcelain", "--untracked-files=no", cwd=root)
+    info = {
+        "commit": _git("rev-parse", "HEAD", cwd=root),
+        "tree_modified": bool(status),
+        "precision": precision,
+        "device": device,
+        "threads": threads,
+        "workers": workers,
+        "cpu": _cpu_model(),
+        "cores": os.cpu_count(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "python": platform.python_version(),
+    }
+    if device.startswith("cuda") and torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name()
+    return info
+
+
+# --------------------------------------------------------------------------------------------
+# running
+
+
+def _atomic_json(path: Path, obj: dict) -> None:
+    from fastrobust.fileio import atomic_write_text
+
+    atomic_write_text(path, json.dumps(obj, indent=1) + "\n")
+
+
+def publish(scratch_run: Path, dest: Path, extra: dict) -> None:
+    """Move a finished scratch run into the results folder; ``summary.json`` (with ``extra``) last."""
+    summary = json.loads((scratch_run / "summary.json").read_text(encoding="utf-8"))
+    summary.update(extra)
+    (dest / "report").mkdir(parents=True, exist_ok=True)
+    for name in ("report.json", "predictions.npz"):
+        tmp = dest / "report" / (name + ".tmp")
+        shutil.copyfile(scratch_run / "report" / name, tmp)
+        os.replace(tmp, dest / "report" / name)
+    _atomic_json(dest / "summary.json", summary)
+
+
+def _claim(path: Path) -> bool:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        return False
+    os.write(fd, f"{os.getpid()} {time.time()}\n".encode())
+    os.close(fd)
+    return True
+
+
+def _claim_name(item) -> str:
+    return str(item[3]).replace(os.sep, "__")
+
+
+def release_stale_claims(scratch: Path, results: Path) -> int:
+    """Remove claims of unfinished runs whose process is gone (a killed study)."""
+    from benchmarks.real.sweep import _pid_alive
+
+    n = 0
+    for claim in (scratch / "claims").glob("*"):
+        if claim.suffix == ".error":
+            continue
+        if finished(results / claim.name.replace("__", os.sep)):
+            continue
+        try:
+            pid = int(claim.read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            pid = -1
+        if pid <= 0 or not _pid_alive(pid):
+            claim.unlink(missing_ok=True)
+            n += 1
+    return n
+
+
+def run_items(config: Path, results: Path, scratch: Path, items, *, device: str, threads: int, workers: int,
+              worker: int = 0, extra=()) -> None:  # fmt: skip
+    """Claim and train the unfinished items in order (one process)."""
+    from benchmarks.real.lite import run_one
+    from fastrobust.config import load_config
+
+    table = sections()
+    for item in items:
+        label, seed, precision, rel = item
+        dest = results / rel
+        if finished(dest) or not _claim(scratch / "claims" / _claim_name(item)):
+            continue
+        work = scratch / rel
+        shutil.rmtree(work, ignore_errors=True)
+        section = table[label]
+        overrides = [
+            *extra,
+            f"seed={seed}",
+            f"model.precision={precision}",
+            f"methods=[{json.dumps(section)}]",
+        ]
+        t0 = time.time()
+        try:
+            cfg = load_config(config, overrides)
+            prov = provenance(precision=precision, device=device, threads=threads, workers=workers)
+            s = run_one(cfg, cfg.methods[0].model_dump(mode="json"), work, device=device, log=lambda _m: None)
+            prov["wall_seconds"] = time.time() - t0
+            publish(work / s["label"], dest, {"provenance": prov})
+            print(
+                f"[worker {worker}] {rel}: dev {100 * s['best_dev_accuracy']:.2f} "
+                f"XLT {100 * s['averages']['xlt_avg']:.2f} "
+                f"G-XLT cross {100 * s['averages']['gxlt_cross_lang_avg']:.2f} "
+                f"(train {s['train_seconds']:.0f} s, test {s['test_eval_seconds']:.0f} s)",
+                flush=True,
+            )
+        except Exception:
+            (scratch / "claims" / (_claim_name(item) + ".error")).write_text(traceback.format_exc())
+            print(f"[worker {worker}] {rel} FAILED:\n{traceback.format_exc()}", flush=True)
+
+
+def _worker(args) -> None:
+    config, results, scratch, items, device, threads, workers, worker, extra = args
+    import torch
+
+    torch.set_num_threads(threads)
+    run_items(Path(config), Path(results), Path(scratch), items, device=device, threads=threads,
+              workers=workers, worker=worker, extra=extra)  # fmt: skip
+
+
+def run_parallel(config: Path, results: Path, scratch: Path, items, *, workers: int, device: str,
+                 threads: int, extra=()) -> None:  # fmt: skip
+    if workers <= 1:
+        import torch
+
+        torch.set_num_threads(threads)
+        run_items(config, results, scratch, items, device=device, threads=threads, workers=1, extra=extra)
+        return
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    args = (str(config), str(results), str(scratch), items, device, threads, workers)
+    procs = [ctx.Process(target=_worker, args=((*args, w, tuple(extra)),)) for w in range(workers)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join()
+
+
+# --------------------------------------------------------------------------------------------
+# the precision decision (rule fixed before the check ran; docs/real-benchmark.md)
+
+DEV_TOLERANCE = 0.005  # English dev: |mean bf16 - fp32| may be up to max(seed spread, 0.5 point)
+
+
+def precision_decision(results: Path) -> dict:
+    """bf16 is used for the study iff (a) the 95% paired bootstrap interval of bf16 - fp32 (test
+    examples and seeds 0-1 resampled) contains 0 for the XLT average and for the G-XLT
+    cross-language average, and (b) the mean English dev difference is at most the larger of the
+    seed spread (mean |seed 0 - seed 1| over the two precisions) and 0.5 point."""
+    import numpy as np
+
+    from fastrobust.evaluate.runs import read_run
+    from fastrobust.evaluate.stats import compare
+
+    runs, dev = [], {}
+    for p in PRECISIONS:
+        for s in CHECK_SEEDS:
+            folder = results / CHECK_DIR / p / "baseline" / f"seed-{s}"
+            r = read_run(folder, label=p)
+            if r is None:
+                raise RuntimeError(f"{folder}: the precision check's run is not finished")
+            runs.append(r)
+            dev[(p, s)] = json.loads((folder / "summary.json").read_text())["best_dev_accuracy"]
+    cmp = compare(runs, baseline="fp32", seed=0)
+    d = cmp.to_dict()
+    diffs = {cell: d["methods"]["bf16"]["cells"][cell]["difference"] for cell in ("xlt_avg", "gxlt_cross")}
+    dev_diff = float(np.mean([dev[("bf16", s)] - dev[("fp32", s)] for s in CHECK_SEEDS]))
+    seed_spread = float(np.mean([abs(dev[(p, 0)] - dev[(p, 1)]) for p in PRECISIONS]))
+    ok_cells = {cell: iv["low"] <= 0.0 <= iv["high"] for cell, iv in diffs.items()}
+    ok_dev = abs(dev_diff) <= max(seed_spread, DEV_TOLERANCE)
+    decision = {
+        "precision": "bf16" if all(ok_cells.values()) and ok_dev else "fp32",
+        "differences": diffs,
+        "interval_contains_zero": ok_cells,
+        "english_dev": {
+            "bf16_minus_fp32": dev_diff,
+            "seed_spread": seed_spread,
+            "tolerance": max(seed_spread, DEV_TOLERANCE),
+            "ok": ok_dev,
+        },
+        "dev": {f"{p}/seed-{s}": v for (p, s), v in dev.items()},
+    }
+    return decision
+
+
+def decide_precision(results: Path) -> str:
+    path = results / CHECK_DIR / "decision.json"
+    if path.is_file():
+        return json.loads(path.read_text())["precision"]
+    decision = precision_decision(results)
+    _atomic_json(path, decision)
+    return decision["precision"]
+
+
+def reuse_check_run(results: Path, precision: str) -> None:
+    """The study's baseline seed 1 is the check's run of the same precision (same code, config,
+    seed and thread count: the same run), copied rather than trained again."""
+    src = results / CHECK_DIR / precision / "baseline" / "seed-1"
+    dest = results / "baseline" / "seed-1"
+    if 1 in SEEDS and finished(src) and not finished(dest):
+        publish(src, dest, {"copied_from": str(src.relative_to(results))})
+
+
+def study(config: Path, results: Path, scratch: Path, *, workers: int, device: str, threads: int,
+          seeds=SEEDS, labels=LABELS, extra=()) -> None:  # fmt: skip
+    t0 = time.time()
+    results.mkdir(parents=True, exist_ok=True)
+    stale = release_stale_claims(scratch, results)
+    if stale:
+        print(f"study: released {stale} claim(s) of runs whose process is gone", flush=True)
+    kw = dict(workers=workers, device=device, threads=threads, extra=extra)
+    run_parallel(config, results, scratch, check_items(), **kw)
+    precision = decide_precision(results)
+    print(f"study: precision {precision} (results/{CHECK_DIR}/decision.json)", flush=True)
+    reuse_check_run(results, precision)
+    items = study_items(precision, seeds, labels)
+    run_parallel(config, results, scratch, items, **kw)
+    done = sum(finished(results / it[3]) for it in items)
+    print(f"study: {done}/{len(items)} runs finished ({time.time() - t0:.0f} s)", flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.real.study", description=__doc__.split("\n")[0]
+    )
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run", help="train the study's runs that the results folder does not hold yet")
+    r.add_argument("--config", required=True, help="the built real.yaml (make real-bench)")
+    r.add_argument("--results", default=str(RESULTS))
+    r.add_argument("--scratch", default="runs/real-study")
+    r.add_argument("--workers", type=int, default=2)
+    r.add_argument("--threads", type=int, default=1, help="torch threads per worker")
+    r.add_argument("--device", default="cpu")
+    r.add_argument("--seeds", default=",".join(map(str, SEEDS)))
+    r.add_argument("--set", action="append", default=[], help="config override for every run (key=value)")
+    rep = sub.add_parser("report", help="the confirmatory tables, from the results folder alone")
+    rep.add_argument("--results", default=str(RESULTS))
+    args = parser.parse_args(argv)
+    if args.cmd == "run":
+        study(
+            Path(args.config),
+            Path(args.results),
+            Path(args.scratch),
+            workers=args.workers,
+            device=args.device,
+            threads=args.threads,
+            seeds=tuple(int(x) for x in args.seeds.split(",")),
+            extra=args.set,
+        )
+        return 0
+    from benchmarks.real.study_report import write_study_report
+
+    write_study_report(Path(args.results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
