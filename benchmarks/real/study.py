@@ -202,7 +202,7 @@ def run_items(config: Path, results: Path, scratch: Path, items, *, device: str,
             prov = provenance(precision=precision, device=device, threads=threads, workers=workers)
             s = run_one(cfg, cfg.methods[0].model_dump(mode="json"), work, device=device, log=lambda _m: None)
             prov["wall_seconds"] = time.time() - t0
-            publish(work / s["label"], dest, {"provenance": prov})
+            publish(work / s["label"], dest, {"provenance": prov, "config": cfg.model_dump(mode="json")})
             print(
                 f"[worker {worker}] {rel}: dev {100 * s['best_dev_accuracy']:.2f} "
                 f"XLT {100 * s['averages']['xlt_avg']:.2f} "
