@@ -35,13 +35,17 @@ import time
 import traceback
 from pathlib import Path
 
-RESULTS = Path(__file__).parent / "results"
-# Fixed before the first run (docs/real-benchmark.md, "The confirmatory study").
-LABELS = ("baseline", "rs-da", "shift-s2-0.4", "shift-0.2", "rs-rp-l6-0.25", "rs-rp-0.25", "pgd-k1-1")
-SEEDS = (1, 2, 3, 4, 5)
-CHECK_SEEDS = (0, 1)
-PRECISIONS = ("fp32", "bf16")
-CHECK_DIR = "precision-check"
+from benchmarks.real.protocol import (
+    CHECK_DIR,
+    CHECK_SEEDS,
+    LABELS,
+    PRECISIONS,
+    RESULTS,
+    SEEDS,
+    check_items,
+    finished,
+    study_items,
+)
 
 
 def sections() -> dict[str, dict]:
@@ -49,25 +53,6 @@ def sections() -> dict[str, dict]:
     from benchmarks.real.sweep import families
 
     return {s.get("label", s["kind"]): s for _, secs in families() for s in secs}
-
-
-def finished(run_dir: Path) -> bool:
-    return all(
-        (run_dir / p).is_file() for p in ("report/report.json", "report/predictions.npz", "summary.json")
-    )
-
-
-def check_items() -> list[tuple[str, int, str, Path]]:
-    """(label, seed, precision, results folder of the run) of the precision check."""
-    return [
-        ("baseline", s, p, Path(CHECK_DIR) / p / "baseline" / f"seed-{s}")
-        for p in PRECISIONS
-        for s in CHECK_SEEDS
-    ]
-
-
-def study_items(precision: str, seeds=SEEDS, labels=LABELS) -> list[tuple[str, int, str, Path]]:
-    return [(label, s, precision, Path(label) / f"seed-{s}") for s in seeds for label in labels]
 
 
 # --------------------------------------------------------------------------------------------
@@ -342,6 +327,11 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--set", action="append", default=[], help="config override for every run (key=value)")
     rep = sub.add_parser("report", help="the confirmatory tables, from the results folder alone")
     rep.add_argument("--results", default=str(RESULTS))
+    rep.add_argument(
+        "--update-docs",
+        action="store_true",
+        help="rewrite the generated blocks of README.md and docs/real-benchmark.md",
+    )
     args = parser.parse_args(argv)
     if args.cmd == "run":
         study(
@@ -357,7 +347,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from benchmarks.real.study_report import write_study_report
 
-    write_study_report(Path(args.results))
+    write_study_report(Path(args.results), update_docs=args.update_docs)
     return 0
 
 

@@ -48,6 +48,7 @@ import numpy as np
 
 from fastrobust.errors import DataError
 from fastrobust.evaluate.metrics import EvalReport
+from fastrobust.evaluate.multiplicity import bootstrap_p_value
 from fastrobust.evaluate.predictions import TaskPredictions
 
 SetKey = tuple[str, Any]  # ("xlt", lang) or ("gxlt", (lang1, lang2))
@@ -188,7 +189,7 @@ def paired_bootstrap(
     )
     lo, hi = percentile_interval(boot, confidence)
     scope = SCOPE_BOTH if min(s_m, s_b) > 1 else SCOPE_EXAMPLES
-    return Interval(est, lo, hi, confidence, scope, paired_seeds)
+    return Interval(est, lo, hi, confidence, scope, paired_seeds, bootstrap_p_value(boot))
 
 
 def _boot_accuracies(
@@ -233,6 +234,9 @@ class Interval:
     confidence: float
     scope: str  # SCOPE_BOTH or SCOPE_EXAMPLES
     paired_seeds: bool
+    # Two-sided bootstrap p-value of "no difference" (fastrobust.evaluate.multiplicity); it is
+    # below 1 - confidence exactly when the interval excludes 0.
+    p_value: float | None = None
 
     @property
     def excludes_zero(self) -> bool:
@@ -247,6 +251,7 @@ class Interval:
             "excludes_zero": self.excludes_zero,
             "scope": self.scope,
             "paired_seeds": self.paired_seeds,
+            "p_value": self.p_value,
         }
 
 
@@ -480,7 +485,7 @@ def compare(
             lo, hi = percentile_interval(delta, confidence)
             # The point estimate is the difference of seed means of the reported accuracies.
             est = m.stats[c.key].mean - base.stats[c.key].mean
-            m.diffs[c.key] = Interval(est, lo, hi, confidence, scope, paired)
+            m.diffs[c.key] = Interval(est, lo, hi, confidence, scope, paired, bootstrap_p_value(delta))
     return Comparison(
         ref.task,
         list(ref.languages),

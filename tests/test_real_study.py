@@ -1,0 +1,127 @@
+"""The confirmatory study's runner and report (benchmarks/real/{protocol,study,study_report}.py):
+the precision check comes first and decides by its rule, runs land in ``<label>/seed-<k>/`` with
+provenance and are never trained twice, and the report's verdicts follow Holm's procedure."""
+
+from __future__ import annotations
+
+import json
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from benchmarks.real.protocol import CHECK_DIR, CHECK_SEEDS, LABELS, PRECISIONS, finished
+from benchmarks.real.study import precision_decision, publish, study
+from benchmarks.real.study_report import replace_block, whole_seeds, write_study_report
+from fastrobust.evaluate.predictions import SetPredictions, TaskPredictions
+
+LANGS = ["en", "de", "fr", "ja", "ko"]
+N = 300
+
+
+def _overrides(data, model):
+    return [
+        "task.name=pawsx", "task.source=local", f"task.path={data}", "task.languages=[en, de, fr]",
+        f"model.name_or_path={model}", "model.max_length=32", "optim.batch_size=8", "optim.max_steps=4",
+        "optim.learning_rate=1e-3", "optim.warmup_ratio=0.2", "eval.every_steps=2", "eval.batch_size=8",
+        "output.save_model=false", "output.tensorboard=false", "seeds=null", "parallel=1",
+    ]  # fmt: skip
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_study_runs_the_check_first_then_whole_seeds_once(tiny_pawsx, tmp_path):
+    data, model = tiny_pawsx
+    results, scratch = tmp_path / "results", tmp_path / "scratch"
+    labels = ("baseline", "rs-rp-0.25", "pgd-k1-1")
+    kw = dict(workers=1, device="cpu", threads=1, seeds=(1, 2), labels=labels, extra=_overrides(data, model))
+    study(None, results, scratch, **kw)
+    for p in PRECISIONS:
+        for s in CHECK_SEEDS:
+            assert finished(results / CHECK_DIR / p / "baseline" / f"seed-{s}")
+    decision = json.loads((results / CHECK_DIR / "decision.json").read_text())
+    prec = decision["precision"]
+    assert prec in PRECISIONS and set(decision["interval_contains_zero"]) == {"xlt_avg", "gxlt_cross"}
+    for label in labels:
+        for s in (1, 2):
+            sm = json.loads((results / label / f"seed-{s}" / "summary.json").read_text())
+            assert sm["label"] == label and sm["seed"] == s and sm["config"]["seed"] == s
+            assert sm["provenance"]["precision"] == prec == sm["config"]["model"]["precision"]
+            assert sm["provenance"]["threads"] == 1 and sm["provenance"]["cpu"]
+            assert sm["dev_eval_seconds"] > 0 and sm["test_eval_seconds"] > 0
+    copied = json.loads((results / "baseline" / "seed-1" / "summary.json").read_text())
+    assert copied["copied_from"] == f"{CHECK_DIR}/{prec}/baseline/seed-1"
+    assert whole_seeds(results, labels, (1, 2, 3)) == [1, 2]
+    stamps = {p: p.stat().st_mtime_ns for p in results.rglob("summary.json")}
+    study(None, results, scratch, **kw)  # everything is there: nothing trains again
+    assert {p: p.stat().st_mtime_ns for p in results.rglob("summary.json")} == stamps
+
+
+# ---- fabricated runs: known differences ---------------------------------------------------------
+def _labels(seed: int = 99) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 2, N)
+
+
+def _set(correct_rate: float, rng) -> SetPredictions:
+    y = _labels()
+    right = rng.random(N) < correct_rate
+    pred = np.where(right, y, 1 - y)
+    probs = np.stack([1.0 - pred, pred], axis=1).astype(np.float32) * 0.8 + 0.1
+    return SetPredictions(probs, y)
+
+
+def _write_run(folder: Path, label: str, seed: int, same: float, cross: float, dev: float = 0.9) -> None:
+    rng = np.random.default_rng([seed, zlib.crc32(label.encode()), int(1000 * cross)])
+    xlt = {lang: _set(same, rng) for lang in LANGS}
+    gxlt = {(a, b): (xlt[a] if a == b else _set(cross, rng)) for a in LANGS for b in LANGS}
+    preds = TaskPredictions(xlt=xlt, gxlt=gxlt, task="pawsx", languages=LANGS, train_language="en",
+                            label_names=["not_paraphrase", "paraphrase"])  # fmt: skip
+    scratch = folder.parent / (folder.name + "-scratch")
+    preds.save(scratch / "report" / "predictions.npz")
+    (scratch / "report" / "report.json").write_text(json.dumps(preds.report().to_dict()))
+    summary = {"label": label, "kind": "baseline", "seed": seed, "steps": 360, "best_dev_accuracy": dev,
+               "train_seconds": 500.0 if label != "pgd-k1-1" else 900.0, "dev_eval_seconds": 50.0,
+               "test_eval_seconds": 200.0, "config": {"optim": {"batch_size": 16}}}  # fmt: skip
+    (scratch / "summary.json").write_text(json.dumps(summary))
+    publish(scratch, folder, {"provenance": {"precision": "bf16", "wall_seconds": 760.0}})
+
+
+def test_precision_rule(tmp_path):
+    good, bad = tmp_path / "good", tmp_path / "bad"
+    for p in PRECISIONS:
+        for s in CHECK_SEEDS:
+            _write_run(good / CHECK_DIR / p / "baseline" / f"seed-{s}", "baseline", s, 0.8, 0.6)
+            cross = 0.6 if p == "fp32" else 0.45  # bf16 loses 15 points of G-XLT cross: refused
+            _write_run(bad / CHECK_DIR / p / "baseline" / f"seed-{s}", "baseline", s, 0.8, cross)
+    assert precision_decision(good)["precision"] == "bf16"
+    refused = precision_decision(bad)
+    assert refused["precision"] == "fp32" and refused["interval_contains_zero"]["gxlt_cross"] is False
+
+
+def test_report_confirms_only_a_real_gain_and_applies_holm(tmp_path):
+    results = tmp_path / "results"
+    for label in LABELS:
+        for s in (1, 2, 3):
+            cross = 0.75 if label == "rs-da" else 0.6  # one real gain of 15 points; the rest: none
+            _write_run(results / label / f"seed-{s}", label, s, 0.8, cross)
+    _write_run(results / "rs-da" / "seed-4", "rs-da", 4, 0.8, 0.75)  # seed 4 is not whole: ignored
+    t = write_study_report(results)
+    assert t["seeds"] == [1, 2, 3] and not t["complete"]
+    rows = t["rows"]
+    assert rows["rs-da"]["verdict"] == "gain (confirmed)" and rows["rs-da"]["holm"]["rank"] == 1
+    assert rows["rs-da"]["holm"]["threshold"] == pytest.approx(0.05 / 6)
+    for label in LABELS[2:]:
+        assert rows[label]["verdict"] == "no difference shown", label
+    assert rows["pgd-k1-1"]["cost_ratio"] == pytest.approx(850 / 450)
+    text = (results / "report" / "study.md").read_text()
+    assert "incomplete: seeds 1, 2, 3" in text and "gain (confirmed)" in text
+    assert (results / "report" / "comparison" / "comparison.json").is_file()
+
+
+def test_generated_block_is_replaced_and_the_rest_kept(tmp_path):
+    doc = tmp_path / "doc.md"
+    doc.write_text("before\n<!-- real-study:begin -->\nold\n<!-- real-study:end -->\nafter\n")
+    assert replace_block(doc, "new table")
+    assert doc.read_text() == "before\n<!-- real-study:begin -->\nnew table\n<!-- real-study:end -->\nafter\n"
+    (tmp_path / "none.md").write_text("no markers\n")
+    assert not replace_block(tmp_path / "none.md", "x")
