@@ -1,0 +1,140 @@
+"""Where a real-benchmark run's time goes: tokenization, collation, forward+backward, optimizer,
+dev and test evaluation, timed separately on the real encoder and task.
+
+``python -m benchmarks.real.profile_step --config ~/.cache/fastrobust/real/real.yaml`` times, for
+each precision asked (default fp32 and bf16), with ``--threads`` torch threads:
+
+* tokenizing the English training set (the benchmark's ``Encoded``: one tokenizer call);
+* per training step: collation (padding a batch), ``method.training_step`` (forward+backward,
+  autocast as the trainer), the optimizer and scheduler step, split with ``time.perf_counter``;
+* one test set's evaluation (tokenize + forward of the 936 pairs of one G-XLT set), scaled to the
+  run's 25 sets, and one dev evaluation, scaled to the run's dev evaluations.
+
+and prints the estimated seconds of one run per part. Medians over ``--steps`` steps after one
+warm-up step. It measures what ``benchmarks.real.lite.run_one`` does, with the same pieces.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import sys
+import time
+from pathlib import Path
+
+
+def _time(fn) -> tuple[float, object]:
+    t0 = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - t0, out
+
+
+def profile(config: Path, precision: str, steps: int, method: dict) -> dict[str, float]:
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, get_scheduler
+
+    from benchmarks.real.lite import LABEL_NAMES, Encoded, autocast, predict_logits, read_split
+    from fastrobust.config import load_config
+    from fastrobust.methods import build_method
+    from fastrobust.train.engine import param_groups
+
+    cfg = load_config(config, [f"model.precision={precision}"])
+    o, task = cfg.optim, Path(cfg.task.path)
+    tok = AutoTokenizer.from_pretrained(cfg.model.name_or_path)
+    train = read_split(task / "train-en.tsv")
+    t_tok, data = _time(lambda: Encoded(tok, *train, cfg.model.max_length))
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        cfg.model.name_or_path, num_labels=len(LABEL_NAMES)
+    )
+    model.train()
+    m = build_method(method)
+    m.setup(model)
+    opt = torch.optim.AdamW(param_groups(model, o.weight_decay), lr=o.learning_rate, eps=o.adam_epsilon)
+    sched = get_scheduler(o.scheduler, optimizer=opt, num_warmup_steps=10, num_training_steps=o.max_steps)
+
+    def backward(x):
+        with torch.autocast(device_type="cpu", enabled=False):
+            x.backward()
+
+    parts: dict[str, list[float]] = {"collate": [], "forward+backward": [], "optimizer": []}
+    g = torch.Generator().manual_seed(0)
+    for step in range(steps + 1):
+        idx = torch.randint(0, len(data.labels), (o.batch_size,), generator=g).tolist()
+        t_c, batch = _time(lambda idx=idx: data.batch(idx, "cpu"))
+
+        def fwd_bwd(batch=batch):
+            with autocast(precision, "cpu"):
+                return m.training_step(model, batch, backward)
+
+        t_f, _ = _time(fwd_bwd)
+
+        def update():
+            torch.nn.utils.clip_grad_norm_(model.parameters(), o.max_grad_norm)
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+
+        t_o, _ = _time(update)
+        if step:  # the first step warms up allocations and kernels
+            for k, v in zip(parts, (t_c, t_f, t_o)):
+                parts[k].append(v)
+    test = read_split(task / f"test-{cfg.task.languages[-1]}.tsv")
+    de = read_split(task / "test-de.tsv")
+    t_test, _ = _time(
+        lambda: predict_logits(
+            model,
+            Encoded(tok, test[0], de[1], test[2], cfg.model.max_length),
+            cfg.eval.batch_size,
+            "cpu",
+            precision,
+        )
+    )
+    dev = read_split(task / "dev-en.tsv")
+    t_dev, _ = _time(
+        lambda: predict_logits(
+            model, Encoded(tok, *dev, cfg.model.max_length), cfg.eval.batch_size, "cpu", precision
+        )
+    )
+    n_sets = len(cfg.task.languages) ** 2
+    n_dev = math.ceil(o.max_steps / cfg.eval.every_steps)
+    run = {f"{k} (x{o.max_steps})": statistics.median(v) * o.max_steps for k, v in parts.items()}
+    return {
+        "tokenize train set (x1, x2 epochs for RS-DA)": t_tok,
+        **run,
+        f"dev evaluation (x{n_dev})": t_dev * n_dev,
+        f"test evaluation (x{n_sets} sets, one measured)": t_test * n_sets,
+        "per step: forward+backward": statistics.median(parts["forward+backward"]),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.real.profile_step", description=__doc__.split("\n")[0]
+    )
+    p.add_argument("--config", required=True)
+    p.add_argument("--precisions", default="fp32,bf16")
+    p.add_argument("--steps", type=int, default=8)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--method", default='{"kind": "baseline"}', help="a method section as JSON")
+    args = p.parse_args(argv)
+    import json
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    results = {
+        prec: profile(Path(args.config), prec, args.steps, json.loads(args.method))
+        for prec in args.precisions.split(",")
+    }
+    keys = list(next(iter(results.values())))
+    print("| part of one run (s) | " + " | ".join(results) + " |")
+    print("|---|" + "---|" * len(results))
+    for k in keys:
+        print(f"| {k} | " + " | ".join(f"{r[k]:.1f}" for r in results.values()) + " |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
