@@ -66,9 +66,14 @@ def whole_seeds(results: Path, labels=LABELS, seeds=SEEDS) -> list[int]:
 
 
 def samples_per_second(summary: dict) -> float:
-    """Training examples per second of training compute (dev evaluations excluded)."""
+    """Training examples per second of training compute, dev evaluations excluded: per second of
+    process CPU time where the run recorded it (other jobs on the cores do not inflate it), else
+    of wall time."""
     batch = summary.get("config", {}).get("optim", {}).get("batch_size", 16)
-    seconds = summary["train_seconds"] - summary.get("dev_eval_seconds", 0.0)
+    if "train_cpu_seconds" in summary:
+        seconds = summary["train_cpu_seconds"] - summary.get("dev_eval_cpu_seconds", 0.0)
+    else:
+        seconds = summary["train_seconds"] - summary.get("dev_eval_seconds", 0.0)
     return summary["steps"] * batch / seconds
 
 
