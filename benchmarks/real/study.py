@@ -29,6 +29,7 @@ import json
 import os
 import platform
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -222,10 +223,22 @@ def run_parallel(config: Path, results: Path, scratch: Path, items, *, workers: 
     ctx = mp.get_context("spawn")
     args = (str(config), str(results), str(scratch), items, device, threads, workers)
     procs = [ctx.Process(target=_worker, args=((*args, w, tuple(extra)),)) for w in range(workers)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join()
+
+    def stop(signum, _frame):  # the workers are separate processes: a stopped study ends them too
+        for p in procs:
+            if p.is_alive():
+                p.terminate()
+        raise SystemExit(128 + signum)
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 # --------------------------------------------------------------------------------------------
