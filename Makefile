@@ -22,7 +22,7 @@ $(STAMP): setup.py $(CONSTRAINTS)
 	$(BIN)/python -m pip install --upgrade pip
 	# torch first and pinned: any other torch request pulls a multi-GB CUDA build here.
 	$(BIN)/python -m pip install -c $(CONSTRAINTS) torch==2.13.0
-	$(BIN)/python -m pip install -c $(CONSTRAINTS) -e '.[triton,deepspeed,dev]'
+	$(BIN)/python -m pip install -c $(CONSTRAINTS) -e '.[triton,deepspeed,dev,peft]'
 	touch $(STAMP)
 
 demo: venv

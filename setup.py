@@ -46,6 +46,8 @@ setup(
         "deepspeed": ["deepspeed>=0.15"],
         # fastrobust.integrations.hf (transformers.Trainer needs accelerate)
         "hf": ["accelerate>=1.1"],
+        # LoRA adapters: model.lora in fastrobust train, PeftModel in RobustTrainer
+        "peft": ["peft>=0.13"],
         "dev": [
             "accelerate>=1.1",
             "pytest>=8",

@@ -234,6 +234,65 @@ def test_a_signal_writes_a_checkpoint_and_exits_128_plus_signum(
     assert not (out / "baseline" / "summary.json").exists()
 
 
+def _train_until(args: list[str], marker: str, sig: int) -> tuple[int, str, str]:
+    """Starts ``fastrobust train ARGS``, sends ``sig`` once a stdout line contains ``marker``;
+    (exit code, stdout up to then + rest, stderr)."""
+    from cli_run import cli_env, entry_point
+
+    proc = subprocess.Popen(
+        [entry_point(), "train", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=cli_env(),
+    )
+    seen = []
+    try:
+        for line in proc.stdout:
+            seen.append(line)
+            if marker in line:
+                break
+        proc.send_signal(sig)
+        stdout, stderr = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    return proc.returncode, "".join(seen) + stdout, stderr
+
+
+@pytest.mark.slow  # three CLI processes, ~20 s
+def test_after_sigterm_a_plain_rerun_is_refused_and_resume_continues(
+    tiny_pawsx: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """SIGTERM: one line naming the checkpoint and --resume; the same command again is refused with
+    one line (exit 2, nothing touched); with --resume it continues from that checkpoint's step."""
+    from cli_run import run_cli
+
+    from fastrobust.train import checkpoint as ckpt
+
+    data, model = tiny_pawsx
+    out = tmp_path / "run"
+    sets = overrides(data, model, out, "optim.max_steps=100000", "eval.every_steps=3", "output.log_every=50")
+    args = [x for o in sets for x in ("--set", o)]
+    code, _, stderr = _train_until(args, "English dev accuracy", signal.SIGTERM)
+    assert code == 143, stderr[-3000:]
+    (step, path), *_ = ckpt.complete_checkpoints(out / "baseline" / "checkpoints")
+    last = stderr.strip().splitlines()[-1]
+    assert f"checkpoint {path} written; continue with --resume" in last, last
+
+    res = run_cli("train", *args)
+    assert res.returncode == 2, res.stderr[-2000:]
+    (line,) = res.stderr.strip().splitlines()
+    assert f"output.dir: {out} already holds results of baseline" in line and "--resume" in line, line
+    assert [p for _, p in ckpt.complete_checkpoints(out / "baseline" / "checkpoints")] == [path]
+
+    code, stdout, stderr = _train_until([*args, "--resume"], "English dev accuracy", signal.SIGTERM)
+    assert code == 143, stderr[-3000:]
+    assert f"[baseline] resumed from {path} (step {step}/100000)" in stdout
+    later = max(s for s, _ in ckpt.complete_checkpoints(out / "baseline" / "checkpoints"))
+    assert later > step  # it trained on from the checkpoint, and wrote a newer one when stopped
+    assert f"stopped at step {later}/100000" in stderr.strip().splitlines()[-1]
+
+
 def test_a_full_disk_costs_no_finished_result(
     tiny_pawsx: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -10,12 +10,59 @@ from fastrobust.config.base import StrictModel
 from fastrobust.config.methods import BaselineConfig, MethodConfig, method_label
 
 
+class LoraSection(StrictModel):
+    """LoRA adapters (PEFT) on the encoder: only the adapters and the classifier head train.
+
+    Each targeted linear layer W (out x in) becomes ``W x + (alpha / r) * B A x`` with A (r x in),
+    B (out x r), B = 0 at the start; W and the embedding table stay frozen (the methods perturb
+    the embeddings' output, so they work unchanged). Needs ``pip install fastrobust[peft]``.
+    """
+
+    r: int = Field(8, ge=1, description="rank of the update B A")
+    alpha: float = Field(16.0, gt=0, description="the update is scaled by alpha / r")
+    dropout: float = Field(0.1, ge=0, lt=1, description="dropout on the adapter's input")
+    target_modules: list[str] | None = Field(
+        None,
+        min_length=1,
+        description="names (suffixes) of the linear layers that get adapters; null = PEFT's default for "
+        "the architecture (query and value of every attention layer for BERT, mBERT and XLM-R)",
+    )
+    modules_to_save: list[str] | None = Field(
+        None,
+        description="modules trained in full and saved with the adapter; null = the classifier head plus "
+        "every module the base checkpoint does not hold (e.g. BERT's pooler when it was saved without one)",
+    )
+
+
 class ModelConfig(StrictModel):
     name_or_path: str | None = Field(
         None, description="HF hub name or local folder; null only for task 'synthetic', which builds its own"
     )
     max_length: int = Field(128, ge=8)
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    lora: LoraSection | None = Field(
+        None, description="train LoRA adapters instead of the full model (PEFT); null = full fine-tuning"
+    )
+    compile: bool = Field(
+        False,
+        description="torch.compile the training forward once, with a dynamic sequence length (no recompile "
+        "for a new padded length); evaluation runs eager",
+    )
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = Field(
+        "default", description="torch.compile mode (with model.compile)"
+    )
+    compile_backend: str = Field(
+        "inductor", min_length=1, description="torch.compile backend (with model.compile), e.g. aot_eager"
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> ModelConfig:
+        if self.compile_mode != "default" and self.compile_backend != "inductor":
+            raise ValueError(
+                f"compile_mode: {self.compile_mode!r} is a mode of the inductor backend; "
+                f"compile_backend {self.compile_backend!r} takes only 'default'"
+            )
+        return self
 
 
 class SyntheticConfig(StrictModel):

@@ -15,8 +15,11 @@ import json
 from pathlib import Path
 
 from fastrobust.errors import ConfigError, DataError
+from fastrobust.progress import library_bars_off
 
 META_FILE = "fastrobust.json"
+# Imports inside the functions below: ``fastrobust evaluate --help`` defines this module's options
+# and answers at once: it loads none of numpy, torch, datasets, transformers or pydantic.
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -128,9 +131,50 @@ def check_batch_size(value: int | None, default: int, flag: str = "--batch-size"
     return value
 
 
-def run(args: argparse.Namespace) -> int:
-    from fastrobust.progress import library_bars_off
+# The last linear layer of a sequence-classification head, by the names transformers gives it
+# (BERT: classifier; XLM-R: classifier.out_proj; decoder models: score): its rows are the labels.
+HEAD_OUTPUT_WEIGHTS = ("classifier.weight", "classifier.out_proj.weight", "score.weight")
 
+
+def adapter_head_labels(model_dir: Path) -> int | None:
+    """The label count of the classifier head saved in adapter folder ``model_dir``, or None
+    when the adapter holds no head (then the base checkpoint's is used)."""
+    from safetensors import safe_open
+
+    weights = model_dir / "adapter_model.safetensors"
+    if not weights.is_file():
+        return None
+    with safe_open(str(weights), framework="pt") as f:
+        for key in f.keys():  # noqa: SIM118 (safe_open is no dict)
+            if key.endswith(HEAD_OUTPUT_WEIGHTS) and "lora_" not in key:
+                return int(f.get_slice(key).get_shape()[0])
+    return None
+
+
+def load_classifier(model_dir: Path, num_labels: int):
+    """The sequence classifier saved in ``model_dir``: a full model or a LoRA adapter folder.
+
+    An adapter folder (``adapter_config.json``) holds no config of its own: transformers builds
+    the base checkpoint's architecture, whose label count is the base's, then loads the adapter
+    and the head saved with it. So for an adapter the head's label count is read from the adapter
+    file and must be the task's; the base is then built with it (a head of the base checkpoint's
+    own is replaced by the adapter's, so its size does not matter).
+    """
+    from transformers import AutoModelForSequenceClassification
+
+    if not (model_dir / "adapter_config.json").is_file():
+        return AutoModelForSequenceClassification.from_pretrained(str(model_dir))
+    labels = adapter_head_labels(model_dir)
+    if labels is not None and labels != num_labels:
+        raise DataError(
+            f"MODEL_DIR: the adapter's classifier head has {labels} labels but the task has {num_labels}"
+        )
+    return AutoModelForSequenceClassification.from_pretrained(
+        str(model_dir), num_labels=labels or num_labels, ignore_mismatched_sizes=labels is not None
+    )
+
+
+def run(args: argparse.Namespace) -> int:
     with library_bars_off():
         return _run(args)
 
@@ -139,7 +183,7 @@ def _run(args: argparse.Namespace) -> int:
     cfg, max_length, out = resolve(args)
     batch_size = check_batch_size(args.batch_size, cfg.eval.batch_size)
     device = resolve_device(args.device)
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoTokenizer
 
     from fastrobust.data import load_task
     from fastrobust.evaluate import gxlt_markdown, write_report, xlt_markdown
@@ -149,7 +193,7 @@ def _run(args: argparse.Namespace) -> int:
     gxlt = cfg.task.gxlt and cfg.eval.gxlt and not args.no_gxlt
     task = load_task(cfg.task.model_copy(update={"gxlt": gxlt}))
     tokenizer = AutoTokenizer.from_pretrained(args.model_dir)
-    model = AutoModelForSequenceClassification.from_pretrained(args.model_dir).to(device)
+    model = load_classifier(Path(args.model_dir), task.num_labels).to(device)
     if model.config.num_labels != task.num_labels:
         raise DataError(
             f"MODEL_DIR: the model has {model.config.num_labels} labels but task {task.name} has "

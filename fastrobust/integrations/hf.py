@@ -13,6 +13,12 @@ DeepSpeed ZeRO-2/3, ``torch_compile``, evaluation and checkpoints work as usual:
 The method is a config section of :mod:`fastrobust.config.methods` given as its ``kind`` plus
 keyword arguments (``method="rs-rp", sigma=0.5``), a dict, a section object or a built method.
 
+LoRA: ``model`` may be a ``peft.PeftModel`` (:func:`lora_model` builds one with the defaults of
+``fastrobust train``'s ``model.lora``). The methods perturb the output of the base model's frozen
+word-embedding table, only the adapter (and the modules PEFT saves) train, and ``save_model``
+writes the adapter folder, which ``AutoModelForSequenceClassification.from_pretrained`` and
+``fastrobust evaluate`` load.
+
 Loss scaling: a method calls ``backward(loss)`` with the mean cross-entropy of its micro-batch
 (FreeLB: K times with loss/K); the backward multiplies by 1/(accumulation steps) and calls
 ``accelerator.backward`` — Trainer's own convention for models without token-level loss
@@ -61,6 +67,7 @@ __all__ = [
     "EpochPermutationSampler",
     "RobustTrainer",
     "TextClassificationDataset",
+    "lora_model",
     "resolve_method",
     "training_arguments",
 ]
@@ -144,6 +151,36 @@ def training_arguments(cfg: Any, output_dir: str | Path, **overrides: Any) -> An
     kwargs["warmup_steps"] = o.warmup_ratio
     kwargs.update(overrides)
     return TrainingArguments(**kwargs)
+
+
+def lora_model(name_or_path: str | Path, num_labels: int, **lora: Any) -> Any:
+    """A sequence classifier from ``name_or_path`` with LoRA adapters, as ``model.lora`` builds it.
+
+    ``lora``: the fields of :class:`fastrobust.config.LoraSection` (``r=8``, ``alpha=16``,
+    ``dropout=0.1``, ``target_modules=None`` = PEFT's default for the architecture, i.e. query and
+    value for BERT/XLM-R, ``modules_to_save=None`` = the head plus every module the checkpoint
+    lacks); invalid ones raise ConfigError naming them. Needs ``pip install fastrobust[peft]``.
+    Seed torch before calling it for a reproducible head and adapter initialisation.
+    """
+    from pydantic import ValidationError
+    from transformers import AutoModelForSequenceClassification
+
+    from fastrobust.config import LoraSection
+    from fastrobust.train.lora import apply_lora, new_modules, require_peft
+
+    require_peft()
+    try:
+        section = LoraSection(**lora)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(x) for x in first["loc"])
+        raise ConfigError(f"lora_model: {where}: {first['msg']}") from None
+    # ignore_mismatched_sizes: a checkpoint's own head of another size is re-initialised (num_labels
+    # is the only size this call changes); the head trains in full with the adapter anyway.
+    model, info = AutoModelForSequenceClassification.from_pretrained(
+        str(name_or_path), num_labels=num_labels, ignore_mismatched_sizes=True, output_loading_info=True
+    )
+    return apply_lora(model, section, base_path=str(name_or_path), fresh=new_modules(info))
 
 
 # --------------------------------------------------------------------------------------------

@@ -157,6 +157,9 @@ class TrainEngine:
     set): ``deepspeed.initialize`` with the JSON's ``"auto"`` fields filled from the config, a
     client torch AdamW unless the JSON names an optimizer; the engine does precision,
     clipping, optimizer and scheduler steps itself.
+
+    ``model``: the module the methods drive (the compiled forward with ``model.compile``, see
+    :mod:`fastrobust.train.compiled`); ``module``: the HF model itself (evaluation, state dicts).
     """
 
     def __init__(self, model: torch.nn.Module, run: Any, *, backward_calls: int) -> None:
@@ -193,6 +196,10 @@ class TrainEngine:
             if self.precision == "fp16":
                 self.scaler = torch.amp.GradScaler(self.device.type)
             self.model: Any = model
+            if cfg.model.compile:
+                from fastrobust.train.compiled import compile_model
+
+                self.model = compile_model(model, cfg.model.compile_mode, cfg.model.compile_backend)
             return
         import deepspeed
 
@@ -224,6 +231,10 @@ class TrainEngine:
         )
         self.model = self.engine
         self.module = self.engine.module
+        if cfg.model.compile:
+            from fastrobust.train.compiled import compile_engine
+
+            self.model = compile_engine(self.engine, cfg.model.compile_mode, cfg.model.compile_backend)
 
     @property
     def zero_stage(self) -> int:

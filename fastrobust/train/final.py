@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from fastrobust.fileio import json_text
+from fastrobust.train.compiled import eager
 from fastrobust.train.meter import peak_memory_mb
 from fastrobust.train.model_card import command_line, render_model_card, resolved_scales, write_model_card
 from fastrobust.train.run import write_json
@@ -32,8 +33,13 @@ def eval_model(t: Any) -> torch.nn.Module:
     else:
         from transformers import AutoModelForSequenceClassification
 
-        model = AutoModelForSequenceClassification.from_config(eng.module.config)
-        model.to(t.device)
+        from fastrobust.train.lora import is_peft_model, rebuild
+
+        if is_peft_model(eng.module):
+            model = rebuild(eng.module, t.device)
+        else:
+            model = AutoModelForSequenceClassification.from_config(eng.module.config)
+            model.to(t.device)
     if t.selection.best_state is not None:
         model.load_state_dict(t.selection.best_state, strict=True)
     model.eval()
@@ -45,20 +51,22 @@ def save_model_folder(t: Any, model: torch.nn.Module, model_dir: Path, report: A
     written into a temporary folder that replaces ``model_dir`` only once complete (a full disk
     leaves no half-written model)."""
     from fastrobust.fileio import atomic_dir
+    from fastrobust.train.lora import is_peft_model, lora_summary
 
     cfg = t.cfg
+    info = {
+        "task": cfg.task.model_dump(mode="json"),
+        "max_length": cfg.model.max_length,
+        "method": t.mcfg.model_dump(mode="json"),
+    }
+    if is_peft_model(model):
+        info["lora"] = lora_summary(model)
     try:
         with atomic_dir(model_dir) as tmp:
+            # a PeftModel writes its adapter (adapter_model.safetensors + adapter_config.json) only
             model.save_pretrained(str(tmp))
             t.run.tokenizer.save_pretrained(str(tmp))
-            write_json(
-                tmp / "fastrobust.json",
-                {
-                    "task": cfg.task.model_dump(mode="json"),
-                    "max_length": cfg.model.max_length,
-                    "method": t.mcfg.model_dump(mode="json"),
-                },
-            )
+            write_json(tmp / "fastrobust.json", info)
             write_model_card(tmp, model_card(t, report))
     except OSError as exc:  # name the folder the user will look for, not the removed temporary one
         raise OSError(exc.errno, exc.strerror or str(exc), str(model_dir)) from exc
@@ -78,6 +86,7 @@ def rescue(payload: dict[str, Any], places: list[Path]) -> Path | None:
 def model_card(t: Any, report: Any) -> str:
     """The README.md of trainer ``t``'s model folder (see :mod:`.model_card`)."""
     import fastrobust
+    from fastrobust.train.lora import is_peft_model, lora_summary
 
     cfg, run, sel = t.cfg, t.run, t.selection
     training = {
@@ -92,6 +101,8 @@ def model_card(t: Any, report: Any) -> str:
         "seed": cfg.seed,
         "best dev accuracy (%)": f"{100 * sel.best_acc:.2f} at step {sel.best_step}",
     }
+    if cfg.model.compile:
+        training["compiled"] = f"torch.compile ({cfg.model.compile_backend}, mode {cfg.model.compile_mode})"
     return render_model_card(
         title=f"{cfg.name} / {t.label}",
         base_model=run.model_path,
@@ -104,6 +115,7 @@ def model_card(t: Any, report: Any) -> str:
         version=fastrobust.__version__,
         command=command_line(),
         config=cfg.model_dump(mode="json"),
+        adapter=lora_summary(t.eng.module) if is_peft_model(t.eng.module) else None,
     )
 
 
@@ -129,7 +141,7 @@ def finish(t: Any, wall_seconds: float, eval_seconds: float) -> dict[str, Any]:
     if dist.is_main:
         model = eval_model(t)
         t0 = time.perf_counter()
-        with eng.autocast():
+        with eng.autocast(), eager(cfg.model.compile):
             predictions = predict_task_with_progress(
                 model,
                 run.tokenizer,
@@ -194,6 +206,7 @@ def build_summary(
     """The ``summary.json`` of trainer ``t`` (its ``files`` name only what this run writes)."""
     from fastrobust.evaluate.predictions import FILE_NAME
     from fastrobust.train import checkpoint as ckpt
+    from fastrobust.train.lora import is_peft_model, lora_summary
 
     cfg, dist, run, eng = t.cfg, t.dist, t.run, t.eng
     throughput = t.meter.summary()
@@ -233,6 +246,8 @@ def build_summary(
         "averages": report.averages(),
         "xlt": dict(report.xlt),
         "resumed_from_step": t.resumed_from,
+        "lora": lora_summary(eng.module) if is_peft_model(eng.module) else None,
+        "compile": compile_summary(t),
         "wall_seconds": wall_seconds,
         "eval_and_checkpoint_seconds": eval_seconds,
         "test_eval_seconds": test_seconds,
@@ -243,4 +258,22 @@ def build_summary(
             "tensorboard": str(t.dir / "tb") if cfg.output.tensorboard else None,
             "checkpoints": str(t.ckpt_root) if checkpoints else None,
         },
+    }
+
+
+def compile_summary(t: Any) -> dict[str, Any] | None:
+    """``model.compile``: backend, mode and the graphs Dynamo compiled for the training forward —
+    in the first step (``graphs``) and in every later one (``recompiles``; 0 when the dynamic
+    sequence length worked). None when the run was not compiled."""
+    from fastrobust.train.compiled import compiled_graphs
+
+    cfg = t.cfg
+    if not cfg.model.compile:
+        return None
+    before, warm = (t.graphs + [compiled_graphs()] * 2)[:2]
+    return {
+        "backend": cfg.model.compile_backend,
+        "mode": cfg.model.compile_mode,
+        "graphs": warm - before,
+        "recompiles": compiled_graphs() - warm,
     }

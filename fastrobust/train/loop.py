@@ -23,6 +23,7 @@ from fastrobust.timing import SectionTimer
 from fastrobust.train import checkpoint as ckpt
 from fastrobust.train import preflight
 from fastrobust.train.batches import GlobalBatchSampler, micro_seed
+from fastrobust.train.compiled import compiled_graphs
 from fastrobust.train.console import log_step_scalars
 from fastrobust.train.engine import TrainEngine, backward_calls
 from fastrobust.train.final import finish
@@ -71,6 +72,8 @@ class MethodTrainer:
         self.fingerprint = fingerprint(self.cfg, mcfg, run.dist.world_size)
         self.guard: DivergenceGuard | None = None
         self.truncated: int | None = None  # training pairs cut to model.max_length (first epoch)
+        # model.compile: graphs compiled in this process before training / after its first step
+        self.graphs: list[int] = []
 
     def finished_run(self) -> dict[str, Any] | None:
         """Rank 0: the summary of the run already finished on disk for this run (its report and
@@ -110,14 +113,20 @@ class MethodTrainer:
         names = list(self.run.task.label_names)
         # Same seed before every method's model: the freshly initialised head is identical.
         torch.manual_seed(self.cfg.seed)
+        lora = self.cfg.model.lora
         with quiet_transformers():
-            model = AutoModelForSequenceClassification.from_pretrained(
+            model, info = AutoModelForSequenceClassification.from_pretrained(
                 self.run.model_path,
                 num_labels=len(names),
                 id2label=dict(enumerate(names)),
                 label2id={n: i for i, n in enumerate(names)},
                 ignore_mismatched_sizes=self.run.head_warning is not None,
+                output_loading_info=True,
             )
+        if lora is not None:
+            from fastrobust.train.lora import apply_lora, new_modules
+
+            model = apply_lora(model, lora, base_path=self.run.model_path, fresh=new_modules(info))
         model.to(self.device)
         model.train()
         # Relative scales are resolved on the full embedding table, before ZeRO-3 partitions it.
@@ -300,7 +309,11 @@ class MethodTrainer:
                     logged = (self.step + 1) % log_every == 0 or self.step + 1 == total
                     timer = SectionTimer(enabled=logged, device=self.device)
                     t0 = time.perf_counter()
+                    if cfg.model.compile and not self.graphs:
+                        self.graphs.append(compiled_graphs())
                     loss, grad_norm, bad = self._train_step(it, timer)
+                    if len(self.graphs) == 1:
+                        self.graphs.append(compiled_graphs())  # warm: every later step reuses these
                     guard.observe(bad)
                     self._pending_losses.append(loss)
                     self.step += 1

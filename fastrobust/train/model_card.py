@@ -2,7 +2,8 @@
 
 YAML front matter (what the hub reads): ``library_name: transformers``, ``pipeline_tag:
 text-classification``, ``base_model``, ``language`` (the evaluation languages), ``datasets``
-(when the task has a hub id), ``tags: [fastrobust, <method kind>]``, ``metrics: [accuracy]``.
+(when the task has a hub id), ``tags: [fastrobust, <method kind>]``, ``metrics: [accuracy]``;
+a LoRA adapter folder says ``library_name: peft`` and adds the tags ``peft`` and ``lora``.
 Then markdown: the method and its resolved scales (in embedding units), the training data and
 steps, dev selection, the XLT table and the G-XLT summary of this model (accuracy in %, the same
 numbers as its ``report/`` and ``summary.json``), the fastrobust version, the command and the
@@ -72,13 +73,15 @@ def _pct(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.2f}"
 
 
-def front_matter(*, base_model: str, languages: list[str], task_cfg: Any, kind: str) -> dict[str, Any]:
+def front_matter(
+    *, base_model: str, languages: list[str], task_cfg: Any, kind: str, adapter: bool = False
+) -> dict[str, Any]:
     meta: dict[str, Any] = {
-        "library_name": "transformers",
+        "library_name": "peft" if adapter else "transformers",
         "pipeline_tag": "text-classification",
         "base_model": base_model,
         "language": list(languages),
-        "tags": ["fastrobust", kind],
+        "tags": ["fastrobust", kind, *(["peft", "lora"] if adapter else [])],
         "metrics": ["accuracy"],
     }
     # the presets' data is the hub dataset even when read from a local copy; a custom task is known
@@ -109,14 +112,22 @@ def render_model_card(
     version: str,
     command: str,
     config: dict[str, Any],
+    adapter: dict[str, Any] | None = None,
 ) -> str:
     """The card as a string: YAML front matter + markdown (see the module docstring).
 
     ``training``: steps, epochs, batch_size, learning_rate, train_examples, precision, seed,
     best_dev_accuracy, best_step, world_size. ``report``: the run's EvalReport of this model.
+    ``adapter``: for a LoRA adapter folder, :func:`fastrobust.train.lora.lora_summary`.
     """
     kind = method_section["kind"]
-    meta = front_matter(base_model=base_model, languages=list(report.languages), task_cfg=task_cfg, kind=kind)
+    meta = front_matter(
+        base_model=base_model,
+        languages=list(report.languages),
+        task_cfg=task_cfg,
+        kind=kind,
+        adapter=adapter is not None,
+    )
     lines = ["---", yaml.safe_dump(meta, sort_keys=False, allow_unicode=True).rstrip(), "---", ""]
     lines += [f"# {title}", ""]
     lines += [
@@ -136,6 +147,8 @@ def render_model_card(
         f"| resolved {k} | {v:.6g} |" if isinstance(v, float) else f"| resolved {k} | {v} |"
         for k, v in scales.items()
     ]
+    if adapter is not None:
+        lines += _adapter_lines(adapter)
     lines += ["", "## Training", ""]
     source = task_cfg.path or _HUB_DATASETS.get(task_cfg.name, "-")
     lines += [
@@ -195,6 +208,29 @@ def render_model_card(
         "",
     ]
     return "\n".join(lines)
+
+
+def _adapter_lines(adapter: dict[str, Any]) -> list[str]:
+    """The card's LoRA section: what the folder holds and the adapter's settings."""
+    share = 100 * adapter["trainable_parameters"] / max(1, adapter["total_parameters"])
+    lines = [
+        "",
+        "## LoRA adapter",
+        "",
+        "This folder holds a LoRA adapter (PEFT), not a full model: the base model "
+        f"`{adapter['base_model']}` stays frozen, only the adapter and the modules listed below were "
+        f"trained ({adapter['trainable_parameters']:,} of {adapter['total_parameters']:,} parameters, "
+        f"{share:.2f}%). "
+        "`AutoModelForSequenceClassification.from_pretrained(folder)` (with `peft` installed) loads the "
+        "base model and the adapter.",
+        "",
+        "| setting | value |",
+        "| --- | --- |",
+    ]
+    for key in ("r", "alpha", "dropout", "target_modules", "modules_to_save"):
+        value = adapter[key]
+        lines.append(f"| {key} | {', '.join(value) if isinstance(value, list) else value} |")
+    return lines
 
 
 def write_model_card(folder: Path, text: str) -> Path:

@@ -79,6 +79,8 @@ def quiet_transformers() -> Iterator[None]:
 
 
 NOT_FINGERPRINTED: dict[str, set[str]] = {
+    # compiling changes how the forward runs, not what it computes: a run resumes either way
+    "model": {"compile", "compile_mode", "compile_backend"},
     "optim": {"nonfinite_patience"},
     "task": {"max_gxlt_examples", "gxlt_pairs"},
 }
@@ -88,7 +90,10 @@ def fingerprint(cfg: Config, mcfg: Any, world_size: int) -> dict[str, str]:
     """Hashes of the config sections a checkpoint depends on (a resume must not silently mix runs)."""
     parts = {
         "seed": cfg.seed,
-        "model": cfg.model.model_dump(mode="json"),
+        # lora only when set: a full fine-tuning checkpoint written before the key existed still resumes
+        "model": cfg.model.model_dump(
+            mode="json", exclude=NOT_FINGERPRINTED["model"] | ({"lora"} if cfg.model.lora is None else set())
+        ),
         "task": cfg.task.model_dump(mode="json", exclude=NOT_FINGERPRINTED["task"]),
         # without the keys that cannot change what training computes (added later: an older
         # checkpoint still resumes)

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from fastrobust.errors import DivergenceError
+from fastrobust.train.compiled import eager
 from fastrobust.train.distributed import DistContext
 from fastrobust.train.guard import params_finite
 from fastrobust.train.run import cpu_state, log
@@ -31,7 +32,7 @@ def dev_accuracy(
     dev = task.dev[task.train_language]
     # Every rank evaluates (under ZeRO-3 each forward gathers shards collectively); rank 0's
     # number is broadcast so that all ranks take the same best-state decision.
-    with autocast:
+    with autocast, eager(run.cfg.model.compile):
         acc = evaluate_dev(
             module,
             run.tokenizer,

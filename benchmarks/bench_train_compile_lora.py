@@ -1,0 +1,144 @@
+"""Training-step time of ``model.compile`` against eager, and of LoRA + PGD against LoRA alone (CPU).
+
+One step is what ``fastrobust train`` runs per optimizer step without DeepSpeed:
+``method.training_step`` (forwards, perturbation, backward) + clipping at 1.0 + AdamW + zero_grad,
+on the randomly initialised XLM-R-style classifier of :mod:`_train_grid` (hidden 256, 4 layers,
+batch 8 x 128, real lengths in [64, 128], fp32). Variants:
+
+* ``eager`` / ``compiled`` for baseline and PGD K=1 on the full model: the compiled forward is
+  :class:`fastrobust.train.compiled.CompiledModel` (inductor, sequence length marked dynamic),
+  exactly what ``model.compile: true`` builds; the eager one is the module itself (same weights);
+* ``lora`` baseline and PGD K=1: the model wrapped by :func:`fastrobust.train.lora.apply_lora` with
+  ``model.lora``'s defaults (r 8 on query and value), AdamW over the adapter and head only.
+
+Timing: process CPU time (``time.process_time``) with one torch thread, so that other jobs on a
+shared machine do not inflate it; warm-up steps first (they compile), then R rounds in which every
+variant runs one step, in the same order; the table gives each variant's median over rounds and
+the per-round ratios (median and range over rounds: a drift of the machine cancels within a round).
+``python benchmarks/bench_train_compile_lora.py [--rounds 10] [--out x.json]``, ``--summary x.json``
+(``--smoke``: a tiny shape, 2 rounds, the aot_eager backend — checks the plumbing only).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))  # `python benchmarks/bench_train_compile_lora.py`
+
+import _train_grid  # noqa: E402
+
+from fastrobust.config import AdversarialConfig, BaselineConfig, LoraSection  # noqa: E402
+from fastrobust.methods import build_method  # noqa: E402
+from fastrobust.train.compiled import compile_model, compiled_graphs  # noqa: E402
+from fastrobust.train.lora import apply_lora  # noqa: E402
+
+METHODS = {"baseline": BaselineConfig(), "pgd-k1": AdversarialConfig(kind="pgd", steps=1, init_magnitude=0.1)}
+
+
+def make_step(model, module: torch.nn.Module, batch: dict, method_cfg) -> Callable[[], None]:
+    """One optimizer step of ``method_cfg`` through ``model`` (the module or its compiled forward)."""
+    method = build_method(method_cfg)
+    method.setup(module)
+    params = [p for p in module.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-5)
+
+    def step() -> None:
+        method.training_step(model, batch, lambda loss: loss.backward())
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    return step
+
+
+def variants(shape: str, batch: int, seq: int, backend: str) -> dict[str, Callable[[], None]]:
+    full = _train_grid.build(shape, torch.device("cpu"), batch, seq)
+    compiled = compile_model(full.model, "default", backend)
+    lora = _train_grid.build(shape, torch.device("cpu"), batch, seq)
+    lora_model = apply_lora(lora.model, LoraSection(dropout=0.0), base_path="random-init")
+    lora_model.train()
+    out = {}
+    for name, cfg in METHODS.items():
+        out[f"eager {name}"] = make_step(full.model, full.model, full.batch, cfg)
+        out[f"compiled {name}"] = make_step(compiled, full.model, full.batch, cfg)
+        out[f"lora {name}"] = make_step(lora_model, lora_model, lora.batch, cfg)
+    return out
+
+
+def measure(steps: dict[str, Callable[[], None]], rounds: int, warmup: int) -> dict[str, list[float]]:
+    cpu: dict[str, list[float]] = {name: [] for name in steps}
+    for step in steps.values():
+        for _ in range(warmup):
+            step()
+    graphs = compiled_graphs()
+    for _ in range(rounds):
+        for name, step in steps.items():
+            t0 = time.process_time()
+            step()
+            cpu[name].append(time.process_time() - t0)
+    if compiled_graphs() != graphs:
+        raise RuntimeError(f"recompiled during the timed rounds ({graphs} -> {compiled_graphs()} graphs)")
+    return cpu
+
+
+def _ratio(cpu: dict[str, list[float]], a: str, b: str) -> str:
+    """Median (and range) over rounds of a's step time / b's step time in the same round."""
+    r = [x / y for x, y in zip(cpu[a], cpu[b])]
+    return f"{statistics.median(r):.2f} ({min(r):.2f}-{max(r):.2f})"
+
+
+def table(cpu: dict[str, list[float]]) -> str:
+    """Markdown: each variant's median step, and per-round ratios (median, range over rounds)."""
+    rows = [
+        ("eager baseline", None, ""),
+        ("compiled baseline", "eager baseline", "compiled / eager"),
+        ("eager pgd-k1", None, ""),
+        ("compiled pgd-k1", "eager pgd-k1", "compiled / eager"),
+        ("lora baseline", "eager baseline", "LoRA / full-model eager baseline"),
+        ("lora pgd-k1", "lora baseline", "LoRA + PGD K=1 / LoRA baseline"),
+    ]
+    lines = ["| variant | step CPU ms (median) | ratio (median, range over rounds) |", "| --- | ---: | --- |"]
+    for name, ref, what in rows:
+        ratio = f"{_ratio(cpu, name, ref)} {what}" if ref else "-"
+        lines.append(f"| {name} | {statistics.median(cpu[name]) * 1e3:.0f} | {ratio} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--backend", default="inductor")
+    parser.add_argument("--smoke", action="store_true")
+    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--summary", type=Path, default=None, help="print the table of a saved --out file")
+    args = parser.parse_args(argv)
+    if args.summary is not None:
+        print(table(json.loads(args.summary.read_text())["cpu_s"]))
+        return 0
+    torch.set_num_threads(1)
+    shape, batch, seq = ("tiny", 2, 16) if args.smoke else ("h256", 8, 128)
+    rounds, backend = (2, "aot_eager") if args.smoke else (args.rounds, args.backend)
+    cpu = measure(variants(shape, batch, seq, backend), rounds, 1 if args.smoke else args.warmup)
+    print(
+        f"{shape}, batch {batch} x {seq}, fp32, backend {backend}, {rounds} rounds, 1 thread, "
+        "process CPU time"
+    )
+    print(f"torch {torch.__version__}, {platform.processor() or platform.machine()}")
+    print(table(cpu))
+    if args.out is not None:
+        args.out.write_text(json.dumps({"shape": shape, "batch": batch, "seq": seq, "cpu_s": cpu}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
