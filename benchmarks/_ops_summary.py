@@ -1,5 +1,6 @@
-"""Markdown tables of a CUDA ops-benchmark run (``bench_ops.py --summary FILE.jsonl``), with the
-targets of issue 12 evaluated row by row."""
+"""Markdown tables of an ops-benchmark run (``python benchmarks/bench_ops.py --summary FILE``): the
+CUDA grid's JSONL records, with the targets of issue 12 evaluated row by row, or the JSON of a
+pytest-benchmark run (``pytest benchmarks/bench_ops.py --benchmark-json=FILE``)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,19 @@ from _ops_grid import GPU_OPS, TARGET_NOTE
 
 def load_records(path: str | Path) -> list[dict]:
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def summarize_file(path: str | Path, *, short: bool = False) -> str:
+    """The Markdown of a results file: a pytest-benchmark JSON document (one object with a
+    ``benchmarks`` list) or the CUDA grid's JSONL records (``short``: only the targets table)."""
+    text = Path(path).read_text()
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError:  # several lines: JSONL records
+        data = None
+    if isinstance(data, dict) and "benchmarks" in data:
+        return summarize_pytest_json(data)
+    return summarize_gpu(load_records(path), short=short)
 
 
 def _us(r: dict | None) -> str:
@@ -94,8 +108,8 @@ def _fmt(x: float | None, pct: bool = False) -> str:
     return f"{100 * x:.0f}%" if pct else f"{x:.2f}x"
 
 
-def summarize_gpu(records: list[dict], *, short: bool = False) -> str:
-    """Markdown: run facts, the targets table, then one full table per timer."""
+def _run_facts(records: list[dict]) -> list[str]:
+    """The lines on the run: device and versions, copy yardstick, API features, budget and abort."""
     meta = next((r for r in records if r.get("kind") == "meta"), {})
     lines = []
     facts = [
@@ -118,12 +132,13 @@ def summarize_gpu(records: list[dict], *, short: bool = False) -> str:
             lines.append(f"**Budget of {r['budget_s']} s reached: {len(r['not_run'])} cases not run.**")
         if r.get("kind") == "abort":
             lines.append(f"**Run aborted at {r['case']}: {r['error']}**")
-    lines.append("")
-    lines.append(TARGET_NOTE)
-    lines.append("")
-    # targets, compact: one line per op / dtype / mask over the shapes
+    return lines
+
+
+def _targets_table(records: list[dict]) -> list[str]:
+    """The targets, compact: one line per op / dtype / mask over the shapes."""
     tgt = evaluate_targets(records)
-    lines.append("| op | dtype | mask | shapes met | % of copy (floor) | x eager | x compile | check |")
+    lines = ["| op | dtype | mask | shapes met | % of copy (floor) | x eager | x compile | check |"]
     lines.append("| --- | --- | --- | --- | --- | --- | --- | --- |")
     groups: dict[tuple, list[dict]] = {}
     for e in tgt:
@@ -143,59 +158,70 @@ def summarize_gpu(records: list[dict], *, short: bool = False) -> str:
             f"| {op} | {dtype} | {mask} | {met}/{len(es)} {'yes' if met == len(es) else 'NO'} | "
             f"{span('frac_copy', True)} | {span('vs_eager')} | {span('vs_compile')} | {', '.join(checks)} |"
         )
-    if short:
-        return "\n".join(lines)
-    for timer, title in (
-        ("events", "CUDA events, L2 flushed before each call (do_bench, median)"),
-        ("graph", "CUDA graph of ~100 calls, inputs rotating through > L2 (do_bench_cudagraph, median)"),
-        ("cpu", "CPU clock (smoke/plumbing only)"),
+    return lines
+
+
+_TIMERS = (
+    ("events", "CUDA events, L2 flushed before each call (do_bench, median)"),
+    ("graph", "CUDA graph of ~100 calls, inputs rotating through > L2 (do_bench_cudagraph, median)"),
+    ("cpu", "CPU clock (smoke/plumbing only)"),
+)
+_TIMER_HEADER = [
+    "op",
+    "B x L x H",
+    "dtype",
+    "mask",
+    "floor MB",
+    "copy GB/s",
+    "eager us",
+    "compile us (s/d)",
+    "triton us",
+    "triton GB/s",
+    "% of copy",
+    "x eager",
+    "x compile",
+]
+
+
+def _timer_table(records: list[dict], timer: str, title: str) -> list[str]:
+    """The full table of one timer (no lines when the run has no record of it)."""
+    rows = _rows(records, timer)
+    if not any(r.get("timer") == timer for by in rows.values() for r in by.values()):
+        return []
+    lines = ["", f"#### {title}", ""]
+    lines.append("| " + " | ".join(_TIMER_HEADER) + " |")
+    lines.append("|" + " --- |" * len(_TIMER_HEADER))
+    for (op, shape, dtype, mask), by in sorted(
+        rows.items(), key=lambda kv: (kv[0][0], kv[0][2], kv[0][3], kv[0][1])
     ):
-        rows = _rows(records, timer)
-        if not any(r.get("timer") == timer for by in rows.values() for r in by.values()):
+        if op == "copy":
             continue
-        lines += ["", f"#### {title}", ""]
-        header = [
-            "op",
-            "B x L x H",
-            "dtype",
-            "mask",
-            "floor MB",
-            "copy GB/s",
-            "eager us",
-            "compile us (s/d)",
-            "triton us",
-            "triton GB/s",
-            "% of copy",
-            "x eager",
-            "x compile",
+        copy = _copy_gbps(rows, shape, dtype)
+        tri, eager, comp = by.get("triton"), by.get("eager"), by.get("compile")
+        good = lambda r: r is not None and "error" not in r and "median_ms" in r  # noqa: E731
+        floor = next(iter(by.values()))["floor_bytes"]
+        cells = [
+            op,
+            shape,
+            dtype,
+            mask,
+            f"{floor / 1e6:.1f}",
+            "—" if copy is None else f"{copy:.0f}",
+            _us(eager),
+            _us(comp) + (f" ({comp['compile'][0]})" if good(comp) and comp.get("compile") else ""),
+            _us(tri),
+            f"{tri['gbps']:.0f}" if good(tri) else "—",
+            _fmt(tri["gbps"] / copy, True) if good(tri) and copy else "—",
+            _fmt(eager["median_ms"] / tri["median_ms"]) if good(tri) and good(eager) else "—",
+            _fmt(comp["median_ms"] / tri["median_ms"]) if good(tri) and good(comp) else "—",
         ]
-        lines.append("| " + " | ".join(header) + " |")
-        lines.append("|" + " --- |" * len(header))
-        for (op, shape, dtype, mask), by in sorted(
-            rows.items(), key=lambda kv: (kv[0][0], kv[0][2], kv[0][3], kv[0][1])
-        ):
-            if op == "copy":
-                continue
-            copy = _copy_gbps(rows, shape, dtype)
-            tri, eager, comp = by.get("triton"), by.get("eager"), by.get("compile")
-            good = lambda r: r is not None and "error" not in r and "median_ms" in r  # noqa: E731
-            floor = next(iter(by.values()))["floor_bytes"]
-            cells = [
-                op,
-                shape,
-                dtype,
-                mask,
-                f"{floor / 1e6:.1f}",
-                "—" if copy is None else f"{copy:.0f}",
-                _us(eager),
-                _us(comp) + (f" ({comp['compile'][0]})" if good(comp) and comp.get("compile") else ""),
-                _us(tri),
-                f"{tri['gbps']:.0f}" if good(tri) else "—",
-                _fmt(tri["gbps"] / copy, True) if good(tri) and copy else "—",
-                _fmt(eager["median_ms"] / tri["median_ms"]) if good(tri) and good(eager) else "—",
-                _fmt(comp["median_ms"] / tri["median_ms"]) if good(tri) and good(comp) else "—",
-            ]
-            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def _problems(records: list[dict]) -> list[str]:
+    """The cases a provider refused (n/a) and the errors."""
+    lines: list[str] = []
     refused = sorted(
         {
             f"{r['op']} ({r['provider']}, {r['timer']}): {r['unsupported'][:150]}"
@@ -205,7 +231,8 @@ def summarize_gpu(records: list[dict], *, short: bool = False) -> str:
     )
     if refused:
         lines += ["", "Not measurable (n/a):"] + [f"- {x}" for x in refused[:12]]
-    errors = [r for r in records if "error" in r]
+    # An "abort" record carries an error too, but no case: _run_facts reports it at the top.
+    errors = [r for r in records if "error" in r and r.get("kind") == "result"]
     if errors:
         lines += ["", "Errors:"]
         lines += [
@@ -213,7 +240,68 @@ def summarize_gpu(records: list[dict], *, short: bool = False) -> str:
             f"{r['error']}"
             for r in errors
         ]
+    return lines
+
+
+def summarize_gpu(records: list[dict], *, short: bool = False) -> str:
+    """Markdown: run facts, the targets table, then one full table per timer."""
+    lines = [*_run_facts(records), "", TARGET_NOTE, "", *_targets_table(records)]
+    if short:
+        return "\n".join(lines)
+    for timer, title in _TIMERS:
+        lines += _timer_table(records, timer, title)
+    lines += _problems(records)
     return "\n".join(lines)
 
 
-# ============================================================================ pytest entry points
+def summarize_pytest_json(data: dict) -> str:
+    """Markdown table of a ``pytest benchmarks/bench_ops.py --benchmark-json=FILE`` run (its parsed
+    JSON): one row per op/shape/dtype, median ms and GB/s (bytes floor / median) per provider, the
+    copy bandwidth of the same shape, and speed-ups over eager torch. On a GPU the pytest cases
+    carry the CUDA grid's records, summarised as by :func:`summarize_gpu`."""
+    cuda = [r for b in data["benchmarks"] for r in b.get("extra_info", {}).get("records", [])]
+    if cuda:  # a pytest run on a GPU: the CUDA grid's records (see bench_ops.py)
+        meta = {"kind": "meta", "timers": ["events"], **data["benchmarks"][0]["extra_info"]}
+        meta.pop("records", None)
+        return summarize_gpu([meta, *cuda])
+    rows: dict[tuple, dict[str, dict]] = {}
+    copies: dict[tuple, float] = {}
+    providers: list[str] = []
+    for bench in data["benchmarks"]:
+        info = bench["extra_info"]
+        if "op" not in info:
+            continue
+        median = bench["stats"]["median"]
+        if info["op"] == "copy":
+            copies[(info["shape"], info["dtype"])] = info["bytes_floor"] / median / 1e9
+            continue
+        rows.setdefault((info["op"], info["shape"], info["dtype"]), {})[info["provider"]] = {
+            "median": median,
+            **info,
+        }
+        if info["provider"] not in providers:
+            providers.append(info["provider"])
+    others = [p for p in providers if p != "torch"] if "torch" in providers else []
+    header = ["op", "B x L x H", "dtype", "MB floor", "copy GB/s"]
+    header += [f"{p} ms (GB/s)" for p in providers] + [f"{p} vs eager" for p in others]
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    for (op, shape, dtype), by_provider in sorted(rows.items()):
+        first = next(iter(by_provider.values()))
+        copy = copies.get((shape, dtype))
+        cells = [
+            op,
+            shape,
+            dtype,
+            f"{first['bytes_floor'] / 1e6:.1f}",
+            "—" if copy is None else f"{copy:.1f}",
+        ]
+        for p in providers:
+            r = by_provider.get(p)
+            gbps = None if r is None else r["bytes_floor"] / r["median"] / 1e9
+            cells.append("—" if r is None else f"{r['median'] * 1e3:.3f} ({gbps:.1f})")
+        base = by_provider.get("torch")
+        for p in others:
+            r = by_provider.get(p)
+            cells.append("—" if r is None or base is None else f"{base['median'] / r['median']:.2f}x")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)

@@ -169,6 +169,65 @@ class _Clock:
         return [(n, e - s) for n, s, e in self.marks]
 
 
+def _estimate(steps: dict[str, Callable], device: torch.device) -> tuple[dict, dict, dict]:
+    """One timed step of every method: ({method: seconds}, {method: peak GiB}, {method: peak GiB
+    above what was allocated before the step}); the peaks on CUDA only."""
+    est, peak, peak_extra = {}, {}, {}
+    for name, step in steps.items():
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+            before = torch.cuda.memory_allocated(device)
+        _sync(device)
+        t0 = time.perf_counter()
+        step()
+        _sync(device)
+        est[name] = time.perf_counter() - t0
+        if device.type == "cuda":
+            peak[name] = torch.cuda.max_memory_allocated(device) / 2**30
+            peak_extra[name] = (torch.cuda.max_memory_allocated(device) - before) / 2**30
+    return est, peak, peak_extra
+
+
+def _rounds(
+    steps: dict[str, Callable], device: torch.device, rounds: int
+) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """``rounds`` interleaved rounds (baseline, the others in a shuffled order, baseline again):
+    ({method: step seconds}, {method: ratio to the mean of its round's two baseline steps}; the
+    baseline's ratio is its second step over its first)."""
+    methods = list(steps)
+    rng = random.Random(0)
+    times: dict[str, list[float]] = {n: [] for n in methods}
+    ratios: dict[str, list[float]] = {n: [] for n in methods}
+    for _ in range(rounds):
+        others = [n for n in methods if n != "baseline"]
+        rng.shuffle(others)
+        clock = _Clock(device)
+        for name in ["baseline", *others, "baseline"]:
+            clock.run(name, steps[name])
+        secs = clock.seconds()
+        b0, b1 = secs[0][1], secs[-1][1]
+        for name, s in secs[1:-1]:
+            times[name].append(s)
+            ratios[name].append(s / ((b0 + b1) / 2))
+        times["baseline"] += [b0, b1]
+        ratios["baseline"].append(b1 / b0)
+    return times, ratios
+
+
+def _split(step: Callable, device: torch.device, split_steps: int) -> dict[str, float]:
+    """The share of each timed section (SectionTimer) of one method's step, and ``step_s``."""
+    timer = SectionTimer(enabled=True, device=device)
+    _sync(device)
+    t0 = time.perf_counter()
+    for _ in range(split_steps):
+        step(timer)
+    _sync(device)
+    total = (time.perf_counter() - t0) / split_steps
+    sec = {k: v / split_steps for k, v in timer.totals.items()}
+    sec["other"] = max(0.0, total - sum(sec.values()))
+    return {k: v / total for k, v in sec.items()} | {"step_s": total}
+
+
 def measure_group(
     model_name: str,
     precision: str,
@@ -197,51 +256,13 @@ def measure_group(
             steps[name]()
     _sync(device)
     warm_s = time.perf_counter() - t_warm
-    est, peak, peak_extra = {}, {}, {}
-    for name in methods:
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-            before = torch.cuda.memory_allocated(device)
-        _sync(device)
-        t0 = time.perf_counter()
-        steps[name]()
-        _sync(device)
-        est[name] = time.perf_counter() - t0
-        if device.type == "cuda":
-            peak[name] = torch.cuda.max_memory_allocated(device) / 2**30
-            peak_extra[name] = (torch.cuda.max_memory_allocated(device) - before) / 2**30
+    est, peak, peak_extra = _estimate(steps, device)
     per_round = sum(est.values()) + est["baseline"]
     rounds = max(min_rounds, min(max_rounds, int(budget_s / max(per_round, 1e-9))))
-    rng = random.Random(0)
-    times: dict[str, list[float]] = {n: [] for n in methods}
-    ratios: dict[str, list[float]] = {n: [] for n in methods}
     t_rounds = time.perf_counter()
-    for _ in range(rounds):
-        others = [n for n in methods if n != "baseline"]
-        rng.shuffle(others)
-        clock = _Clock(device)
-        for name in ["baseline", *others, "baseline"]:
-            clock.run(name, steps[name])
-        secs = clock.seconds()
-        b0, b1 = secs[0][1], secs[-1][1]
-        for name, s in secs[1:-1]:
-            times[name].append(s)
-            ratios[name].append(s / ((b0 + b1) / 2))
-        times["baseline"] += [b0, b1]
-        ratios["baseline"].append(b1 / b0)
+    times, ratios = _rounds(steps, device, rounds)
     rounds_s = time.perf_counter() - t_rounds
-    split: dict[str, dict[str, float]] = {}
-    for name in methods:
-        timer = SectionTimer(enabled=True, device=device)
-        _sync(device)
-        t0 = time.perf_counter()
-        for _ in range(split_steps):
-            steps[name](timer)
-        _sync(device)
-        total = (time.perf_counter() - t0) / split_steps
-        sec = {k: v / split_steps for k, v in timer.totals.items()}
-        sec["other"] = max(0.0, total - sum(sec.values()))
-        split[name] = {k: v / total for k, v in sec.items()} | {"step_s": total}
+    split = {name: _split(steps[name], device, split_steps) for name in methods}
     hidden, layers, *_ = MODELS[model_name]
     rows = []
     for name in methods:
@@ -286,6 +307,7 @@ def rsda_epoch_cost(n: int = 2048, seed: int = 0) -> dict:
     tokenises once per run). Synthetic PAWS-like pairs of 12-25 words from a 3,000-word vocabulary
     in which every third word has two synonyms; a Unigram tokenizer (XLM-R's kind) trained on
     them with ``tokenizers``. Runs on the CPU, like the trainer's data pipeline."""
+    # datasets and the HF text stack load only for this case (the step timings need neither).
     import datasets
     from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast

@@ -1,18 +1,17 @@
 """Helpers shared by the benchmark files: device facts, synchronised timing through
-pytest-benchmark, the copy-bandwidth yardstick, peak memory, and the Markdown summary.
+pytest-benchmark, CUDA-event timing, the copy-bandwidth yardstick and peak memory.
 
-``python benchmarks/_util.py RESULTS.json`` prints the Markdown table of a
-``pytest benchmarks --benchmark-json=RESULTS.json`` run (what BENCHMARKS.md quotes).
+A leaf of the benchmarks' imports: the Markdown tables of a run are ``_ops_summary.py``'s.
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import platform
 import statistics
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -139,8 +138,6 @@ def timed(benchmark, fn: Callable[[], object], device: torch.device, *, budget_s
 
 def _accepted(fn: Callable, **kwargs) -> dict:
     """The keyword arguments ``fn`` accepts (triton.testing signatures move between versions)."""
-    import inspect
-
     params = inspect.signature(fn).parameters
     return {k: v for k, v in kwargs.items() if k in params}
 
@@ -270,61 +267,3 @@ def record(benchmark, *, device: torch.device, nbytes: int, copy_gbps: float, **
         median = stats.stats.median
         benchmark.extra_info["gbps"] = round(nbytes / median / 1e9, 2)
         benchmark.extra_info["fraction_of_copy"] = round(nbytes / median / 1e9 / copy_gbps, 3)
-
-
-def summarize(path: str | Path) -> str:
-    """Markdown table: one row per op/shape/dtype, median ms and GB/s (bytes floor / median)
-    per provider, the copy bandwidth of the same shape, and speed-ups over eager torch."""
-    data = json.loads(Path(path).read_text())
-    cuda = [r for b in data["benchmarks"] for r in b.get("extra_info", {}).get("records", [])]
-    if cuda:  # a pytest run on a GPU: the CUDA grid's records (see bench_ops.py)
-        from _ops_summary import summarize_gpu
-
-        meta = {"kind": "meta", "timers": ["events"], **data["benchmarks"][0]["extra_info"]}
-        meta.pop("records", None)
-        return summarize_gpu([meta, *cuda])
-    rows: dict[tuple, dict[str, dict]] = {}
-    copies: dict[tuple, float] = {}
-    providers: list[str] = []
-    for bench in data["benchmarks"]:
-        info = bench["extra_info"]
-        if "op" not in info:
-            continue
-        median = bench["stats"]["median"]
-        if info["op"] == "copy":
-            copies[(info["shape"], info["dtype"])] = info["bytes_floor"] / median / 1e9
-            continue
-        rows.setdefault((info["op"], info["shape"], info["dtype"]), {})[info["provider"]] = {
-            "median": median,
-            **info,
-        }
-        if info["provider"] not in providers:
-            providers.append(info["provider"])
-    others = [p for p in providers if p != "torch"] if "torch" in providers else []
-    header = ["op", "B x L x H", "dtype", "MB floor", "copy GB/s"]
-    header += [f"{p} ms (GB/s)" for p in providers] + [f"{p} vs eager" for p in others]
-    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
-    for (op, shape, dtype), by_provider in sorted(rows.items()):
-        first = next(iter(by_provider.values()))
-        copy = copies.get((shape, dtype))
-        cells = [
-            op,
-            shape,
-            dtype,
-            f"{first['bytes_floor'] / 1e6:.1f}",
-            "—" if copy is None else f"{copy:.1f}",
-        ]
-        for p in providers:
-            r = by_provider.get(p)
-            gbps = None if r is None else r["bytes_floor"] / r["median"] / 1e9
-            cells.append("—" if r is None else f"{r['median'] * 1e3:.3f} ({gbps:.1f})")
-        base = by_provider.get("torch")
-        for p in others:
-            r = by_provider.get(p)
-            cells.append("—" if r is None or base is None else f"{base['median'] / r['median']:.2f}x")
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-if __name__ == "__main__":
-    print(summarize(sys.argv[1]))

@@ -13,7 +13,8 @@
   and ``graph`` = ``do_bench_cudagraph`` (~100 calls per CUDA graph, inputs rotating through
   more than L2). Each record is written to the JSONL file as soon as it is measured; a time
   budget (``--budget-s``) stops starting new cases. ``--summary ops.jsonl`` prints the
-  Markdown tables for BENCHMARKS.md with the issue's targets met or not (``_ops_summary.py``).
+  Markdown tables for BENCHMARKS.md with the issue's targets met or not (``_ops_summary.py``);
+  ``--summary ops.json`` the table of a ``pytest --benchmark-json=ops.json`` run.
   On a GPU, ``pytest benchmarks/bench_ops.py`` runs the same cases (events timer), one test
   each, failing on an error or a wrong result.
 
@@ -49,7 +50,7 @@ from _ops_grid import (  # noqa: E402
     raise_recompile_limits,
     run_grid,
 )
-from _ops_summary import load_records, summarize_gpu  # noqa: E402
+from _ops_summary import summarize_file, summarize_gpu  # noqa: E402
 from _util import (  # noqa: E402
     SMOKE,
     RecordSink,
@@ -267,7 +268,11 @@ def main(argv: list[str] | None = None) -> int:
         "--out", default=None, help="JSONL file of results (one record per line, written as measured)"
     )
     p.add_argument(
-        "--summary", metavar="JSONL", default=None, help="print the Markdown tables of a results file"
+        "--summary",
+        metavar="FILE",
+        default=None,
+        help="print the Markdown tables of a results file: this command's JSONL, or the JSON of "
+        "pytest --benchmark-json",
     )
     p.add_argument("--short", action="store_true", help="with --summary: only the targets table")
     p.add_argument("--smoke", action="store_true", default=SMOKE, help="tiny shapes, no torch.compile")
@@ -287,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--budget-s", type=float, default=150.0, help="start no new case after this many seconds")
     args = p.parse_args(argv)
     if args.summary:
-        print(summarize_gpu(load_records(args.summary), short=args.short))
+        print(summarize_file(args.summary, short=args.short))
         return 0
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():

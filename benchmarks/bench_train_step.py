@@ -52,12 +52,12 @@ from fastrobust.methods import build_method  # noqa: E402
 
 DEVICE = bench_device()
 
-# name: (hidden, layers, heads, intermediate, vocab, batch, seq)
-# (the CUDA groups are _train_grid's: XLM-R base and large, batch 32 x 128)
+# name: (_train_grid model, batch, seq); the model's (hidden, layers, heads, intermediate, vocab)
+# are _train_grid.MODELS' (the CUDA groups are _train_grid's: XLM-R base and large, batch 32 x 128)
 if SMOKE:
-    SHAPES = {"tiny-h64": (64, 2, 2, 128, 1000, 4, 32)}
+    SHAPES = {"tiny-h64": ("tiny", 4, 32)}
 else:
-    SHAPES = {"cpu-h256": (256, 4, 4, 1024, 8000, 8, 128)}
+    SHAPES = {"cpu-h256": ("h256", 8, 128)}
 
 # name: (config, cost of the step in baseline steps, i.e. the target before the 5 % margin): the
 # CUDA grid's methods; RS-DA's step is the baseline's (its cost is per epoch, see _train_grid)
@@ -66,42 +66,21 @@ if SMOKE:
     METHODS = {k: METHODS[k] for k in ("baseline", "rs-rp", "pgd-k1", "freelb-k2")}
 
 RESULTS: list[dict] = []
-_MODELS: dict[str, tuple] = {}
+_MODELS: dict[str, _train_grid.Setup] = {}
 
 
-def _setup(shape: str):
-    """(model, optimizer, batch) for ``shape``, built once per session (the same for every method)."""
-    if shape in _MODELS:
-        return _MODELS[shape]
-    from transformers import XLMRobertaConfig, XLMRobertaForSequenceClassification
-
-    hidden, layers, heads, inter, vocab, batch, seq = SHAPES[shape]
-    torch.manual_seed(0)
-    cfg = XLMRobertaConfig(
-        vocab_size=vocab,
-        hidden_size=hidden,
-        num_hidden_layers=layers,
-        num_attention_heads=heads,
-        intermediate_size=inter,
-        max_position_embeddings=seq + 2,
-        num_labels=2,
-    )
-    model = XLMRobertaForSequenceClassification(cfg).to(DEVICE).train()
-    lengths = torch.randint(seq // 2, seq + 1, (batch,))
-    mask = (torch.arange(seq)[None, :] < lengths[:, None]).long()
-    ids = torch.randint(5, vocab, (batch, seq)) * mask + cfg.pad_token_id * (1 - mask)
-    data = {
-        "input_ids": ids.to(DEVICE),
-        "attention_mask": mask.to(DEVICE),
-        "labels": torch.randint(0, 2, (batch,)).to(DEVICE),
-    }
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
-    _MODELS[shape] = (model, opt, data)
+def _setup(shape: str) -> _train_grid.Setup:
+    """The model, optimizer and batch of ``shape`` (:func:`_train_grid.build`), built once per session
+    (the same for every method)."""
+    if shape not in _MODELS:
+        model_name, batch, seq = SHAPES[shape]
+        _MODELS[shape] = _train_grid.build(model_name, DEVICE, batch, seq)
     return _MODELS[shape]
 
 
 def _step_fn(shape: str, method_name: str):
-    model, opt, data = _setup(shape)
+    setup = _setup(shape)
+    model, opt, data = setup.model, setup.optimizer, setup.batch
     method = build_method(METHODS[method_name][0])
     method.setup(model)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if DEVICE.type == "cuda" else None
@@ -223,7 +202,8 @@ else:
         ratio = statistics.median(ratios)
         target = 1.05 * METHODS[method_name][1]
         timed(benchmark, step, DEVICE, budget_s=0.5 if SMOKE else 3.0)
-        hidden, layers, _, _, _, batch, seq = SHAPES[shape]
+        model_name, batch, seq = SHAPES[shape]
+        hidden, layers, *_ = _train_grid.MODELS[model_name]
         benchmark.extra_info.update(
             shape=shape,
             hidden=hidden,
@@ -253,7 +233,7 @@ else:
 # ---------------------------------------------------------------------------------- command line
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         description="Training-step cost per method on CUDA (see the module docstring)."
     )
@@ -271,6 +251,62 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds-s", type=float, default=None, help="time for the interleaved rounds of a group")
     p.add_argument("--budget-s", type=float, default=110.0, help="start no new group after this many seconds")
     p.add_argument("--no-rsda-epoch", action="store_true", help="skip RS-DA's per-epoch CPU cost")
+    return p
+
+
+def _show(rec: dict) -> None:
+    """The console line of one record as it is measured."""
+    if rec.get("kind") == "row":
+        print(
+            f"{rec['model']:>10} {rec['precision']} {rec['method']:>9}: {rec['step_ms']:8.1f} ms  "
+            f"ratio {rec['ratio']:.3f} [{rec['ratio_min']:.3f}, {rec['ratio_max']:.3f}] "
+            f"(target <= {rec['target']:.2f})  peak {rec['peak_gib'] or 0:.1f} GiB",
+            flush=True,
+        )
+    elif rec.get("kind") != "meta":
+        print(json.dumps(rec)[:400], flush=True)
+
+
+def _error(what: str, exc: Exception) -> dict:
+    return {"kind": "error", "what": what, "error": f"{type(exc).__name__}: {exc}"[:500]}
+
+
+def _run_groups(
+    emit, device: torch.device, groups: list[tuple[str, str]], *, methods: list[str], batch: int, seq: int,
+    rounds_s: float, start: float, budget_s: float, smoke: bool,
+) -> int:  # fmt: skip
+    """Measure every (model, precision) group in order until ``budget_s`` passed since ``start``
+    (a perf_counter time); returns the number of groups that failed (each failure is a record; the
+    next group still runs)."""
+    errors = 0
+    for n, (model, precision) in enumerate(groups):
+        if time.perf_counter() - start > budget_s:
+            emit({"kind": "budget", "not_run": [f"{m}-{q}" for m, q in groups[n:]]})
+            break
+        try:
+            for row in _train_grid.measure_group(
+                model,
+                precision,
+                device,
+                methods=methods,
+                batch=batch,
+                seq=seq,
+                budget_s=rounds_s,
+                min_rounds=2 if smoke else 3,
+                split_steps=1 if smoke else 2,
+                warmup=1 if smoke else 2,
+            ):
+                emit(row)
+        except Exception as exc:  # reported; the next group still runs
+            errors += 1
+            emit(_error(f"{model}-{precision}", exc))
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+    return errors
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = _parser()
     args = p.parse_args(argv)
     if args.summary:
         print(
@@ -293,65 +329,21 @@ def main(argv: list[str] | None = None) -> int:
     batch = args.batch or (4 if smoke else 32)
     seq = args.seq or (32 if smoke else 128)
     rounds_s = args.rounds_s if args.rounds_s is not None else (0.5 if smoke else 10.0)
-
-    def show(rec: dict) -> None:
-        if rec.get("kind") == "row":
-            print(
-                f"{rec['model']:>10} {rec['precision']} {rec['method']:>9}: {rec['step_ms']:8.1f} ms  "
-                f"ratio {rec['ratio']:.3f} [{rec['ratio_min']:.3f}, {rec['ratio_max']:.3f}] "
-                f"(target <= {rec['target']:.2f})  peak {rec['peak_gib'] or 0:.1f} GiB",
-                flush=True,
-            )
-        elif rec.get("kind") != "meta":
-            print(json.dumps(rec)[:400], flush=True)
-
-    errors = 0
     start = time.perf_counter()
-    with RecordSink(args.out, show) as emit:
+    with RecordSink(args.out, _show) as emit:
         emit(_train_grid.run_meta(device))
         # bf16 first (the configuration users train in), then fp32
         groups = [(m, pr) for pr in precisions for m in models]
-        for n, (model, precision) in enumerate(groups):
-            if time.perf_counter() - start > args.budget_s:
-                emit({"kind": "budget", "not_run": [f"{m}-{q}" for m, q in groups[n:]]})
-                break
-            try:
-                for row in _train_grid.measure_group(
-                    model,
-                    precision,
-                    device,
-                    methods=methods,
-                    batch=batch,
-                    seq=seq,
-                    budget_s=rounds_s,
-                    min_rounds=2 if smoke else 3,
-                    split_steps=1 if smoke else 2,
-                    warmup=1 if smoke else 2,
-                ):
-                    emit(row)
-            except Exception as exc:  # reported; the next group still runs
-                errors += 1
-                emit(
-                    {
-                        "kind": "error",
-                        "what": f"{model}-{precision}",
-                        "error": f"{type(exc).__name__}: {exc}"[:500],
-                    }
-                )
-                if device.type == "cuda":
-                    torch.cuda.empty_cache()
+        errors = _run_groups(
+            emit, device, groups, methods=methods, batch=batch, seq=seq, rounds_s=rounds_s,
+            start=start, budget_s=args.budget_s, smoke=smoke,
+        )  # fmt: skip
         if not args.no_rsda_epoch and "rs-da" in methods:
             try:
                 emit(_train_grid.rsda_epoch_cost(n=256 if smoke else 2048))
             except Exception as exc:
                 errors += 1
-                emit(
-                    {
-                        "kind": "error",
-                        "what": "rs-da epoch cost",
-                        "error": f"{type(exc).__name__}: {exc}"[:500],
-                    }
-                )
+                emit(_error("rs-da epoch cost", exc))
     print()
     print(_train_grid.summarize(emit.records))
     return 1 if errors else 0

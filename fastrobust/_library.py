@@ -4,7 +4,9 @@
 functions of :mod:`fastrobust.ops` call after checking their arguments. As custom ops they
 are opaque to ``torch.compile`` (no graph break, no tracing into Triton or the interpreter),
 carry shape-only fake implementations (so FakeTensor tracing and ``meta`` tensors propagate
-shapes), and have their autograd formula registered here:
+shapes), and have their autograd formula registered here (the same functions also make each
+op's eager twin, an ``autograd.Function`` that plain tensors in eager mode call instead, see
+:func:`registered`):
 
 * add_noise: d out / d embeds = identity; noisy_copies: the sum over the copies.
 * pgd_init / pgd_step: the new delta is not differentiable; ``embeds + delta`` (the second
@@ -13,9 +15,9 @@ shapes), and have their autograd formula registered here:
 
 Each op is a pure function of its inputs. Random ops receive their seed as an input: an
 int (a host scalar: the same noise at every CUDA-graph replay), or a one-element integer
-tensor (the kernels load it on the device). ``seed_drawn`` means seed=None: under
-torch.compile :mod:`fastrobust.ops` draws the seed tensor from torch's default generator in
-the traced code, so two calls never share an input and a compiler's common-subexpression pass
+tensor (the kernels load it on the device). ``seed_drawn`` means seed=None: for the
+registered op :func:`seed_args` draws the seed tensor from torch's default generator in the
+traced code, so two calls never share an input and a compiler's common-subexpression pass
 never merges them; eager calls pass no tensor and the implementation draws it for the
 kernels. The torch reference draws its noise from the default generator directly instead
 of reading a seed on the host.
@@ -34,14 +36,62 @@ from torch import Tensor
 
 from fastrobust import reference as _ref
 from fastrobust.dispatch import backend_for
-from fastrobust.validation import SEED_HIGH
+from fastrobust.validation import SEED_HIGH, step_dtype
 
 # torch.library infers the schema from the annotations, which must be typing.Optional.
 # ruff: noqa: UP045
 
 
-def _seed(backend: str, seed: int, seed_t: Optional[Tensor], seed_drawn: bool, like: Tensor):
-    """The seed in the form the chosen backend takes (None: torch's default generator).
+# --------------------------------------------------------------------------- calling convention
+# Every op call goes through the registered custom op when a compiler or a tensor subclass must
+# see it, and through its eager twin otherwise (see :func:`call`).
+
+_PLAIN = (Tensor, torch.nn.Parameter)
+
+
+def registered(t: Tensor) -> bool:
+    """Whether a call on ``t`` takes the registered custom op: under torch.compile / export, and for
+    meta, fake or other subclass tensors. Plain CPU and CUDA tensors in eager mode take the op's
+    eager twin: the same implementation and autograd formulas through a plain autograd.Function,
+    without the custom-op machinery's per-call Python layers (8-40 us a call on a CPU here,
+    more than a small kernel)."""
+    return torch.compiler.is_compiling() or type(t) not in _PLAIN or t.device.type not in ("cpu", "cuda")
+
+
+def call(op, use_registered: bool, *args):
+    """``op(*args)`` through the registered custom op, or its eager twin (see :func:`registered`)."""
+    return op(*args) if use_registered else _EAGER[op].apply(*args)
+
+
+def sigma_args(sigma: float | Tensor) -> tuple[float, Tensor | None]:
+    """(sigma, sigma_t) of the schema: a float, or a (B,) tensor that replaces it."""
+    return (0.0, sigma) if isinstance(sigma, Tensor) else (sigma, None)
+
+
+def seed_args(
+    seed: int | Tensor | None, like: Tensor, use_registered: bool
+) -> tuple[int, Tensor | None, bool]:
+    """(seed, seed_t, seed_drawn) of the schema for a checked user seed.
+
+    seed=None: a fresh draw of torch's default generator on the tensors' device. It is an
+    ordinary torch RNG op, so torch.compile keeps it in the graph, CUDA graphs advance it at
+    every replay, and torch.manual_seed reproduces it. It is drawn here for the registered
+    op, whose output then depends on its inputs only (a compiler may merge two calls of an
+    op with equal inputs); an eager call leaves the draw to the implementation
+    (:func:`_backend_seed`), which skips it on the torch path (that path draws its noise from
+    the same generator directly).
+    """
+    if seed is None:
+        if not use_registered:
+            return 0, None, True
+        return 0, torch.randint(0, SEED_HIGH, (1,), device=like.device), True
+    if isinstance(seed, Tensor):
+        return 0, seed, False
+    return seed, None, False
+
+
+def _backend_seed(backend: str, seed: int, seed_t: Optional[Tensor], seed_drawn: bool, like: Tensor):
+    """The schema's seed in the form the chosen backend takes (None: torch's default generator).
 
     A drawn seed that was not drawn yet (eager calls defer the draw to here, where the
     backend is known) is drawn on the device for the kernels; the torch path draws its
@@ -56,12 +106,16 @@ def _seed(backend: str, seed: int, seed_t: Optional[Tensor], seed_drawn: bool, l
     return seed_t if seed_t is not None else seed
 
 
+# --------------------------------------------------------------------------- implementations
+# The kernels import triton, an optional dependency: they are imported when a call picks them.
+
+
 def noise_impl(embeds, sigma, sigma_t, seed, seed_t, seed_drawn, gaussian, mask, copies):
     """add_noise (copies None) or noisy_copies on the backend chosen now."""
     backend = backend_for(embeds)
     sig = sigma_t if sigma_t is not None else sigma
     distribution = "gaussian" if gaussian else "uniform"
-    s = _seed(backend, seed, seed_t, seed_drawn, embeds)
+    s = _backend_seed(backend, seed, seed_t, seed_drawn, embeds)
     if backend == "triton":
         from fastrobust.kernels import noise
 
@@ -73,7 +127,7 @@ def init_impl(embeds, epsilon, linf, mask, seed, seed_t, seed_drawn, next_input)
     """pgd_init's (delta, embeds + delta or an empty tensor) on the backend chosen now."""
     backend = backend_for(embeds)
     norm = "linf" if linf else "l2"
-    s = _seed(backend, seed, seed_t, seed_drawn, embeds)
+    s = _backend_seed(backend, seed, seed_t, seed_drawn, embeds)
     if backend == "triton":
         from fastrobust.kernels import pgd
 
@@ -96,52 +150,40 @@ def step_impl(delta, grad, step_size, epsilon, linf, mask, embeds):
     return out if embeds is not None else (out, grad.new_empty(0))
 
 
-# --------------------------------------------------------------------------- eager autograd
-# Outside torch.compile the public ops call the implementations through these Functions:
-# the same math and the same autograd formulas as the registered ops, without the custom-op
-# machinery's per-call Python layers (~50-100 us a call here, more than a small kernel).
+# --------------------------------------------------------------------------- registration
+# Op -> its eager twin, an autograd.Function built from the op's own implementation and autograd
+# functions (forward / setup_context / backward), so both paths share one definition of each.
+_EAGER: dict[object, type[torch.autograd.Function]] = {}
 
 
-class EagerNoise(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, embeds, sigma, sigma_t, seed, seed_t, seed_drawn, gaussian, mask, copies):  # noqa: D102
-        ctx.copies = copies
-        return noise_impl(embeds, sigma, sigma_t, seed, seed_t, seed_drawn, gaussian, mask, copies)
-
-    @staticmethod
-    def backward(ctx, grad):  # noqa: D102
-        return (grad if ctx.copies is None else grad.sum(0)), *([None] * 8)
+def _no_context(ctx, inputs, output) -> None:
+    """setup_context of an op whose backward needs nothing from the forward."""
 
 
-class EagerInit(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, embeds, epsilon, linf, mask, seed, seed_t, seed_drawn, next_input):  # noqa: D102
-        delta, nxt = init_impl(embeds, epsilon, linf, mask, seed, seed_t, seed_drawn, next_input)
-        _init_setup(ctx, (next_input,), (delta, nxt))
-        return delta, nxt
+def _define(name: str, impl, fake, backward, setup_context=_no_context):
+    """Register ``impl`` as ``torch.ops.fastrobust.<name>`` (schema from its annotations) with a
+    shape-only ``fake`` and the autograd formula (``setup_context``, ``backward``: one gradient per
+    input), and build its eager twin from the same functions. Returns the custom op."""
+    op = torch.library.custom_op(f"fastrobust::{name}", impl, mutates_args=())
+    op.register_fake(fake)
+    op.register_autograd(backward, setup_context=setup_context)
 
-    @staticmethod
-    def backward(ctx, grad_delta, grad_next):  # noqa: D102
-        return _init_backward(ctx, grad_delta, grad_next)
+    # A forward that takes ctx (the classic form) rather than a separate setup_context staticmethod:
+    # torch routes Functions of the latter form through its functorch layer, ~15 us more per call.
+    def forward(ctx, *args):
+        output = impl(*args)
+        setup_context(ctx, args, output)
+        return output
 
-
-class EagerStep(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, delta, grad, step_size, epsilon, linf, mask, embeds):  # noqa: D102
-        new, nxt = step_impl(delta, grad, step_size, epsilon, linf, mask, embeds)
-        _step_setup(ctx, (embeds,), (new, nxt))
-        return new, nxt
-
-    @staticmethod
-    def backward(ctx, grad_delta, grad_next):  # noqa: D102
-        return _step_backward(ctx, grad_delta, grad_next)
+    members = {"forward": staticmethod(forward), "backward": staticmethod(backward)}
+    _EAGER[op] = type(f"Eager_{name}", (torch.autograd.Function,), members)
+    return op
 
 
 # --------------------------------------------------------------------------- noise
 
 
-@torch.library.custom_op("fastrobust::add_noise", mutates_args=())
-def add_noise(
+def _add_noise(
     embeds: Tensor,
     sigma: float,
     sigma_t: Optional[Tensor],
@@ -155,20 +197,19 @@ def add_noise(
     return noise_impl(embeds, sigma, sigma_t, seed, seed_t, seed_drawn, gaussian, mask, None)
 
 
-@add_noise.register_fake
-def _(embeds, sigma, sigma_t, seed, seed_t, seed_drawn, gaussian, mask):
+def _add_noise_fake(embeds, sigma, sigma_t, seed, seed_t, seed_drawn, gaussian, mask):
     return embeds.new_empty(embeds.shape)
 
 
 def _add_noise_backward(ctx, grad):
+    """d out / d embeds = identity."""
     return grad, None, None, None, None, None, None, None
 
 
-add_noise.register_autograd(_add_noise_backward)
+add_noise = _define("add_noise", _add_noise, _add_noise_fake, _add_noise_backward)
 
 
-@torch.library.custom_op("fastrobust::noisy_copies", mutates_args=())
-def noisy_copies(
+def _noisy_copies(
     embeds: Tensor,
     n: int,
     sigma: float,
@@ -183,23 +224,22 @@ def noisy_copies(
     return noise_impl(embeds, sigma, sigma_t, seed, seed_t, seed_drawn, gaussian, mask, n)
 
 
-@noisy_copies.register_fake
-def _(embeds, n, sigma, sigma_t, seed, seed_t, seed_drawn, gaussian, mask):
+def _noisy_copies_fake(embeds, n, sigma, sigma_t, seed, seed_t, seed_drawn, gaussian, mask):
     return embeds.new_empty((n, *embeds.shape))
 
 
 def _noisy_copies_backward(ctx, grad):
+    """d out[c] / d embeds = identity for every copy c: the incoming gradients sum."""
     return grad.sum(0), None, None, None, None, None, None, None, None
 
 
-noisy_copies.register_autograd(_noisy_copies_backward)
+noisy_copies = _define("noisy_copies", _noisy_copies, _noisy_copies_fake, _noisy_copies_backward)
 
 
 # --------------------------------------------------------------------------- PGD
 
 
-@torch.library.custom_op("fastrobust::pgd_init", mutates_args=())
-def pgd_init(
+def _pgd_init(
     embeds: Tensor,
     epsilon: float,
     linf: bool,
@@ -213,8 +253,7 @@ def pgd_init(
     return init_impl(embeds, epsilon, linf, mask, seed, seed_t, seed_drawn, next_input)
 
 
-@pgd_init.register_fake
-def _(embeds, epsilon, linf, mask, seed, seed_t, seed_drawn, next_input):
+def _pgd_init_fake(embeds, epsilon, linf, mask, seed, seed_t, seed_drawn, next_input):
     return embeds.new_empty(embeds.shape), embeds.new_empty(embeds.shape if next_input else (0,))
 
 
@@ -225,14 +264,14 @@ def _init_setup(ctx, inputs, output):
 
 
 def _init_backward(ctx, grad_delta, grad_next):
+    """delta: no gradient; embeds + delta: identity in embeds."""
     return (grad_next if ctx.next_input else None), None, None, None, None, None, None, None
 
 
-pgd_init.register_autograd(_init_backward, setup_context=_init_setup)
+pgd_init = _define("pgd_init", _pgd_init, _pgd_init_fake, _init_backward, _init_setup)
 
 
-@torch.library.custom_op("fastrobust::pgd_step", mutates_args=())
-def pgd_step(
+def _pgd_step(
     delta: Optional[Tensor],
     grad: Tensor,
     step_size: float,
@@ -245,13 +284,8 @@ def pgd_step(
     return step_impl(delta, grad, step_size, epsilon, linf, mask, embeds)
 
 
-def _step_dtype(delta, grad, embeds):
-    return delta.dtype if delta is not None else (embeds.dtype if embeds is not None else grad.dtype)
-
-
-@pgd_step.register_fake
-def _(delta, grad, step_size, epsilon, linf, mask, embeds):
-    new = grad.new_empty(grad.shape, dtype=_step_dtype(delta, grad, embeds))
+def _pgd_step_fake(delta, grad, step_size, epsilon, linf, mask, embeds):
+    new = grad.new_empty(grad.shape, dtype=step_dtype(delta, grad, embeds))
     return new, (embeds.new_empty(embeds.shape) if embeds is not None else grad.new_empty(0))
 
 
@@ -261,7 +295,8 @@ def _step_setup(ctx, inputs, output):
 
 
 def _step_backward(ctx, grad_delta, grad_next):
+    """d': no gradient; embeds + d': identity in embeds."""
     return None, None, None, None, None, None, (grad_next if ctx.has_embeds else None)
 
 
-pgd_step.register_autograd(_step_backward, setup_context=_step_setup)
+pgd_step = _define("pgd_step", _pgd_step, _pgd_step_fake, _step_backward, _step_setup)

@@ -25,14 +25,15 @@ from torch import Tensor
 
 from fastrobust.errors import FastrobustError
 
-__all__ = ["BACKENDS", "backend_for", "use_backend"]
+__all__ = ["BACKENDS", "backend_for", "use_backend", "env_true"]
 
 BACKENDS = ("auto", "triton", "torch")
 ENV = "FASTROBUST_BACKEND"
 
 
-def _env_true(name: str) -> bool:
-    # Same truthy spellings as triton.knobs.env_bool.
+def env_true(name: str) -> bool:
+    """Whether environment variable ``name`` is set to a true value (unset: false)."""
+    # Same truthy spellings as triton.knobs.env_bool, so TRITON_INTERPRET reads as triton reads it.
     return os.environ.get(name, "0").strip().lower() in ("1", "true", "yes", "on", "y")
 
 
@@ -69,7 +70,7 @@ def backend_for(tensor: Tensor, *others: Tensor | None) -> str:
             raise FastrobustError(f"{ENV}=triton but triton is not installed (pip install triton)")
         if device == "cuda":
             return "triton"
-        if device == "cpu" and _env_true("TRITON_INTERPRET"):
+        if device == "cpu" and env_true("TRITON_INTERPRET"):
             if not _kernels_interpreted():
                 raise FastrobustError(
                     f"{ENV}=triton with CPU tensors: TRITON_INTERPRET=1 was set after triton kernels were "
@@ -85,7 +86,7 @@ def backend_for(tensor: Tensor, *others: Tensor | None) -> str:
         return "torch"
     if device == "cuda":
         return "triton"
-    if device == "cpu" and _env_true("TRITON_INTERPRET") and _kernels_interpreted():
+    if device == "cpu" and env_true("TRITON_INTERPRET") and _kernels_interpreted():
         return "triton"
     return "torch"
 

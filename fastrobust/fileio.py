@@ -75,17 +75,21 @@ def _json_default(x: Any) -> Any:
     raise TypeError(f"not JSON serializable: {type(x).__name__}")
 
 
-def json_text(obj: Any) -> str:
-    """Indented JSON of ``obj`` (paths as strings, tensors/arrays as lists), ending with a newline.
+def json_text(obj: Any, *, indent: int | None = 2, sort_keys: bool = False, ensure_ascii: bool = True) -> str:
+    """JSON of ``obj`` (paths as strings, tensors/arrays as lists), ending with a newline.
 
-    Non-finite floats are written as ``NaN``/``Infinity`` (Python's json reads them back).
+    ``indent``, ``sort_keys`` and ``ensure_ascii`` are :func:`json.dumps`'s (``indent=None``: one
+    line). Non-finite floats are written as ``NaN``/``Infinity`` (Python's json reads them back).
     """
-    return json.dumps(obj, indent=2, default=_json_default) + "\n"
+    text = json.dumps(
+        obj, indent=indent, sort_keys=sort_keys, ensure_ascii=ensure_ascii, default=_json_default
+    )
+    return text + "\n"
 
 
-def atomic_write_json(path: str | Path, obj: Any) -> Path:
-    """Writes ``obj`` as indented JSON to ``path`` atomically (see :func:`json_text`)."""
-    return atomic_write_text(path, json_text(obj))
+def atomic_write_json(path: str | Path, obj: Any, **layout: Any) -> Path:
+    """Writes ``obj`` as JSON to ``path`` atomically; ``layout``: :func:`json_text`'s keywords."""
+    return atomic_write_text(path, json_text(obj, **layout))
 
 
 def describe_os_error(exc: OSError, path: str | Path | None = None) -> str:

@@ -64,7 +64,6 @@ still gets its gradient.
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
 from fastrobust import _library as _lib
@@ -72,39 +71,6 @@ from fastrobust import validation as _v
 from fastrobust.dispatch import BACKENDS, backend_for, use_backend
 
 __all__ = ["add_noise", "noisy_copies", "pgd_init", "pgd_step", "backend_for", "use_backend", "BACKENDS"]
-
-
-def _registered(t: Tensor) -> bool:
-    """Whether to call the registered custom op (under torch.compile / export, and for meta,
-    fake or other subclass tensors) rather than the same implementation through a plain
-    autograd.Function, which costs far less per call in eager mode."""
-    return torch.compiler.is_compiling() or type(t) not in _PLAIN or t.device.type not in ("cpu", "cuda")
-
-
-_PLAIN = (Tensor, torch.nn.Parameter)
-
-
-def _sigma(sigma: float | Tensor) -> tuple[float, Tensor | None]:
-    return (0.0, sigma) if isinstance(sigma, Tensor) else (sigma, None)
-
-
-def _seed(seed: int | Tensor | None, like: Tensor, registered: bool) -> tuple[int, Tensor | None, bool]:
-    """(host seed, seed tensor, drawn) for the custom ops.
-
-    seed=None: a fresh draw of torch's default generator on the tensors' device. It is an
-    ordinary torch RNG op, so torch.compile keeps it in the graph, CUDA graphs advance it at
-    every replay, and torch.manual_seed reproduces it. It is drawn here for the registered
-    op, whose output then depends on its inputs only (a compiler may merge two calls of an
-    op with equal inputs); an eager call leaves the draw to the implementation, which skips
-    it on the torch path (that path draws its noise from the same generator directly).
-    """
-    if seed is None:
-        if not registered:
-            return 0, None, True
-        return 0, torch.randint(0, _v.SEED_HIGH, (1,), device=like.device), True
-    if isinstance(seed, Tensor):
-        return 0, seed, False
-    return seed, None, False
 
 
 def add_noise(
@@ -135,11 +101,15 @@ def add_noise(
     identity; nothing is stored for backward.
     """
     embeds, sigma, seed, distribution, mask = _v.noise_args(embeds, sigma, seed, distribution, mask)
-    registered = _registered(embeds)
-    args = (embeds, *_sigma(sigma), *_seed(seed, embeds, registered), distribution == "gaussian", mask)
-    if registered:
-        return _lib.add_noise(*args)
-    return _lib.EagerNoise.apply(*args, None)
+    reg = _lib.registered(embeds)
+    args = (
+        embeds,
+        *_lib.sigma_args(sigma),
+        *_lib.seed_args(seed, embeds, reg),
+        distribution == "gaussian",
+        mask,
+    )
+    return _lib.call(_lib.add_noise, reg, *args)
 
 
 def noisy_copies(
@@ -160,11 +130,10 @@ def noisy_copies(
     """
     embeds, sigma, seed, distribution, mask = _v.noise_args(embeds, sigma, seed, distribution, mask)
     n = _v.copies_arg(n)
-    registered = _registered(embeds)
-    args = (*_sigma(sigma), *_seed(seed, embeds, registered), distribution == "gaussian", mask)
-    if registered:
-        return _lib.noisy_copies(embeds, n, *args)
-    return _lib.EagerNoise.apply(embeds, *args, n)
+    reg = _lib.registered(embeds)
+    seeds = _lib.seed_args(seed, embeds, reg)
+    args = (embeds, n, *_lib.sigma_args(sigma), *seeds, distribution == "gaussian", mask)
+    return _lib.call(_lib.noisy_copies, reg, *args)
 
 
 def pgd_init(
@@ -191,9 +160,9 @@ def pgd_init(
     embeds, epsilon, norm, mask, seed, next_input = _v.init_args(
         embeds, epsilon, norm, mask, seed, next_input
     )
-    registered = _registered(embeds)
-    args = (embeds, epsilon, norm == "linf", mask, *_seed(seed, embeds, registered), next_input)
-    delta, nxt = (_lib.pgd_init if registered else _lib.EagerInit.apply)(*args)
+    reg = _lib.registered(embeds)
+    args = (embeds, epsilon, norm == "linf", mask, *_lib.seed_args(seed, embeds, reg), next_input)
+    delta, nxt = _lib.call(_lib.pgd_init, reg, *args)
     return (delta, nxt) if next_input else delta
 
 
@@ -230,5 +199,5 @@ def pgd_step(
         delta, grad, step_size, epsilon, norm, mask, embeds
     )
     args = (delta, grad, step_size, epsilon, norm == "linf", mask, embeds)
-    new, nxt = (_lib.pgd_step if _registered(grad) else _lib.EagerStep.apply)(*args)
+    new, nxt = _lib.call(_lib.pgd_step, _lib.registered(grad), *args)
     return new if embeds is None else (new, nxt)

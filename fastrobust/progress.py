@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import contextlib
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -15,9 +16,7 @@ def bar(**kwargs: Any) -> Any:
     """One of our tqdm bars (training steps, test examples): on stderr, so stdout keeps only the
     results; redrawn at most once a second and as wide as the terminal. ``kwargs``: tqdm's
     (total, desc, unit, initial, disable)."""
-    import sys
-
-    from tqdm.auto import tqdm
+    from tqdm.auto import tqdm  # ~0.1 s: the CLI modules import this one before they need a bar
 
     return tqdm(dynamic_ncols=True, mininterval=1.0, file=sys.stderr, **kwargs)
 
@@ -25,7 +24,7 @@ def bar(**kwargs: Any) -> Any:
 @contextlib.contextmanager
 def library_bars_off() -> Iterator[None]:
     """Switches off the progress bars of ``datasets`` and ``transformers``; restores them after."""
-    import datasets
+    import datasets  # heavy: loaded when a command runs, not when its module is imported
     from transformers.utils import logging as hf_logging
 
     bars = datasets.utils.logging.is_progress_bar_enabled(), hf_logging.is_progress_bar_enabled()

@@ -133,7 +133,7 @@ def step(delta, grad, step_size, epsilon, norm, mask, embeds):
     # delta (or the step itself for a zero start) and is updated in place; every reduction is
     # per row or per example.
     dtype = _compute_dtype(delta, grad, embeds)
-    out_dtype = delta.dtype if delta is not None else (embeds.dtype if embeds is not None else grad.dtype)
+    out_dtype = _v.step_dtype(delta, grad, embeds)
     batch = grad.shape[0]
     keep = None if mask is None else (mask != 0)  # (B, L)
     g = grad if grad.dtype == dtype else grad.to(dtype)

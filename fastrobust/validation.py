@@ -17,7 +17,16 @@ from torch import Tensor
 
 from fastrobust.errors import FastrobustError
 
-__all__ = ["DISTRIBUTIONS", "NORMS", "SEED_HIGH", "KERNEL_DTYPES", "noise_args", "init_args", "step_args"]
+__all__ = [
+    "DISTRIBUTIONS",
+    "NORMS",
+    "SEED_HIGH",
+    "KERNEL_DTYPES",
+    "noise_args",
+    "init_args",
+    "step_args",
+    "step_dtype",
+]
 
 DISTRIBUTIONS = ("gaussian", "uniform")
 NORMS = ("l2", "linf")
@@ -219,3 +228,9 @@ def step_args(delta, grad, step_size, epsilon, norm, mask, embeds):
         mask_arg(mask, ref, ref_name),
         embeds,
     )
+
+
+def step_dtype(delta: Tensor | None, grad: Tensor, embeds: Tensor | None) -> torch.dtype:
+    """The dtype of pgd_step's new delta d': delta's; for a zero start (delta None) embeds' when
+    given, else grad's. Every implementation (kernels, reference, fake) returns this dtype."""
+    return delta.dtype if delta is not None else (embeds.dtype if embeds is not None else grad.dtype)

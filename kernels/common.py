@@ -9,7 +9,6 @@ variants over many sequence lengths) on a machine without one.
 from __future__ import annotations
 
 import contextlib
-import os
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
@@ -107,11 +106,6 @@ def pick_rows(n_rows: int, per_row: int, target: Target) -> int:
     if target.interpreted:
         rows = min(rows, next_pow2(n_rows))
     return rows
-
-
-def env_true(name: str) -> bool:
-    # Same truthy spellings as triton.knobs.env_bool.
-    return os.environ.get(name, "0").strip().lower() in ("1", "true", "yes", "on", "y")
 
 
 def rows_view(x: Tensor) -> Tensor:

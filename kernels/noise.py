@@ -38,10 +38,10 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from fastrobust.dispatch import env_true
 from fastrobust.kernels.common import (
     Launch,
     Target,
-    env_true,
     pick_column_block,
     pick_rows,
     rows_view,
@@ -253,6 +253,24 @@ def fast_math_default(target: Target) -> bool:
     return not target.interpreted and not env_true(PRECISE_ENV)
 
 
+def _noise_blocks(
+    n_rows: int, quarter: int, target: Target, block_r: int | None, block_q: int | None
+) -> tuple[int, int]:
+    """(BLOCK_R, BLOCK_Q) of ``_noise_kernel``: the given ones, else picked for ``target``."""
+    if block_q is None:
+        block_q = pick_column_block(quarter, target, cap=64)
+    if block_r is None:
+        # One program: BLOCK_R rows x 4 * BLOCK_Q columns per loop trip. On a GPU each quarter
+        # tile holds one element per thread (BLOCK_R * BLOCK_Q = 32 * NOISE_WARPS): then the
+        # loads, the Philox/Box-Muller arithmetic and the stores share one register layout and
+        # the compiler inserts no layout conversion (a wider tile gets vectorised loads in one
+        # layout and the random-number arithmetic in another, converted through shared memory).
+        block_r = pick_rows(n_rows, 4 * block_q, target)
+        if not target.interpreted:
+            block_r = max(1, 32 * NOISE_WARPS // block_q)
+    return block_r, block_q
+
+
 def noise_launches(
     x: Tensor | None,
     shape: tuple[int, int, int],
@@ -287,17 +305,7 @@ def noise_launches(
     per_example = isinstance(sigma, Tensor)
     over_count = counts is not None
     from_ptr = isinstance(seed, Tensor)
-    if block_q is None:
-        block_q = pick_column_block(quarter, target, cap=64)
-    if block_r is None:
-        # One program: BLOCK_R rows x 4 * BLOCK_Q columns per loop trip. On a GPU each quarter
-        # tile holds one element per thread (BLOCK_R * BLOCK_Q = 32 * NOISE_WARPS): then the
-        # loads, the Philox/Box-Muller arithmetic and the stores share one register layout and
-        # the compiler inserts no layout conversion (a wider tile gets vectorised loads in one
-        # layout and the random-number arithmetic in another, converted through shared memory).
-        block_r = pick_rows(n_rows, 4 * block_q, target)
-        if not target.interpreted:
-            block_r = max(1, 32 * NOISE_WARPS // block_q)
+    block_r, block_q = _noise_blocks(n_rows, quarter, target, block_r, block_q)
     wide = force_wide or copies * n_rows * quarter >= 2**31 - 1
     n_row_blocks = triton.cdiv(n_rows, block_r)
     if copies_per_program is None:

@@ -50,6 +50,7 @@ from fastrobust.kernels.common import (
     target_for,
 )
 from fastrobust.kernels.noise import noise_launches
+from fastrobust.validation import step_dtype
 
 FLT_MAX = tl.constexpr(3.4028234663852886e38)
 MAX_SPLIT = 64  # programs per example in pass 1
@@ -251,6 +252,69 @@ def _chunk_examples(target: Target, delta: Tensor | None, grad: Tensor, linf: bo
     return max(1, budget // max(per_example, 1))
 
 
+def _step_blocks(
+    tensors: tuple[Tensor | None, ...], n_rows: int, hidden: int, target: Target, block_r, block_h
+) -> tuple[int, int]:
+    """(BLOCK_R, BLOCK_H) of the update kernel: the given ones, else picked for ``target``."""
+    if block_h is None:
+        block_h = pick_column_block(hidden, target, cap=256)
+    if block_r is None:
+        block_r = pick_rows(n_rows, block_h, target)
+        if not target.interpreted:
+            # 16 bytes of the widest tensor per thread: every load and store gets a 128-bit (or
+            # narrower) vector in one common register layout, so the tile never goes through
+            # shared memory for a layout conversion (fp32 d' with bf16 g and e: 4 per thread).
+            widest = max(t.element_size() for t in tensors if t is not None)
+            block_r = max(1, (32 * PGD_WARPS * (16 // widest)) // block_h)
+    return block_r, block_h
+
+
+def _reduce_launch(
+    d_arg: Tensor,
+    c_grad: Tensor,
+    mask_arg: Tensor,
+    has_delta: bool,
+    has_mask: bool,
+    seq_len: int,
+    hidden: int,
+    block_h: int,
+    n_split: int | None,
+    target: Target,
+) -> tuple[Launch, Tensor, int]:
+    """The L2 step's pass 1 over ``nb`` examples: (its launch, the (nb, 3, splits) partial sums it
+    writes, splits)."""
+    nb = c_grad.shape[0]
+    red_block_r = pick_rows(seq_len, block_h, target)
+    if n_split is None:
+        splits, rows_per_split = _split_rows(target, nb, seq_len, red_block_r)
+    else:
+        rows_per_split = triton.cdiv(seq_len, n_split)
+        red_block_r = min(red_block_r, pick_rows(rows_per_split, block_h, target))
+        splits = triton.cdiv(seq_len, rows_per_split)
+    p_arg = torch.empty((nb, 3, splits), device=c_grad.device, dtype=torch.float32)
+    launch = Launch(
+        _pgd_reduce_kernel,
+        (nb, splits),
+        (
+            d_arg,
+            c_grad,
+            mask_arg,
+            p_arg,
+            seq_len,
+            hidden,
+            rows_per_split,
+            splits,
+            d_arg.stride(0),
+            d_arg.stride(1),
+            c_grad.stride(0),
+            c_grad.stride(1),
+        ),
+        dict(HAS_DELTA=has_delta, HAS_MASK=has_mask, BLOCK_R=red_block_r, BLOCK_H=block_h),
+        1 if target.interpreted else PGD_WARPS,
+    )
+    return launch, p_arg, splits
+
+
 def step_launches(
     delta: Tensor | None,
     grad: Tensor,
@@ -268,23 +332,16 @@ def step_launches(
     block_h: int | None = None,
     chunk_examples: int | None = None,
 ) -> list[Launch]:
-    """The launches of one PGD step for these (already allocated) tensors."""
+    """The launches of one PGD step for these (already allocated) tensors: per chunk of examples,
+    the L2 step's reduction (pass 1, :func:`_reduce_launch`) and the update (pass 2)."""
     target = target_for(grad) if target is None else target
     batch, seq_len, hidden = grad.shape
     n_rows = batch * seq_len
     if n_rows == 0 or hidden == 0:
         return []
     linf = norm == "linf"
-    if block_h is None:
-        block_h = pick_column_block(hidden, target, cap=256)
-    if block_r is None:
-        block_r = pick_rows(n_rows, block_h, target)
-        if not target.interpreted:
-            # 16 bytes of the widest tensor per thread: every load and store gets a 128-bit (or
-            # narrower) vector in one common register layout, so the tile never goes through
-            # shared memory for a layout conversion (fp32 d' with bf16 g and e: 4 per thread).
-            widest = max(t.element_size() for t in (delta, grad, embeds, new_delta, nxt) if t is not None)
-            block_r = max(1, (32 * PGD_WARPS * (16 // widest)) // block_h)
+    tensors = (delta, grad, embeds, new_delta, nxt)
+    block_r, block_h = _step_blocks(tensors, n_rows, hidden, target, block_r, block_h)
     if chunk_examples is None:
         chunk_examples = _chunk_examples(target, delta, grad, linf)
     launches = []
@@ -295,40 +352,14 @@ def step_launches(
         nb = b1 - b0
         d_arg = c_delta if c_delta is not None else c_grad  # a valid pointer that is never read
         mask_arg = c_mask if c_mask is not None else c_grad
-        splits, rows_per_split = 1, max(seq_len, 1)
+        splits = 1
         p_arg = c_grad
         if not linf:
-            red_block_r = pick_rows(seq_len, block_h, target)
-            if n_split is None:
-                splits, rows_per_split = _split_rows(target, nb, seq_len, red_block_r)
-            else:
-                rows_per_split = triton.cdiv(seq_len, n_split)
-                red_block_r = min(red_block_r, pick_rows(rows_per_split, block_h, target))
-                splits = triton.cdiv(seq_len, rows_per_split)
-            p_arg = torch.empty((nb, 3, splits), device=grad.device, dtype=torch.float32)
-            launches.append(
-                Launch(
-                    _pgd_reduce_kernel,
-                    (nb, splits),
-                    (
-                        d_arg,
-                        c_grad,
-                        mask_arg,
-                        p_arg,
-                        seq_len,
-                        hidden,
-                        rows_per_split,
-                        splits,
-                        d_arg.stride(0),
-                        d_arg.stride(1),
-                        c_grad.stride(0),
-                        c_grad.stride(1),
-                    ),
-                    dict(HAS_DELTA=c_delta is not None, HAS_MASK=c_mask is not None, BLOCK_R=red_block_r,
-                         BLOCK_H=block_h),
-                    1 if target.interpreted else PGD_WARPS,
-                )
+            reduce, p_arg, splits = _reduce_launch(
+                d_arg, c_grad, mask_arg, c_delta is not None, c_mask is not None, seq_len, hidden, block_h,
+                n_split, target,
             )  # fmt: skip
+            launches.append(reduce)
         e_arg = c_embeds if c_embeds is not None else c_grad
         launches.append(
             Launch(
@@ -385,7 +416,7 @@ def pgd_step_forward(
     grad = rows_view(grad)
     delta = None if delta is None else rows_view(delta)
     embeds = None if embeds is None else rows_view(embeds)
-    out_dtype = delta.dtype if delta is not None else (embeds.dtype if embeds is not None else grad.dtype)
+    out_dtype = step_dtype(delta, grad, embeds)
     new_delta = torch.empty(grad.shape, device=grad.device, dtype=out_dtype)
     nxt = None if embeds is None else torch.empty(embeds.shape, device=embeds.device, dtype=embeds.dtype)
     if mask is not None:

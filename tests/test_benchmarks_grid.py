@@ -4,6 +4,7 @@ config), which must load through fastrobust exactly as ``fastrobust train`` load
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -231,10 +232,6 @@ def test_compile_only_where_a_target_needs_it_static_where_it_decides():
 
 
 def test_pytest_benchmark_json_of_a_gpu_run_is_summarised_from_its_records(tmp_path: Path) -> None:
-    import json
-
-    import _util
-
     rows = [
         _rec("pgd_step_linf+e", "eager", 0.10),
         _rec("pgd_step_linf+e", "compile", 0.05),
@@ -244,5 +241,32 @@ def test_pytest_benchmark_json_of_a_gpu_run_is_summarised_from_its_records(tmp_p
     bench = {"benchmarks": [{"extra_info": {"records": recs, "device": "NVIDIA H200"}}]}
     path = tmp_path / "ops.json"
     path.write_text(json.dumps(bench))
-    text = _util.summarize(path)
+    text = summary.summarize_file(path)
     assert "NVIDIA H200" in text and "| pgd_step_linf+e | bf16 | full | 1/1 yes |" in text
+
+
+def test_pytest_benchmark_json_of_a_cpu_run_is_one_table_and_jsonl_is_the_grid(tmp_path: Path) -> None:
+    def bench(op, provider, median, floor=8e6):
+        info = {"op": op, "shape": "8x128x768", "dtype": "fp32", "provider": provider, "bytes_floor": floor}
+        return {"extra_info": info, "stats": {"median": median}}
+
+    data = {"benchmarks": [bench("copy", "torch", 1e-3), bench("add_noise", "torch", 4e-3)]}
+    data["benchmarks"].append(bench("add_noise", "torch_compile", 2e-3))
+    path = tmp_path / "ops.json"
+    path.write_text(json.dumps(data))
+    text = summary.summarize_file(path)
+    # copy: 8 MB / 1 ms = 8 GB/s; eager 4 ms (2 GB/s); compiled 2 ms (4 GB/s), 2x the eager time
+    assert "| add_noise | 8x128x768 | fp32 | 8.0 | 8.0 | 4.000 (2.0) | 2.000 (4.0) | 2.00x |" in text
+    lines = tmp_path / "ops.jsonl"
+    lines.write_text("\n".join(json.dumps(r) for r in _records(_rec("add_noise", "triton", 0.04))) + "\n")
+    assert summary.summarize_file(lines, short=True) == summary.summarize_gpu(
+        summary.load_records(lines), short=True
+    )
+
+
+def test_an_aborted_run_is_summarised_with_its_errors():
+    failed = {**_rec("pgd_step_l2", "triton", 0.04), "error": "CUDA error"}
+    abort = {"kind": "abort", "case": "pgd_step_l2 8x128x768", "timer": "events", "error": "out of memory"}
+    text = summary.summarize_gpu(_records(_rec("pgd_step_l2", "eager", 0.1), failed, abort))
+    assert "**Run aborted at pgd_step_l2 8x128x768: out of memory**" in text
+    assert "- pgd_step_l2 8x128x768 bf16 full triton (events): CUDA error" in text

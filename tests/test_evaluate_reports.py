@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from fastrobust.evaluate import EvalReport, write_comparison, write_report
-from fastrobust.evaluate.report import atomic_write_text
+from fastrobust.fileio import atomic_write_text
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

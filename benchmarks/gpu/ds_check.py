@@ -32,6 +32,8 @@ import statistics
 import sys
 from pathlib import Path
 
+from fastrobust.fileio import atomic_write_json
+
 SIZES = {  # hidden, layers, heads, intermediate, vocabulary
     "large": (1024, 24, 16, 4096, 250002),
     "base": (768, 12, 12, 3072, 250002),
@@ -180,7 +182,7 @@ def prepare(args: argparse.Namespace) -> int:
     info = write_model(root / "model", words, args.size)
     cfg = write_config(root, size=args.size, steps=args.steps, precision=args.precision, batch=args.batch)
     info.update(size=args.size, train_examples=n_train, config=str(cfg))
-    (root / "prepare.json").write_text(json.dumps(info, indent=1))
+    atomic_write_json(root / "prepare.json", info, indent=1)
     print(json.dumps(info))
     return 0
 
@@ -273,7 +275,7 @@ def report(args: argparse.Namespace) -> int:
     text = "\n".join(lines)
     print(text)
     if args.out:
-        Path(args.out).write_text(json.dumps({"prepare": info, "runs": rows, "markdown": text}, indent=1))
+        atomic_write_json(args.out, {"prepare": info, "runs": rows, "markdown": text}, indent=1)
     return 0 if rows and all(r.get("ok") for r in rows) else 1
 
 

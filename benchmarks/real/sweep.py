@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing as mp
 import os
 import shutil
 import sys
@@ -37,6 +38,14 @@ import tarfile
 import time
 import traceback
 from pathlib import Path
+
+import yaml
+
+from benchmarks.real.convert import convert
+from benchmarks.real.protocol import finished
+from benchmarks.real.sweep_report import write_sweep_report
+from fastrobust.config import load_config
+from fastrobust.fileio import atomic_write_json
 
 LR_GRID = (2e-5, 5e-5, 1e-4)
 LR_SEEDS = (0, 1)
@@ -47,109 +56,35 @@ def _fmt(x: float) -> str:
     return f"{x:g}"
 
 
+def _noise(family: str, sigmas: tuple[float, ...], **fixed) -> list[dict]:
+    """RS-RP sections of one family, one per sigma (label ``<family>-<sigma>``)."""
+    return [{"kind": "rs-rp", "label": f"{family}-{_fmt(s)}", "sigma": s, **fixed} for s in sigmas]
+
+
+def _adversarial(family: str, epsilons: tuple[float, ...], kind: str = "pgd", **fixed) -> list[dict]:
+    """Two-step PGD (or FreeLB) sections of one family, one per epsilon, step size epsilon / 2."""
+    return [
+        {"kind": kind, "label": f"{family}-{_fmt(e)}", "steps": 2, "epsilon": e, "step_size": e / 2, **fixed}
+        for e in epsilons
+    ]
+
+
 def families() -> list[tuple[str, list[dict]]]:
     """(family, [method sections]) in priority order; labels encode the scale."""
-    fam: list[tuple[str, list[dict]]] = [("baseline", [{"kind": "baseline"}])]
-    fam.append(
-        ("rs-rp", [{"kind": "rs-rp", "label": f"rs-rp-{_fmt(s)}", "sigma": s} for s in (0.25, 0.5, 1.0, 2.0)])
-    )
-    fam.append(
-        ("pgd-k1", [{"kind": "pgd", "label": "pgd-k1-1", "steps": 1, "epsilon": 1.0, "step_size": 0.3}])
-    )
-    fam.append(
-        (
-            "pgd",
-            [
-                {"kind": "pgd", "label": f"pgd-{_fmt(e)}", "steps": 2, "epsilon": e, "step_size": e / 2}
-                for e in (1.0, 8.0, 32.0)
-            ],
-        )
-    )
-    fam.append(
-        (
-            "freelb",
-            [
-                {"kind": "freelb", "label": f"freelb-{_fmt(e)}", "steps": 2, "epsilon": e, "step_size": e / 2}
-                for e in (8.0, 32.0)
-            ],
-        )
-    )
-    fam.append(("rs-da", [{"kind": "rs-da"}]))
-    fam.append(
-        (
-            "rs-rp-l6",
-            [
-                {"kind": "rs-rp", "label": f"rs-rp-l6-{_fmt(s)}", "sigma": s, "layer": 6}
-                for s in (0.25, 0.5, 1.0)
-            ],
-        )
-    )
-    fam.append(
-        (
-            "shift",
-            [
-                {"kind": "rs-rp", "label": f"shift-{_fmt(s)}", "sigma": s, "shape": "sentence"}
-                for s in (0.1, 0.2, 0.4)
-            ],
-        )
-    )
-    fam.append(
-        (
-            "shift-s2",
-            [
-                {
-                    "kind": "rs-rp",
-                    "label": f"shift-s2-{_fmt(s)}",
-                    "sigma": s,
-                    "shape": "sentence",
-                    "sentences": "second",
-                }
-                for s in (0.2, 0.4)
-            ],
-        )
-    )
-    fam.append(
-        (
-            "shift-l6",
-            [
-                {"kind": "rs-rp", "label": f"shift-l6-{_fmt(s)}", "sigma": s, "shape": "sentence", "layer": 6}
-                for s in (0.2, 0.4)
-            ],
-        )
-    )
-    fam.append(
-        (
-            "pgd-ball",
-            [
-                {
-                    "kind": "pgd",
-                    "label": f"pgd-ball-{_fmt(e)}",
-                    "steps": 2,
-                    "epsilon": e,
-                    "step_size": e / 2,
-                    "ball": "sentence",
-                }
-                for e in (8.0, 32.0)
-            ],
-        )
-    )
-    fam.append(
-        (
-            "pgd-l6",
-            [
-                {
-                    "kind": "pgd",
-                    "label": f"pgd-l6-{_fmt(e)}",
-                    "steps": 2,
-                    "epsilon": e,
-                    "step_size": e / 2,
-                    "layer": 6,
-                }
-                for e in (4.0, 16.0)
-            ],
-        )
-    )
-    return fam
+    return [
+        ("baseline", [{"kind": "baseline"}]),
+        ("rs-rp", _noise("rs-rp", (0.25, 0.5, 1.0, 2.0))),
+        ("pgd-k1", [{"kind": "pgd", "label": "pgd-k1-1", "steps": 1, "epsilon": 1.0, "step_size": 0.3}]),
+        ("pgd", _adversarial("pgd", (1.0, 8.0, 32.0))),
+        ("freelb", _adversarial("freelb", (8.0, 32.0), kind="freelb")),
+        ("rs-da", [{"kind": "rs-da"}]),
+        ("rs-rp-l6", _noise("rs-rp-l6", (0.25, 0.5, 1.0), layer=6)),
+        ("shift", _noise("shift", (0.1, 0.2, 0.4), shape="sentence")),
+        ("shift-s2", _noise("shift-s2", (0.2, 0.4), shape="sentence", sentences="second")),
+        ("shift-l6", _noise("shift-l6", (0.2, 0.4), shape="sentence", layer=6)),
+        ("pgd-ball", _adversarial("pgd-ball", (8.0, 32.0), ball="sentence")),
+        ("pgd-l6", _adversarial("pgd-l6", (4.0, 16.0), layer=6)),
+    ]
 
 
 def plan(seeds=SEEDS) -> list[tuple[str, dict, int]]:
@@ -175,12 +110,6 @@ def lr_plan() -> list[tuple[str, dict, int, float]]:
 
 # --------------------------------------------------------------------------------------------
 # running
-
-
-def finished(run_dir: Path) -> bool:
-    return all(
-        (run_dir / p).is_file() for p in ("summary.json", "report/report.json", "report/predictions.npz")
-    )
 
 
 def _claim(path: Path) -> bool:
@@ -228,10 +157,10 @@ def run_items(
     config: Path, out: Path, items, *, device: str, deadline: float | None, worker: int = 0, extra=()
 ) -> None:
     """Claim and run items in order until none is left (or the deadline passed)."""
+    # torch (also through lite) loads only where runs train, not for plan, pack or report.
     import torch
 
     from benchmarks.real.lite import run_one
-    from fastrobust.config import load_config
 
     claims = out / "claims"
     for item in items:
@@ -271,7 +200,7 @@ def run_items(
 
 def _worker(args) -> None:
     config, out, items, device, deadline, worker, threads, extra = args
-    import torch
+    import torch  # only in the worker processes that train
 
     torch.set_num_threads(threads)
     run_items(Path(config), Path(out), items, device=device, deadline=deadline, worker=worker, extra=extra)
@@ -294,8 +223,6 @@ def run_parallel(
     if workers <= 1:
         run_items(config, out, items, device=device, deadline=deadline, extra=extra)
         return
-    import multiprocessing as mp
-
     ctx = mp.get_context("spawn")
     procs = [
         ctx.Process(
@@ -336,7 +263,7 @@ def choose_lr(out: Path) -> float:
                 best = (mean, lr)
     if best is None:
         raise RuntimeError("no finished learning-rate run to choose from")
-    (out / "lr.json").write_text(json.dumps({"learning_rate": best[1], "mean_dev": best[0]}) + "\n")
+    atomic_write_json(out / "lr.json", {"learning_rate": best[1], "mean_dev": best[0]}, indent=None)
     return best[1]
 
 
@@ -418,10 +345,6 @@ def pack(out: Path, dest: Path, max_bytes: int = 15 << 20, max_files: int = 7) -
 
 def prepare_device(carry: Path, work: Path) -> Path:
     """Model folder from the carried trimmed Q4 file, task folder, and a config pointing at both."""
-    import yaml
-
-    from benchmarks.real.convert import convert
-
     model = convert(carry / "e5-trimmed-q4.bin", work / "model")
     cfg = yaml.safe_load((Path(__file__).parent / "real.yaml").read_text())
     cfg["model"]["name_or_path"] = str(model)
@@ -496,9 +419,7 @@ def main(argv: list[str] | None = None) -> int:
                 "packed: " + ", ".join(f"{a.name} {a.stat().st_size >> 10} KiB" for a in archives), flush=True
             )
     else:
-        from benchmarks.real.sweep_report import write_sweep_report
-
-        write_sweep_report(Path(args.out))
+        write_sweep_report(Path(args.out), families())
     return 0
 
 

@@ -1,7 +1,7 @@
 """The sweep's report: scales chosen on English dev only, then XLT / G-XLT against the baseline.
 
-``write_sweep_report(OUT)`` reads every finished run under ``OUT/seed-*/`` and writes
-``OUT/report/``:
+``write_sweep_report(OUT, families)`` reads every finished run under ``OUT/seed-*/`` and writes
+``OUT/report/``, for the plan's ``families`` (``sweep.families()``: (family, [method sections])):
 
 * ``grid.md`` / ``grid.json``: every label of the plan — seeds, mean ± sd of the best English dev
   accuracy, and (for reading only, never for choosing) the mean XLT average, zero-shot average,
@@ -22,7 +22,10 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.real.sweep import families
+from fastrobust.evaluate.report import write_comparison
+from fastrobust.evaluate.runs import load_runs
+from fastrobust.evaluate.stats import compare
+from fastrobust.fileio import atomic_write_json, atomic_write_text
 
 
 def _scale(label: str) -> float:
@@ -54,11 +57,9 @@ def select(grid: dict[str, dict], fams: list[tuple[str, list[dict]]]) -> dict[st
     return chosen
 
 
-def write_sweep_report(out: Path) -> dict:
-    from fastrobust.evaluate.report import write_comparison
-    from fastrobust.evaluate.runs import load_runs
-    from fastrobust.evaluate.stats import compare
-
+def write_sweep_report(out: Path, fams: list[tuple[str, list[dict]]]) -> dict:
+    """Writes ``out/report/`` (module doc) for the plan's families ``fams``; returns the grid and
+    the selection."""
     runs = []
     for seed_dir in sorted(out.glob("seed-*")):
         runs += load_runs(seed_dir)
@@ -84,12 +85,11 @@ def write_sweep_report(out: Path) -> dict:
             "gap": mean("gap"),
             "train_seconds": float(np.mean([s.get("train_seconds", np.nan) for s in summaries])),
         }
-    fams = families()
     chosen = select(grid, fams)
     rep = out / "report"
     rep.mkdir(parents=True, exist_ok=True)
-    (rep / "grid.json").write_text(json.dumps(grid, indent=1) + "\n")
-    (rep / "selected.json").write_text(json.dumps(chosen, indent=1) + "\n")
+    atomic_write_json(rep / "grid.json", grid, indent=1)
+    atomic_write_json(rep / "selected.json", chosen, indent=1)
     lines = [
         "| label | seeds | English dev (mean ± sd) | XLT avg | G-XLT same | G-XLT cross | gap | train s |",
         "|---|---|---|---|---|---|---|---|",
@@ -108,7 +108,7 @@ def write_sweep_report(out: Path) -> dict:
                 f"{100 * g['gxlt_same']:.2f} | {100 * g['gxlt_cross']:.2f} | {100 * g['gap']:.2f} | "
                 f"{g['train_seconds']:.0f} |"
             )
-    (rep / "grid.md").write_text("\n".join(lines) + "\n")
+    atomic_write_text(rep / "grid.md", "\n".join(lines) + "\n")
     keep = {"baseline"} | set(chosen.values())
     selected_runs = [r for r in runs if r.label in keep]
     text = write_comparison(compare(selected_runs, baseline="baseline"), rep / "selected")

@@ -52,6 +52,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from benchmarks.real.debian import Description, PackageInfo, parse_packages, parse_translation
+from fastrobust.fileio import atomic_write_json, atomic_write_text
 
 TASK_VERSION = 1
 _WORD = re.compile(r"\w+", re.UNICODE)
@@ -300,13 +301,10 @@ class BuiltTask:
 
 
 def _write_tsv(path: Path, rows: list[tuple[str, str, int]]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", encoding="utf-8", newline="\n") as fh:
-        for s1, s2, y in rows:
-            if "\t" in s1 + s2 or "\n" in s1 + s2:
-                raise ValueError(f"{path}: a sentence contains a tab or newline")
-            fh.write(f"{s1}\t{s2}\t{y}\n")
-    tmp.replace(path)
+    for s1, s2, _ in rows:
+        if "\t" in s1 + s2 or "\n" in s1 + s2:
+            raise ValueError(f"{path}: a sentence contains a tab or newline")
+    atomic_write_text(path, "".join(f"{s1}\t{s2}\t{y}\n" for s1, s2, y in rows))
 
 
 def _examples(sigma: list[int], rng: np.random.Generator) -> list[tuple[int, int, int]]:
@@ -319,6 +317,110 @@ def _examples(sigma: list[int], rng: np.random.Generator) -> list[tuple[int, int
             ex += [(i, i, 1), (i, j, 0)]
     order = rng.permutation(len(ex))
     return [ex[k] for k in order]
+
+
+def _english_units(en: dict[str, Description], spec: RealTaskSpec) -> list[str]:
+    """English-eligible units, de-duplicated by synopsis and by paragraph (first md5 in sorted order)."""
+    seen_s, seen_p, md5s = set(), set(), []
+    for m in sorted(en):
+        d = en[m]
+        if not english_ok(d, spec):
+            continue
+        ks, kp = _norm(d.synopsis), _norm(d.paragraphs[0])
+        if ks in seen_s or kp in seen_p:
+            continue
+        seen_s.add(ks)
+        seen_p.add(kp)
+        md5s.append(m)
+    return md5s
+
+
+def _parallel_units(
+    translations: dict[str, dict[str, Description]], md5s: list[str], spec: RealTaskSpec
+) -> tuple[list[str], list[str], int]:
+    """(units with a good translation in every language, name-free when the spec asks; the
+    languages not in Latin script, whose synopsis and paragraph must share no Latin word then;
+    the number of parallel units before that check)."""
+    en = translations["en"]
+    others = spec.languages[1:]
+    parallel = [m for m in md5s if all(translation_ok(translations[lang].get(m), en[m]) for lang in others)]
+    name_langs = [
+        lang for lang in others if not is_latin_script([translations[lang][m].synopsis for m in parallel])
+    ]
+    n_parallel = len(parallel)
+    if spec.name_free and name_langs:
+        parallel = [
+            m
+            for m in parallel
+            if not any(
+                _latin_set(translations[lang][m].synopsis) & _latin_set(translations[lang][m].paragraphs[0])
+                for lang in name_langs
+            )
+        ]
+    return parallel, name_langs, n_parallel
+
+
+def _split_units(
+    md5s: list[str], parallel: list[str], group: dict[str, int], spec: RealTaskSpec, rng
+) -> tuple[list[str], list[str], list[str]]:
+    """(train, dev, test) units: whole groups each, test from the parallel units, in seeded order."""
+    test_groups = {group[m] for m in parallel}
+    test_md5 = parallel
+    if spec.test_units is not None and len(test_md5) > spec.test_units:
+        # whole groups, in a seeded order, until the budget is reached
+        test_groups = _take_groups(sorted(test_groups), group, test_md5, spec.test_units, rng)
+        test_md5 = [m for m in parallel if group[m] in test_groups]
+    rest = [m for m in md5s if group[m] not in test_groups]
+    rest_groups = sorted({group[m] for m in rest})
+    dev_groups = _take_groups(rest_groups, group, rest, spec.dev_units, rng)
+    dev_md5 = [m for m in rest if group[m] in dev_groups]
+    train_pool = [m for m in rest if group[m] not in dev_groups]
+    train_groups = _take_groups(
+        sorted({group[m] for m in train_pool}), group, train_pool, spec.train_units, rng
+    )
+    train_md5 = [m for m in train_pool if group[m] in train_groups]
+    return train_md5, dev_md5, test_md5
+
+
+def _write_split(
+    name: str,
+    ms: list[str],
+    langs: Sequence[str],
+    translations: dict[str, dict[str, Description]],
+    packages: dict[str, PackageInfo],
+    group: dict[str, int],
+    spec: RealTaskSpec,
+    name_langs: list[str],
+    rng,
+    out: Path,
+) -> tuple[dict, list[tuple[str, str, int]]]:
+    """Match the hard negatives of one split, write its TSV file per language; returns its stats
+    and its rows (md5 of the synopsis, md5 of the paragraph, label)."""
+    en = translations["en"]
+    # Hardness is measured on the split's texts in all its languages together, so that the
+    # words left untranslated (names, X, GNOME, GTK) are shared by negatives as well.
+    syn = [" ".join(translations[lang][m].synopsis for lang in langs) for m in ms]
+    par = [" ".join(translations[lang][m].paragraphs[0] for lang in langs) for m in ms]
+    topic = [unit_topics(en[m], packages) for m in ms]
+    forbid = None
+    if spec.name_free and name_langs and name in ("test",):
+        forbid = _shares_latin(
+            [[translations[lang][m].synopsis for lang in name_langs] for m in ms],
+            [[translations[lang][m].paragraphs[0] for lang in name_langs] for m in ms],
+        )
+    sigma = match_hard_negatives(syn, par, [group[m] for m in ms], spec, topic, forbid)
+    ex = _examples(sigma, rng)
+    stats = {
+        "units": len(ms),
+        "matched_units": sum(1 for j in sigma if j >= 0),
+        "examples": len(ex),
+        "groups": len({group[m] for m in ms}),
+    }
+    for lang in langs:
+        tr = translations[lang]
+        rows = [(tr[ms[a]].synopsis, tr[ms[b]].paragraphs[0], y) for a, b, y in ex]
+        _write_tsv(out / f"{name}-{lang}.tsv", rows)
+    return stats, [(ms[a], ms[b], y) for a, b, y in ex]
 
 
 def build_task(
@@ -335,54 +437,15 @@ def build_task(
         raise ValueError(f"languages: no Translation file read for {missing}")
     en = translations["en"]
     rng = np.random.default_rng(spec.seed)
-    # English-eligible units, de-duplicated by synopsis and by paragraph (first md5 in sorted order)
-    seen_s, seen_p, md5s = set(), set(), []
-    for m in sorted(en):
-        d = en[m]
-        if not english_ok(d, spec):
-            continue
-        ks, kp = _norm(d.synopsis), _norm(d.paragraphs[0])
-        if ks in seen_s or kp in seen_p:
-            continue
-        seen_s.add(ks)
-        seen_p.add(kp)
-        md5s.append(m)
+    md5s = _english_units(en, spec)
     group = families(en, packages, md5s)
-    others = spec.languages[1:]
-    parallel = [m for m in md5s if all(translation_ok(translations[lang].get(m), en[m]) for lang in others)]
-    name_langs = [
-        lang for lang in others if not is_latin_script([translations[lang][m].synopsis for m in parallel])
-    ]
-    stats_parallel = len(parallel)
-    if spec.name_free and name_langs:
-        parallel = [
-            m
-            for m in parallel
-            if not any(
-                _latin_set(translations[lang][m].synopsis) & _latin_set(translations[lang][m].paragraphs[0])
-                for lang in name_langs
-            )
-        ]
-    test_groups = {group[m] for m in parallel}
-    test_md5 = parallel
-    if spec.test_units is not None and len(test_md5) > spec.test_units:
-        # whole groups, in a seeded order, until the budget is reached
-        test_groups = _take_groups(sorted(test_groups), group, test_md5, spec.test_units, rng)
-        test_md5 = [m for m in parallel if group[m] in test_groups]
-    rest = [m for m in md5s if group[m] not in test_groups]
-    rest_groups = sorted({group[m] for m in rest})
-    dev_groups = _take_groups(rest_groups, group, rest, spec.dev_units, rng)
-    dev_md5 = [m for m in rest if group[m] in dev_groups]
-    train_pool = [m for m in rest if group[m] not in dev_groups]
-    train_groups = _take_groups(
-        sorted({group[m] for m in train_pool}), group, train_pool, spec.train_units, rng
-    )
-    train_md5 = [m for m in train_pool if group[m] in train_groups]
+    parallel, name_langs, n_parallel = _parallel_units(translations, md5s, spec)
+    train_md5, dev_md5, test_md5 = _split_units(md5s, parallel, group, spec, rng)
 
     out.mkdir(parents=True, exist_ok=True)
     stats: dict = {
         "eligible_english_units": len(md5s),
-        "parallel_units": stats_parallel,
+        "parallel_units": n_parallel,
         "name_free_parallel_units": len(parallel),
         "name_check_languages": name_langs,
     }
@@ -392,30 +455,9 @@ def build_task(
         ("dev", dev_md5, ["en"]),
         ("test", test_md5, spec.languages),
     ):
-        # Hardness is measured on the split's texts in all its languages together, so that the
-        # words left untranslated (names, X, GNOME, GTK) are shared by negatives as well.
-        syn = [" ".join(translations[lang][m].synopsis for lang in langs) for m in ms]
-        par = [" ".join(translations[lang][m].paragraphs[0] for lang in langs) for m in ms]
-        topic = [unit_topics(en[m], packages) for m in ms]
-        forbid = None
-        if spec.name_free and name_langs and name in ("test",):
-            forbid = _shares_latin(
-                [[translations[lang][m].synopsis for lang in name_langs] for m in ms],
-                [[translations[lang][m].paragraphs[0] for lang in name_langs] for m in ms],
-            )
-        sigma = match_hard_negatives(syn, par, [group[m] for m in ms], spec, topic, forbid)
-        ex = _examples(sigma, rng)
-        stats[name] = {
-            "units": len(ms),
-            "matched_units": sum(1 for j in sigma if j >= 0),
-            "examples": len(ex),
-            "groups": len({group[m] for m in ms}),
-        }
-        for lang in langs:
-            tr = translations[lang]
-            rows = [(tr[ms[a]].synopsis, tr[ms[b]].paragraphs[0], y) for a, b, y in ex]
-            _write_tsv(out / f"{name}-{lang}.tsv", rows)
-        split_rows[name] = [(ms[a], ms[b], y) for a, b, y in ex]
+        stats[name], split_rows[name] = _write_split(
+            name, ms, langs, translations, packages, group, spec, name_langs, rng, out
+        )
     meta = {
         "version": TASK_VERSION,
         "spec": asdict(spec),
@@ -427,9 +469,7 @@ def build_task(
             for name, ms in (("train", train_md5), ("dev", dev_md5), ("test", test_md5))
         },
     }
-    tmp = out / "meta.json.tmp"
-    tmp.write_text(json.dumps(meta) + "\n", encoding="utf-8")
-    tmp.replace(out / "meta.json")
+    atomic_write_json(out / "meta.json", meta, indent=None)
     return BuiltTask(out, meta)
 
 

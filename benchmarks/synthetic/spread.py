@@ -22,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+from fastrobust.fileio import atomic_write_json
+
 HERE = Path(__file__).resolve().parent
 DEFAULT_RESULTS = HERE / "results" / "spread"
 
@@ -42,7 +44,7 @@ def one_run(
 ) -> dict:
     """Train ``method`` with ``seed`` in a temporary output folder; return the accuracies (and copy
     the run's predictions.npz to ``keep`` when given)."""
-    import torch
+    import torch  # torch and the trainer load only to train: --summary needs neither
 
     from fastrobust.train import train
 
@@ -129,9 +131,7 @@ def main(argv: list[str] | None = None) -> int:
                 if path.exists():
                     continue
                 record = one_run(args.config, args.overrides, method, seed, keep=path.with_suffix(".npz"))
-                tmp = path.with_suffix(".tmp")
-                tmp.write_text(json.dumps(record, indent=1) + "\n")
-                tmp.replace(path)
+                atomic_write_json(path, record, indent=1)
                 print(
                     f"{args.tag} {method} seed {seed}: en {100 * record['en']:.1f} "
                     f"zero-shot {100 * record['zero_shot']:.1f} dev {100 * record['best_dev']:.1f} "

@@ -18,12 +18,13 @@ independent 5-seed estimates when there are 10), since one sd from 5 seeds is it
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
 
 from fastrobust.evaluate import TaskPredictions
+from fastrobust.evaluate.runs import load_runs
+from fastrobust.fileio import atomic_write_json
 
 
 def load_baseline(folder: str) -> list[tuple[int, TaskPredictions]]:
@@ -32,8 +33,6 @@ def load_baseline(folder: str) -> list[tuple[int, TaskPredictions]]:
     files = {int(f.stem.removeprefix("baseline-seed")): f for f in Path(folder).glob("baseline-seed*.npz")}
     if files:
         return [(seed, TaskPredictions.load(files[seed])) for seed in sorted(files)]
-    from fastrobust.evaluate.runs import load_runs
-
     runs = sorted(
         (r for r in load_runs(folder) if r.label == "baseline" and r.predictions), key=lambda r: r.seed
     )
@@ -82,8 +81,7 @@ def main(folders: list[str], json_out: str | None = None) -> None:
         rates = [f"{lang} {100 * p.xlt[lang].predicted.mean():.0f}%" for lang in langs]
         print(f"  baseline-seed{seed}: predicted positive {', '.join(rates)}")
     if json_out:
-        Path(json_out).parent.mkdir(parents=True, exist_ok=True)
-        Path(json_out).write_text(json.dumps(report, indent=1) + "\n")
+        atomic_write_json(json_out, report, indent=1)
 
 
 if __name__ == "__main__":

@@ -29,6 +29,10 @@ from pathlib import Path
 
 import numpy as np
 
+from fastrobust.evaluate import compare
+from fastrobust.evaluate.runs import load_runs
+from fastrobust.fileio import atomic_write_json, atomic_write_text
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 DEFAULT_OUT = (
@@ -77,7 +81,7 @@ def run_dir(out: Path, kind: str, m: float) -> Path:
 
 def train_runs(config: str | None, overrides: list[str], folder: Path, kind: str, m: float, sections, seeds):
     """``fastrobust train --seeds`` of ``sections`` into ``folder`` (finished runs are skipped)."""
-    import torch
+    import torch  # torch and the trainer load only to train: the report stage needs neither
 
     from fastrobust.train import train
 
@@ -101,8 +105,6 @@ def train_runs(config: str | None, overrides: list[str], folder: Path, kind: str
 
 def select_scales(args, out: Path) -> dict[str, dict]:
     """Stage 1: the scale of each method with the best mean English dev accuracy at --select-at."""
-    from fastrobust.evaluate.runs import load_runs
-
     folder = run_dir(out, args.kind, args.select_at)
     sections = [s for grid in GRID.values() for s in grid if len(grid) > 1]
     if not args.report_only:
@@ -122,27 +124,18 @@ def select_scales(args, out: Path) -> dict[str, dict]:
         table[name] = scores
         best = max(grid, key=lambda s: np.nan_to_num(scores[section_label(s)], nan=-1.0))
         chosen[name] = best
-    (out / args.kind).mkdir(parents=True, exist_ok=True)
-    (out / args.kind / "selection.json").write_text(
-        json.dumps(
-            {
-                "misalignment": args.select_at,
-                "seeds": args.select_seeds,
-                "mean_best_english_dev": table,
-                "chosen": {k: section_label(v) for k, v in chosen.items()},
-            },
-            indent=1,
-        )
-        + "\n"
-    )
+    selection = {
+        "misalignment": args.select_at,
+        "seeds": args.select_seeds,
+        "mean_best_english_dev": table,
+        "chosen": {k: section_label(v) for k, v in chosen.items()},
+    }
+    atomic_write_json(out / args.kind / "selection.json", selection, indent=1)
     return chosen
 
 
 def report(args, out: Path, chosen: dict[str, dict]) -> None:
     """Stage 3: per misalignment, compare the chosen runs; summary.md/json and the plot."""
-    from fastrobust.evaluate import compare
-    from fastrobust.evaluate.runs import load_runs
-
     labels = ["baseline", *(section_label(s) for s in chosen.values())]
     rows, payload = [], {"labels": labels, "misalignments": {}}
     for m in args.misalignments:
@@ -185,8 +178,8 @@ def report(args, out: Path, chosen: dict[str, dict]) -> None:
         "(test examples and seeds); * = excludes 0.\n\n" + "\n".join(md) + "\n"
     )
     base = out / args.kind
-    (base / "summary.md").write_text(text)
-    (base / "summary.json").write_text(json.dumps(payload, indent=1) + "\n")
+    atomic_write_text(base / "summary.md", text)
+    atomic_write_json(base / "summary.json", payload, indent=1)
     plot(payload, labels, base / "methods_vs_misalignment.png", args.kind)
     print(text)
 

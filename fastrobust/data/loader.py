@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 import datasets
 
 from fastrobust.data.gxlt import build_gxlt_pairs, select_pairs
+from fastrobust.data.hub import hub_label_names, hub_languages, load_hub_raw, load_hub_split, map_hub_labels
 from fastrobust.data.tasks import TaskSpec, build_spec, labels_from_values, resolve_languages, synthetic_spec
 from fastrobust.data.textio import read_text
 from fastrobust.data.xtreme import RawSplit, column, gxlt_files, read_split_raw, split_file, split_languages
@@ -146,14 +147,6 @@ def _load_local(cfg: TaskConfig, spec: TaskSpec, folder: Path):
 
 def _load_hub(cfg: TaskConfig, spec: TaskSpec):
     """(spec with its labels, languages, train, dev, test, {}) of a ``datasets`` source."""
-    from fastrobust.data.hub import (
-        hub_label_names,
-        hub_languages,
-        load_hub_raw,
-        load_hub_split,
-        map_hub_labels,
-    )
-
     requested = cfg.languages
     if requested is None and spec.languages is None:
         if not cfg.path:
@@ -185,7 +178,8 @@ def load_task(cfg: TaskConfig) -> TaskData:
     """
     synonyms_path = Path(cfg.synonyms) if cfg.synonyms else None
     if cfg.name == "synthetic":
-        # imported here: building the benchmark pulls in tokenizers/transformers, not needed otherwise
+        # imported here: the benchmark's builder loads the config schema (pydantic) and, to build,
+        # tokenizers/transformers; the other tasks need none of them
         from fastrobust.data.synthetic import prepare_synthetic
 
         spec = synthetic_spec(cfg.synthetic.languages)

@@ -12,14 +12,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from fastrobust.data.wordnet import POS_FILES, SynonymFilters, build_synonym_table, write_synonym_table
 from fastrobust.errors import ConfigError
 
 DEFAULT_WORDNET = "/usr/share/wordnet"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from fastrobust.data.wordnet import SynonymFilters
-
     d = SynonymFilters()
     parser.add_argument(
         "--wordnet", default=DEFAULT_WORDNET, help=f"WordNet dict folder (default {DEFAULT_WORDNET})"
@@ -43,8 +42,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from fastrobust.data.wordnet import POS_FILES, SynonymFilters, build_synonym_table, write_synonym_table
-
     pos = tuple(p.strip() for p in args.pos.split(",") if p.strip())
     bad = [p for p in pos if p not in POS_FILES]
     if bad or not pos:

@@ -51,6 +51,7 @@ import torch
 
 from fastrobust.config.schema import SyntheticConfig
 from fastrobust.errors import ConfigError, DataError
+from fastrobust.fileio import atomic_write_json
 
 __all__ = ["SYNTHETIC_VERSION", "SyntheticArtifacts", "cache_key", "default_cache_dir", "prepare_synthetic"]
 
@@ -59,6 +60,8 @@ SYNTHETIC_VERSION = "4"
 
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 _MANIFEST = "manifest.json"
+# One layout for the cache's JSON files (synonyms.json, lexicon.json, the manifest).
+_JSON_LAYOUT = {"indent": 1, "sort_keys": True, "ensure_ascii": False}
 
 # Independent random streams (numpy SeedSequence entropy [seed, stream]), so that e.g. changing
 # the misalignment changes neither the text nor the concept vectors, only the offsets' scale.
@@ -120,7 +123,8 @@ def prepare_synthetic(cfg: SyntheticConfig) -> SyntheticArtifacts:
     tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".tmp-{key}-"))
     try:
         _build(cfg, tmp)
-        _write_json(tmp / _MANIFEST, {"key": key, "version": SYNTHETIC_VERSION, "config": cfg.model_dump()})
+        manifest = {"key": key, "version": SYNTHETIC_VERSION, "config": cfg.model_dump()}
+        atomic_write_json(tmp / _MANIFEST, manifest, **_JSON_LAYOUT)
         try:
             os.replace(tmp, final)
         except OSError:
@@ -144,10 +148,6 @@ def _is_complete(folder: Path, key: str) -> bool:
     except (OSError, ValueError):
         return False
     return manifest.get("key") == key and (folder / "data").is_dir() and (folder / "model").is_dir()
-
-
-def _write_json(path: Path, obj: object) -> None:
-    path.write_text(json.dumps(obj, indent=1, sort_keys=True, ensure_ascii=False) + "\n")
 
 
 # --------------------------------------------------------------------------------------------
@@ -259,8 +259,9 @@ def _write_data(cfg: SyntheticConfig, lexicon: list, data_dir: Path) -> None:
         for group in groups:
             for w in group:
                 synonyms[w] = [v for v in group if v != w]
-    _write_json(data_dir / "synonyms.json", synonyms)
-    _write_json(data_dir / "lexicon.json", {lang: lexicon[li] for li, lang in enumerate(cfg.languages)})
+    atomic_write_json(data_dir / "synonyms.json", synonyms, **_JSON_LAYOUT)
+    lexicon_by_lang = {lang: lexicon[li] for li, lang in enumerate(cfg.languages)}
+    atomic_write_json(data_dir / "lexicon.json", lexicon_by_lang, **_JSON_LAYOUT)
 
 
 # --------------------------------------------------------------------------------------------

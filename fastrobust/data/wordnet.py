@@ -30,14 +30,13 @@ are listed: an inflected word ("files") is not substituted.
 
 from __future__ import annotations
 
-import json
 import re
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
 from fastrobust.errors import DataError
-from fastrobust.fileio import atomic_write_text
+from fastrobust.fileio import atomic_write_json
 
 POS_FILES = {"n": "noun", "v": "verb", "a": "adj", "r": "adv"}
 _SS_TYPE = {"1": "n", "2": "v", "3": "a", "4": "r", "5": "a"}  # 5 = adjective satellite
@@ -189,4 +188,4 @@ def build_synonym_table(
 
 def write_synonym_table(table: dict[str, list[str]], path: str | Path) -> Path:
     """Write the table as JSON, atomically."""
-    return atomic_write_text(path, json.dumps(table, ensure_ascii=False, indent=0, sort_keys=True) + "\n")
+    return atomic_write_json(path, table, ensure_ascii=False, indent=0, sort_keys=True)

@@ -32,6 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # numpy loads when the command runs, not for ``fastrobust compare --help``
     from fastrobust.evaluate import compare, write_comparison
     from fastrobust.evaluate.report import comparison_text
     from fastrobust.evaluate.runs import merge_runs

@@ -11,7 +11,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from fastrobust.evaluate.metrics import EvalReport  # noqa: E402
-from fastrobust.evaluate.stats import Comparison  # noqa: E402
+from fastrobust.evaluate.stats import Comparison, as_comparison  # noqa: E402
 
 
 def gxlt_heatmap(report: EvalReport, path: str, title: str | None = None) -> None:
@@ -134,9 +134,7 @@ def comparison_figure(comp: Comparison):
 def comparison_chart(comparison: Comparison | Mapping[str, EvalReport], path: str) -> None:
     """PNG: grouped bars per method for the XLT cells and the G-XLT summary (mean over seeds, sd
     whiskers, values on the bars), and a panel of differences to the baseline with their intervals."""
-    from fastrobust.evaluate.report import _as_comparison
-
-    fig = comparison_figure(_as_comparison(comparison))
+    fig = comparison_figure(as_comparison(comparison))
     try:
         fig.savefig(path, format="png", dpi=110)
     finally:

@@ -13,6 +13,7 @@ from fastrobust.data import TaskData, encode_dataset, make_collator
 from fastrobust.data.xtreme import column
 from fastrobust.evaluate.metrics import EvalReport, accuracy
 from fastrobust.evaluate.predictions import SetPredictions, TaskPredictions
+from fastrobust.progress import bar
 
 
 @torch.no_grad()
@@ -99,8 +100,6 @@ def test_progress(task: TaskData, gxlt: bool, progress: str | None) -> Any:
     """A tqdm bar (on stderr; a no-op when ``progress`` is None) over the examples of a task's test
     evaluation: the XLT sets, then the G-XLT sets not shared with them. Use as a context manager;
     ``predict_task(..., progress=lambda name, n: bar.update(n))`` advances it."""
-    from fastrobust.progress import bar
-
     xlt_ids = {id(task.test[lang]) for lang in task.languages}
     total = sum(len(task.test[lang]) for lang in task.languages)
     if gxlt:

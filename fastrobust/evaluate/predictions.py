@@ -25,6 +25,7 @@ import numpy as np
 
 from fastrobust.errors import DataError
 from fastrobust.evaluate.metrics import EvalReport
+from fastrobust.fileio import atomic_write
 
 FORMAT_VERSION = 1
 FILE_NAME = "predictions.npz"
@@ -148,7 +149,6 @@ class TaskPredictions:
             "sets": entries,
         }
         arrays["meta"] = np.array(json.dumps(meta))
-        from fastrobust.fileio import atomic_write  # the user's umask, not mkstemp's 0600
 
         def write(tmp: str) -> None:
             with open(tmp, "wb") as f:

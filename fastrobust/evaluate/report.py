@@ -8,16 +8,12 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from collections.abc import Mapping
 from pathlib import Path
 
 from fastrobust.evaluate.metrics import EvalReport
-from fastrobust.evaluate.stats import SCOPE_EXAMPLES, CellStat, Comparison, Interval, RunResult, compare
-from fastrobust.fileio import atomic_write, atomic_write_text
-
-# Atomic writes with the user's umask (fastrobust.fileio); re-exported here, where callers found them.
-_atomic_write = atomic_write
+from fastrobust.evaluate.stats import SCOPE_EXAMPLES, CellStat, Comparison, Interval, as_comparison
+from fastrobust.fileio import atomic_write, atomic_write_json, atomic_write_text
 
 
 def _fmt(x: float | None, digits: int = 1) -> str:
@@ -130,9 +126,7 @@ def write_report(report: EvalReport, out_dir: str | Path, title: str | None = No
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written = {}
-    written["report.json"] = atomic_write_text(
-        out / "report.json", json.dumps(report.to_dict(), indent=2) + "\n"
-    )
+    written["report.json"] = atomic_write_json(out / "report.json", report.to_dict())
     rows: list[list] = [["language", "accuracy", "examples"]]
     rows += [
         [lang, report.xlt[lang], report.xlt_sizes.get(lang, "")]
@@ -146,10 +140,10 @@ def write_report(report: EvalReport, out_dir: str | Path, title: str | None = No
         for a in report.languages:
             grid.append([a, *(report.gxlt.get((a, b), "") for b in report.languages)])
         written["gxlt.csv"] = atomic_write_text(out / "gxlt.csv", _csv_text(grid))
-        from fastrobust.evaluate.plots import gxlt_heatmap
+        from fastrobust.evaluate.plots import gxlt_heatmap  # matplotlib loads only to draw a figure
 
         path = out / "gxlt_heatmap.png"
-        _atomic_write(path, lambda tmp: gxlt_heatmap(report, tmp, title=title))
+        atomic_write(path, lambda tmp: gxlt_heatmap(report, tmp, title=title))
         written["gxlt_heatmap.png"] = path
     if report.xlt_pred_rates or report.gxlt_pred_rates:
         written["sets.csv"] = atomic_write_text(out / "sets.csv", _sets_csv(report))
@@ -183,14 +177,6 @@ def _delta(iv: Interval | None) -> str:
         return "-"
     mark = " *" if iv.excludes_zero else ""
     return f"{100 * iv.estimate:+.1f} [{100 * iv.low:+.1f}, {100 * iv.high:+.1f}]{mark}"
-
-
-def _as_comparison(reports: Comparison | Mapping[str, EvalReport]) -> Comparison:
-    if isinstance(reports, Comparison):
-        return reports
-    if not reports:
-        raise ValueError("write_comparison: no reports given")
-    return compare([RunResult(label=k, seed=0, report=r) for k, r in reports.items()])
 
 
 def comparison_tables(comp: Comparison) -> list[tuple[str, list[str], list[list[str]]]]:
@@ -248,7 +234,7 @@ def comparison_notes(comp: Comparison) -> list[str]:
 
 def comparison_markdown(reports: Comparison | Mapping[str, EvalReport]) -> str:
     """Markdown of a comparison (see :func:`comparison_tables`); accepts bare reports (one seed each)."""
-    comp = _as_comparison(reports)
+    comp = as_comparison(reports)
     parts = [f"# Comparison ({comp.task})", "", *(n + "\n" for n in comparison_notes(comp))]
     for title, header, rows in comparison_tables(comp):
         parts += [f"## {title}", "", _md_table(header, rows), ""]
@@ -267,7 +253,7 @@ def text_table(header: list[str], rows: list[list[str]]) -> str:
 
 def comparison_text(reports: Comparison | Mapping[str, EvalReport]) -> str:
     """The console rendering of a comparison: the same tables and notes as the markdown."""
-    comp = _as_comparison(reports)
+    comp = as_comparison(reports)
     parts = [f"{title}:\n{text_table(header, rows)}" for title, header, rows in comparison_tables(comp)]
     return "\n\n".join([*parts, "\n".join(comparison_notes(comp))])
 
@@ -304,14 +290,14 @@ def write_comparison(reports: Comparison | Mapping[str, EvalReport], out_dir: st
     run each, no per-example predictions: means only). comparison.json is
     :meth:`Comparison.to_dict` (cells, per-seed values, intervals, and every run's report).
     """
-    comp = _as_comparison(reports)
+    comp = as_comparison(reports)
     text = comparison_markdown(comp)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "comparison.md", text)
-    atomic_write_text(out / "comparison.json", json.dumps(comp.to_dict(), indent=2) + "\n")
+    atomic_write_json(out / "comparison.json", comp.to_dict())
     atomic_write_text(out / "comparison.csv", comparison_csv(comp))
-    from fastrobust.evaluate.plots import comparison_chart
+    from fastrobust.evaluate.plots import comparison_chart  # matplotlib loads only to draw a figure
 
-    _atomic_write(out / "comparison.png", lambda tmp: comparison_chart(comp, tmp))
+    atomic_write(out / "comparison.png", lambda tmp: comparison_chart(comp, tmp))
     return text
