@@ -36,12 +36,9 @@ ROOT = Path(__file__).resolve().parents[1]
 # Source folder -> the dotted name its files are imported under.
 TREES = {"fastrobust": "fastrobust", "kernels": "fastrobust.kernels", "benchmarks": "benchmarks"}
 
-# Circles that are known and being removed (issue 23). Each entry must still be a circle of the
-# graph: the test fails as soon as one is fixed, so that its allowance goes with it.
-# fastrobust.train.parallel <-> fastrobust.train.trainer: the trainer imports train_parallel, and
-# a worker's job (parallel._run_job) imports trainer.skip_finished back; being removed in the
-# train part of issue 23.
-ALLOWED = {frozenset({"fastrobust.train.parallel", "fastrobust.train.trainer"})}
+# Circles that are known and being removed. Each entry must still be a circle of the graph: the
+# test fails as soon as one is fixed, so that its allowance goes with it.
+ALLOWED: set[frozenset[str]] = set()
 
 
 def module_files() -> dict[str, Path]:

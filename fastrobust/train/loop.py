@@ -401,3 +401,24 @@ class MethodTrainer:
         gc.collect()
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
+
+
+def skip_finished(trainer: MethodTrainer) -> dict[str, Any] | None:
+    """Under --resume: the summary of a run that already finished with this config (read back from
+    its folder; rank 0's decision, shared with every rank), or None to train it."""
+    dist = trainer.dist
+    done, refused = None, None
+    if dist.is_main:
+        try:
+            done = trainer.finished_run()
+        except ConfigError as exc:  # every rank must stop, not only rank 0
+            refused = exc
+    code = dist.broadcast_float(2.0 if refused is not None else 1.0 if done is not None else 0.0)
+    if code > 1.5:
+        raise refused or ConfigError(f"--resume: {trainer.dir} holds a run finished with another config")
+    if code < 0.5:
+        return None
+    log(dist, f"[{trainer.label}] seed {trainer.seed}: finished run in {trainer.dir}, skipped (--resume)")
+    if not dist.is_main:
+        return {}
+    return {**done, "skipped": True}

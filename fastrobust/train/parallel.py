@@ -72,8 +72,7 @@ def _init_worker(cfg_json: dict, resume: bool, overwrite: bool, threads: int) ->
 def _run_job(index: int, seed: int | None) -> dict[str, Any]:
     """One run's summary, or ``{"_diverged": message}`` (the other runs go on, as in the sequential loop)."""
     from fastrobust.errors import DivergenceError
-    from fastrobust.train.loop import MethodTrainer
-    from fastrobust.train.trainer import skip_finished
+    from fastrobust.train.loop import MethodTrainer, skip_finished
 
     run = _WORKER["run"]
     trainer = MethodTrainer(run, run.cfg.methods[index], seed=seed)

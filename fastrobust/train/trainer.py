@@ -40,7 +40,7 @@ from fastrobust.config import Config, method_label
 from fastrobust.errors import ConfigError, DivergenceError
 from fastrobust.train.console import banner, console_summary
 from fastrobust.train.distributed import init_distributed
-from fastrobust.train.loop import MODEL_INPUTS, MethodTrainer
+from fastrobust.train.loop import MODEL_INPUTS, MethodTrainer, skip_finished
 from fastrobust.train.parallel import parallel_workers, train_parallel
 from fastrobust.train.preflight import check_output_dir
 from fastrobust.train.resume import STATE_VERSION
@@ -195,27 +195,6 @@ def run_folders(cfg: Config, sections: Sequence[Any]) -> list[str]:
     if cfg.seeds is None:
         return labels
     return [f"{label}/{seed_dir_name(seed)}" for label in labels for seed in cfg.run_seeds]
-
-
-def skip_finished(trainer: MethodTrainer) -> dict[str, Any] | None:
-    """Under --resume: the summary of a run that already finished with this config (read back from
-    its folder; rank 0's decision, shared with every rank), or None to train it."""
-    dist = trainer.dist
-    done, refused = None, None
-    if dist.is_main:
-        try:
-            done = trainer.finished_run()
-        except ConfigError as exc:  # every rank must stop, not only rank 0
-            refused = exc
-    code = dist.broadcast_float(2.0 if refused is not None else 1.0 if done is not None else 0.0)
-    if code > 1.5:
-        raise refused or ConfigError(f"--resume: {trainer.dir} holds a run finished with another config")
-    if code < 0.5:
-        return None
-    log(dist, f"[{trainer.label}] seed {trainer.seed}: finished run in {trainer.dir}, skipped (--resume)")
-    if not dist.is_main:
-        return {}
-    return {**done, "skipped": True}
 
 
 def _compare_and_report(cfg: Config, summaries: list[dict[str, Any]], out_dir: Path) -> dict[str, Any]:
