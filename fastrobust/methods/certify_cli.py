@@ -16,11 +16,12 @@ MODEL_DIR, ``--config`` and ``--set`` are read exactly as by ``fastrobust evalua
 from __future__ import annotations
 
 import argparse
-import json
 import math
 from pathlib import Path
+from typing import Any
 
 from fastrobust.errors import ConfigError, DataError
+from fastrobust.fileio import atomic_write_json, atomic_write_text
 
 DEFAULT_RADII = "0,0.25,0.5,1,2"
 
@@ -113,6 +114,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    """Checks the arguments, certifies every language, writes and prints the results."""
     from fastrobust.evaluate.cli import resolve, resolve_device
 
     radii = _check_args(args)
@@ -120,77 +122,34 @@ def _run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     out = Path(args.out) if args.out else default_out.parent / "certify"
 
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    from fastrobust.data import encode_dataset, load_task, make_collator
-    from fastrobust.evaluate.report import atomic_write_text
+    # the model's libraries, after the arguments are checked (a wrong one fails at once)
+    from fastrobust.data import load_task
     from fastrobust.methods.embeddings import embedding_rms
-    from fastrobust.methods.smoothing import ABSTAIN, certify, derive_seed
 
     task = load_task(cfg.task.model_copy(update={"gxlt": False}))
-    languages = task.languages
-    if args.languages:
-        wanted = [x.strip() for x in args.languages.split(",") if x.strip()]
-        unknown = [x for x in wanted if x not in task.test]
-        if unknown:
-            raise ConfigError(
-                f"--languages: {unknown} not among the task's test languages {sorted(task.test)}"
-            )
-        languages = wanted
-    tokenizer = AutoTokenizer.from_pretrained(args.model_dir)
-    model = AutoModelForSequenceClassification.from_pretrained(args.model_dir).to(device).eval()
-    if model.config.num_labels != len(task.label_names):
-        raise DataError(
-            f"MODEL_DIR: the model has {model.config.num_labels} labels but task {task.name} has "
-            f"{len(task.label_names)} ({', '.join(task.label_names)})"
-        )
+    languages = _languages(args.languages, task)
+    tokenizer, model = _load_model(args.model_dir, task, device)
     unit = embedding_rms(model) if args.sigma_mode == "relative" else 1.0
-    sigma = args.sigma * unit
-    collate = make_collator(tokenizer)
-    results: dict[str, dict] = {}
-    for lang_index, lang in enumerate(languages):
-        data = task.test[lang]
-        data = data.select(range(min(args.max_examples, len(data))))
-        encoded = encode_dataset(data, tokenizer, max_length)
-        keep = [
-            c
-            for c in encoded.column_names
-            if c in ("input_ids", "attention_mask", "token_type_ids", "labels")
-        ]
-        rows = [dict(zip(keep, vals)) for vals in zip(*(encoded[c] for c in keep))]
-        correct: list[bool] = []
-        radius: list[float] = []
-        abstained = 0
-        for start in range(0, len(rows), args.examples_per_batch):
-            batch = collate(rows[start : start + args.examples_per_batch])
-            labels = batch.pop("labels")
-            batch = {k: v.to(device) for k, v in batch.items()}
-            res = certify(
-                model,
-                batch,
-                sigma=sigma,
-                n0=args.n0,
-                n=args.n,
-                alpha=args.alpha,
-                batch_size=args.batch_size,
-                # one independent stream per (seed, language, batch): no two batches share noise
-                seed=derive_seed(args.seed, lang_index, start),
-            )
-            abstained += int((res.prediction == ABSTAIN).sum())
-            correct += (res.prediction == labels.cpu()).tolist()
-            radius += (res.radius / unit).tolist()  # back in the unit of --sigma
-        results[lang] = {
-            "examples": len(rows),
-            "abstain_rate": abstained / len(rows) if rows else 0.0,
-            "certified_accuracy": certified_accuracy(correct, radius, radii),
-            "mean_radius_correct": (sum(r for c, r in zip(correct, radius) if c) / max(1, sum(correct))),
-        }
+    results = {
+        lang: _certify_language(
+            model,
+            tokenizer,
+            task.test[lang],
+            args,
+            lang_index,
+            device,
+            unit=unit,
+            radii=radii,
+            max_length=max_length,
+        )
+        for lang_index, lang in enumerate(languages)
+    }
     payload = {
         "model_dir": str(Path(args.model_dir).resolve()),
         "task": task.name,
         "sigma": args.sigma,
         "sigma_mode": args.sigma_mode,
-        "sigma_absolute": sigma,
+        "sigma_absolute": args.sigma * unit,
         "embedding_rms": unit if args.sigma_mode == "relative" else None,
         "n0": args.n0,
         "n": args.n,
@@ -200,13 +159,99 @@ def _run(args: argparse.Namespace) -> int:
         "max_length": max_length,
         "languages": results,
     }
-    table = format_table(results, radii)
+    _write_results(out, payload, args)
+    return 0
+
+
+def _languages(text: str | None, task: Any) -> list[str]:
+    """The languages ``--languages`` names (all of the task's when not given); ConfigError on an
+    unknown one."""
+    if not text:
+        return task.languages
+    wanted = [x.strip() for x in text.split(",") if x.strip()]
+    unknown = [x for x in wanted if x not in task.test]
+    if unknown:
+        raise ConfigError(f"--languages: {unknown} not among the task's test languages {sorted(task.test)}")
+    return wanted
+
+
+def _load_model(model_dir: str, task: Any, device: Any) -> tuple[Any, Any]:
+    """(tokenizer, classifier in eval mode on ``device``) of MODEL_DIR; DataError when the model's
+    label count is not the task's."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir).to(device).eval()
+    if model.config.num_labels != len(task.label_names):
+        raise DataError(
+            f"MODEL_DIR: the model has {model.config.num_labels} labels but task {task.name} has "
+            f"{len(task.label_names)} ({', '.join(task.label_names)})"
+        )
+    return tokenizer, model
+
+
+def _certify_language(
+    model: Any,
+    tokenizer: Any,
+    data: Any,
+    args: argparse.Namespace,
+    lang_index: int,
+    device: Any,
+    *,
+    unit: float,
+    radii: list[float],
+    max_length: int,
+) -> dict[str, Any]:
+    """CERTIFY on the first ``--max-examples`` examples of one language's test set: examples,
+    abstention rate, certified accuracy per radius and mean radius of the correct ones (radii in
+    the unit of ``--sigma``: ``unit`` embedding units)."""
+    from fastrobust.data import encode_dataset, make_collator
+    from fastrobust.methods.smoothing import ABSTAIN, certify, derive_seed
+
+    collate = make_collator(tokenizer)
+    data = data.select(range(min(args.max_examples, len(data))))
+    encoded = encode_dataset(data, tokenizer, max_length)
+    keep = [
+        c for c in encoded.column_names if c in ("input_ids", "attention_mask", "token_type_ids", "labels")
+    ]
+    rows = [dict(zip(keep, vals)) for vals in zip(*(encoded[c] for c in keep))]
+    correct: list[bool] = []
+    radius: list[float] = []
+    abstained = 0
+    for start in range(0, len(rows), args.examples_per_batch):
+        batch = collate(rows[start : start + args.examples_per_batch])
+        labels = batch.pop("labels")
+        batch = {k: v.to(device) for k, v in batch.items()}
+        res = certify(
+            model,
+            batch,
+            sigma=args.sigma * unit,
+            n0=args.n0,
+            n=args.n,
+            alpha=args.alpha,
+            batch_size=args.batch_size,
+            # one independent stream per (seed, language, batch): no two batches share noise
+            seed=derive_seed(args.seed, lang_index, start),
+        )
+        abstained += int((res.prediction == ABSTAIN).sum())
+        correct += (res.prediction == labels.cpu()).tolist()
+        radius += (res.radius / unit).tolist()  # back in the unit of --sigma
+    return {
+        "examples": len(rows),
+        "abstain_rate": abstained / len(rows) if rows else 0.0,
+        "certified_accuracy": certified_accuracy(correct, radius, radii),
+        "mean_radius_correct": (sum(r for c, r in zip(correct, radius) if c) / max(1, sum(correct))),
+    }
+
+
+def _write_results(out: Path, payload: dict[str, Any], args: argparse.Namespace) -> None:
+    """Writes ``certify.json`` and ``certify.md`` to ``out`` and prints the table."""
+    table = format_table(payload["languages"], payload["radii"])
     title = (
         f"Certified accuracy (%) of the smoothed classifier, sigma = {args.sigma:g} ({args.sigma_mode}), "
         f"n0 = {args.n0}, n = {args.n}, alpha = {args.alpha:g}; radii in {payload['radius_unit']}"
     )
-    atomic_write_text(out / "certify.json", json.dumps(payload, indent=2) + "\n")
+    atomic_write_json(out / "certify.json", payload)
     atomic_write_text(out / "certify.md", f"{title}\n\n{table}\n")
     print(title + "\n" + table)
     print(f"\nwritten to {out}")
-    return 0

@@ -272,101 +272,40 @@ class MethodTrainer:
         clip = "" if o.max_grad_norm else ", or set optim.max_grad_norm"
         return f"; lower optim.learning_rate (now {o.learning_rate:g}){clip}"
 
-    def train(self) -> dict[str, Any]:
-        from fastrobust.progress import bar as progress_bar
-        from fastrobust.train.signals import stop_on_signals
+    def _check_divergence(self) -> None:
+        """Raises DivergenceError (on every rank) once the guard's patience is spent."""
+        self.guard.check(self.step, self.dist, self._divergence_hint())
 
-        run, cfg, dist = self.run, self.cfg, self.dist
+    def _open_writer(self) -> Any:
+        """Rank 0's TensorBoard writer under ``<run>/tb`` when ``output.tensorboard``, else None."""
+        if not (self.dist.is_main and self.cfg.output.tensorboard):
+            return None
+        from torch.utils.tensorboard import SummaryWriter
+
+        return SummaryWriter(log_dir=str(self.dir / "tb"))
+
+    def train(self) -> dict[str, Any]:
+        """Builds (or resumes), runs every optimizer step, then evaluates and saves the run; returns
+        its summary (:func:`fastrobust.train.final.finish`)."""
+        from fastrobust.progress import bar as progress_bar
+
         t_start = time.perf_counter()
         self._start()
         # DeepSpeed applies a step inside backward: a non-finite one cannot be skipped, so stop at once.
-        patience = cfg.optim.nonfinite_patience if self.eng.skips_nonfinite else 0
-        self.guard = guard = DivergenceGuard(patience, self.device, self.label)
-        hint = self._divergence_hint()
-        writer = None
-        if dist.is_main and cfg.output.tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
-
-            writer = SummaryWriter(log_dir=str(self.dir / "tb"))
-        spe, total, log_every = run.steps_per_epoch, run.total_steps, cfg.output.log_every
-        every_steps, minutes = cfg.output.checkpoint_every, cfg.output.checkpoint_minutes
-        checkpoints_on = bool(every_steps or minutes)
+        patience = self.cfg.optim.nonfinite_patience if self.eng.skips_nonfinite else 0
+        self.guard = DivergenceGuard(patience, self.device, self.label)
+        writer = self._open_writer()
         bar = progress_bar(
-            total=total,
+            total=self.run.total_steps,
             initial=self.step,
             desc=self.label,
             unit="step",
-            disable=not (dist.is_main and run.progress_bar),
+            disable=not (self.dist.is_main and self.run.progress_bar),
         )
-        it: Iterator[dict[str, torch.Tensor]] | None = None
-        eval_seconds = 0.0
-        last_checkpoint = time.monotonic()
         try:
-            with stop_on_signals() as stop:
-                while self.step < total:
-                    if it is None or self.step % spe == 0:
-                        it = self._loader(self.step // spe, self.step % spe)
-                    logged = (self.step + 1) % log_every == 0 or self.step + 1 == total
-                    timer = SectionTimer(enabled=logged, device=self.device)
-                    t0 = time.perf_counter()
-                    if cfg.model.compile and not self.graphs:
-                        self.graphs.append(compiled_graphs())
-                    loss, grad_norm, bad = self._train_step(it, timer)
-                    if len(self.graphs) == 1:
-                        self.graphs.append(compiled_graphs())  # warm: every later step reuses these
-                    guard.observe(bad)
-                    self._pending_losses.append(loss)
-                    self.step += 1
-                    if logged and self.device.type == "cuda":
-                        torch.cuda.synchronize(self.device)
-                    seconds = time.perf_counter() - t0
-                    self.meter.add_step(seconds, cfg.optim.batch_size, 0)
-                    if logged:
-                        self.meter.add_timed(seconds, timer.totals)
-                        values = self._flush()
-                        guard.check(self.step, dist, hint)
-                        s = self.meter.summary()
-                        if dist.is_main:
-                            bar.set_postfix(loss=f"{values[-1]:.4f}", samples_s=f"{s['samples_per_s']:.1f}")
-                        if writer is not None:
-                            log_step_scalars(
-                                writer,
-                                self.step,
-                                values,
-                                lr=self.eng.lr(),
-                                grad_norm=grad_norm,
-                                throughput=s,
-                                sections=timer.totals,
-                                step_seconds=seconds,
-                                peak_mb=peak_memory_mb(self.device),
-                            )
-                    bar.update(1)
-                    every = cfg.eval.every_steps or spe
-                    t_eval = time.perf_counter()
-                    if self._due(every) or self.step == total:
-                        guard.check(self.step, dist, hint)  # never evaluate (or keep) a diverged model
-                        self.selection.evaluate(self, writer)
-                    # Host-side decisions every rank must share (time, signals) are taken where the
-                    # ranks synchronise anyway: every step with one process, logged steps with several.
-                    synced = logged or dist.world_size == 1
-                    stopping = synced and self._agree(stop.signum is not None)
-                    timely = (
-                        synced
-                        and minutes is not None
-                        and self._agree(time.monotonic() - last_checkpoint >= 60 * minutes)
-                    )
-                    saved = None
-                    periodic = self.step < total and (self._due(every_steps) or timely)
-                    if checkpoints_on and (periodic or stopping):
-                        self._flush()
-                        guard.check(self.step, dist, hint)
-                        saved = save_checkpoint(self)
-                        last_checkpoint = time.monotonic()
-                    if stopping:
-                        raise self._interrupted(int(stop.signum or signal.SIGTERM), saved, checkpoints_on)
-                    eval_seconds += time.perf_counter() - t_eval
+            eval_seconds = self._step_loop(writer, bar)
             self._flush()
-            guard.check(self.step, dist, hint)
+            self._check_divergence()
             if not self.selection.history:  # defensive: a resumed final checkpoint without any dev evaluation
                 self.selection.evaluate(self, writer)
         except BaseException:
@@ -377,9 +316,105 @@ class MethodTrainer:
             bar.close()
         if writer is not None:
             writer.flush()
-        final_checkpoint = bool(every_steps) and not ckpt.step_dir(self.ckpt_root, self.step).is_dir()
+        return self._finish(writer, t_start, eval_seconds)
+
+    def _step_loop(self, writer: Any, bar: Any) -> float:
+        """Optimizer steps up to ``total_steps`` with logging, dev evaluation and checkpoints; stops
+        with :class:`fastrobust.errors.Interrupted` on SIGINT / SIGTERM. Returns the seconds spent
+        after the steps themselves (evaluation, checkpoints)."""
+        from fastrobust.train.signals import stop_on_signals
+
+        run, cfg, dist = self.run, self.cfg, self.dist
+        spe, total, log_every = run.steps_per_epoch, run.total_steps, cfg.output.log_every
+        every_steps, minutes = cfg.output.checkpoint_every, cfg.output.checkpoint_minutes
+        checkpoints_on = bool(every_steps or minutes)
+        it: Iterator[dict[str, torch.Tensor]] | None = None
+        eval_seconds = 0.0
+        last_checkpoint = time.monotonic()
+        with stop_on_signals() as stop:
+            while self.step < total:
+                if it is None or self.step % spe == 0:
+                    it = self._loader(self.step // spe, self.step % spe)
+                logged = (self.step + 1) % log_every == 0 or self.step + 1 == total
+                timer, grad_norm, seconds = self._timed_step(it, logged)
+                if logged:
+                    self._log_step(writer, bar, timer, grad_norm, seconds)
+                bar.update(1)
+                t_eval = time.perf_counter()
+                if self._due(cfg.eval.every_steps or spe) or self.step == total:
+                    self._check_divergence()  # never evaluate (or keep) a diverged model
+                    self.selection.evaluate(self, writer)
+                # Host-side decisions every rank must share (time, signals) are taken where the
+                # ranks synchronise anyway: every step with one process, logged steps with several.
+                synced = logged or dist.world_size == 1
+                stopping = synced and self._agree(stop.signum is not None)
+                timely = (
+                    synced
+                    and minutes is not None
+                    and self._agree(time.monotonic() - last_checkpoint >= 60 * minutes)
+                )
+                saved = None
+                periodic = self.step < total and (self._due(every_steps) or timely)
+                if checkpoints_on and (periodic or stopping):
+                    self._flush()
+                    self._check_divergence()
+                    saved = save_checkpoint(self)
+                    last_checkpoint = time.monotonic()
+                if stopping:
+                    raise self._interrupted(int(stop.signum or signal.SIGTERM), saved, checkpoints_on)
+                eval_seconds += time.perf_counter() - t_eval
+        return eval_seconds
+
+    def _timed_step(
+        self, it: Iterator[dict[str, torch.Tensor]], logged: bool
+    ) -> tuple[SectionTimer, Any, float]:
+        """One optimizer step, timed (per section when ``logged``); returns (timer, grad norm, seconds)."""
+        timer = SectionTimer(enabled=logged, device=self.device)
+        t0 = time.perf_counter()
+        if self.cfg.model.compile and not self.graphs:
+            self.graphs.append(compiled_graphs())
+        loss, grad_norm, bad = self._train_step(it, timer)
+        if len(self.graphs) == 1:
+            self.graphs.append(compiled_graphs())  # warm: every later step reuses these
+        self.guard.observe(bad)
+        self._pending_losses.append(loss)
+        self.step += 1
+        if logged and self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        seconds = time.perf_counter() - t0
+        self.meter.add_step(seconds, self.cfg.optim.batch_size, 0)
+        return timer, grad_norm, seconds
+
+    def _log_step(self, writer: Any, bar: Any, timer: SectionTimer, grad_norm: Any, seconds: float) -> None:
+        """A logged step: flush the losses (a collective), check divergence, update the bar and
+        TensorBoard."""
+        self.meter.add_timed(seconds, timer.totals)
+        values = self._flush()
+        self._check_divergence()
+        s = self.meter.summary()
+        if self.dist.is_main:
+            bar.set_postfix(loss=f"{values[-1]:.4f}", samples_s=f"{s['samples_per_s']:.1f}")
+        if writer is not None:
+            log_step_scalars(
+                writer,
+                self.step,
+                values,
+                lr=self.eng.lr(),
+                grad_norm=grad_norm,
+                throughput=s,
+                sections=timer.totals,
+                step_seconds=seconds,
+                peak_mb=peak_memory_mb(self.device),
+            )
+
+    def _finish(self, writer: Any, t_start: float, eval_seconds: float) -> dict[str, Any]:
+        """Test evaluation and saving (:func:`fastrobust.train.final.finish`), then the final
+        checkpoint of the last parameters when ``output.checkpoint_every`` is set."""
+        final_checkpoint = bool(self.cfg.output.checkpoint_every) and not (
+            ckpt.step_dir(self.ckpt_root, self.step).is_dir()
+        )
         last_state = None
-        if final_checkpoint and self.eng.engine is None and dist.is_main:
+        if final_checkpoint and self.eng.engine is None and self.dist.is_main:
             # finish() loads the best parameters into the model; the checkpoint keeps the last ones
             last_state = cpu_state(self.eng.module)
         summary = finish(self, time.perf_counter() - t_start, eval_seconds)

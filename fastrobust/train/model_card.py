@@ -129,29 +129,50 @@ def render_model_card(
         adapter=adapter is not None,
     )
     lines = ["---", yaml.safe_dump(meta, sort_keys=False, allow_unicode=True).rstrip(), "---", ""]
-    lines += [f"# {title}", ""]
-    lines += [
+    lines += _intro_lines(title, base_model, task, kind, report)
+    lines += _method_lines(method_section, scales)
+    if adapter is not None:
+        lines += _adapter_lines(adapter)
+    lines += _training_lines(task, task_cfg, training)
+    lines += _xlt_lines(task, report)
+    if report.gxlt:
+        lines += _gxlt_lines(report)
+    lines += _use_and_reproduce_lines(version, command, config)
+    return "\n".join(lines)
+
+
+def _intro_lines(title: str, base_model: str, task: Any, kind: str, report: Any) -> list[str]:
+    """The title and the one-paragraph description of the model."""
+    return [
+        f"# {title}",
+        "",
         f"`{base_model}` fine-tuned for {'sentence-pair' if task.pair else 'sentence'} classification "
         f"({', '.join(task.label_names)}) on **{task.train_language}** with **{kind}** robust training "
         "(fastrobust: robust fine-tuning so that a multilingual encoder transfers zero-shot to other "
         f"languages), selected on {task.train_language} dev accuracy and tested on "
         f"{len(report.languages)} language(s).",
         "",
-        "## Method",
-        "",
-        "| setting | value |",
-        "| --- | --- |",
     ]
+
+
+def _method_lines(method_section: dict[str, Any], scales: dict[str, Any]) -> list[str]:
+    """The method section: every set key of the method's config, then its resolved scales."""
+    lines = ["## Method", "", "| setting | value |", "| --- | --- |"]
     lines += [f"| {k} | {v} |" for k, v in method_section.items() if v is not None]
     lines += [
         f"| resolved {k} | {v:.6g} |" if isinstance(v, float) else f"| resolved {k} | {v} |"
         for k, v in scales.items()
     ]
-    if adapter is not None:
-        lines += _adapter_lines(adapter)
-    lines += ["", "## Training", ""]
+    return lines
+
+
+def _training_lines(task: Any, task_cfg: Any, training: dict[str, Any]) -> list[str]:
+    """The training section: the task, its data source and labels, and the ``training`` settings."""
     source = task_cfg.path or _HUB_DATASETS.get(task_cfg.name, "-")
-    lines += [
+    lines = [
+        "",
+        "## Training",
+        "",
         "| setting | value |",
         "| --- | --- |",
         f"| task | {task.name} ({task_cfg.source}: {source}) |",
@@ -159,8 +180,15 @@ def render_model_card(
         f"| training language | {task.train_language} |",
     ]
     lines += [f"| {k.replace('_', ' ')} | {v} |" for k, v in training.items()]
-    lines += ["", "## Zero-shot cross-lingual transfer (XLT)", ""]
-    lines += [
+    return lines
+
+
+def _xlt_lines(task: Any, report: Any) -> list[str]:
+    """The XLT table: accuracy (%) and test-set size per language, then the average."""
+    lines = [
+        "",
+        "## Zero-shot cross-lingual transfer (XLT)",
+        "",
         f"Accuracy (%) on the test set of each language, trained on {task.train_language} only.",
         "",
         "| language | accuracy (%) | examples |",
@@ -171,22 +199,30 @@ def render_model_card(
         for lang in report.languages
     ]
     lines += [f"| **average** | {_pct(report.xlt_avg)} | |", ""]
-    if report.gxlt:
-        lines += [
-            "## Generalized cross-lingual transfer (G-XLT)",
-            "",
-            f"Accuracy (%) over {len(report.gxlt)} ordered language pairs (sentence 1 in one language, "
-            "sentence 2 in another); the full matrix is in the run's `report/`.",
-            "",
-            "| summary | accuracy (%) |",
-            "| --- | ---: |",
-            f"| same-language pairs | {_pct(report.gxlt_same_lang_avg)} |",
-            f"| cross-language pairs | {_pct(report.gxlt_cross_lang_avg)} |",
-            f"| all pairs | {_pct(report.gxlt_avg)} |",
-            f"| gap (same - cross) | {_pct(report.gap)} |",
-            "",
-        ]
-    lines += [
+    return lines
+
+
+def _gxlt_lines(report: Any) -> list[str]:
+    """The G-XLT summary: same-language, cross-language and all-pair averages and their gap."""
+    return [
+        "## Generalized cross-lingual transfer (G-XLT)",
+        "",
+        f"Accuracy (%) over {len(report.gxlt)} ordered language pairs (sentence 1 in one language, "
+        "sentence 2 in another); the full matrix is in the run's `report/`.",
+        "",
+        "| summary | accuracy (%) |",
+        "| --- | ---: |",
+        f"| same-language pairs | {_pct(report.gxlt_same_lang_avg)} |",
+        f"| cross-language pairs | {_pct(report.gxlt_cross_lang_avg)} |",
+        f"| all pairs | {_pct(report.gxlt_avg)} |",
+        f"| gap (same - cross) | {_pct(report.gap)} |",
+        "",
+    ]
+
+
+def _use_and_reproduce_lines(version: str, command: str, config: dict[str, Any]) -> list[str]:
+    """How to load the model, and what reproduces it: version, command, resolved config."""
+    return [
         "## Use",
         "",
         "```python",
@@ -207,7 +243,6 @@ def render_model_card(
         "</details>",
         "",
     ]
-    return "\n".join(lines)
 
 
 def _adapter_lines(adapter: dict[str, Any]) -> list[str]:
