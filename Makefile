@@ -35,7 +35,7 @@ test-fast: venv
 	$(BIN)/python -m pytest -m "not slow and not distributed" $(PYTEST_ARGS)
 
 bench: venv
-	$(BIN)/python -m pytest benchmarks --benchmark-enable --benchmark-only \
+	$(BIN)/python -m pytest benchmarks/speed --benchmark-enable --benchmark-only \
 		--benchmark-columns=median,iqr,min,max,rounds --benchmark-sort=name $(PYTEST_ARGS)
 
 # The real benchmark's material (converted encoder, Debian pair task, WordNet synonyms), cached

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))
+sys.path.insert(0, str(ROOT / "benchmarks" / "speed"))
 sys.path.insert(0, str(ROOT / "benchmarks" / "gpu"))
 
 import _ops_grid as grid  # noqa: E402

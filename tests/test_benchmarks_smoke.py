@@ -34,13 +34,15 @@ def _run_benchmark_file(path: str, *, drop: tuple[str, ...], **env_updates: str)
 
 
 def test_bench_ops_smoke_mode_passes() -> None:
-    stdout = _run_benchmark_file("benchmarks/bench_ops.py", drop=("TRITON_INTERPRET", "FASTROBUST_BACKEND"))
+    stdout = _run_benchmark_file(
+        "benchmarks/speed/bench_ops.py", drop=("TRITON_INTERPRET", "FASTROBUST_BACKEND")
+    )
     assert " passed" in stdout and "failed" not in stdout
 
 
 def test_bench_train_step_smoke_mode_passes(tmp_path: Path) -> None:
     stdout = _run_benchmark_file(
-        "benchmarks/bench_train_step.py",
+        "benchmarks/speed/bench_train_step.py",
         drop=("TRITON_INTERPRET",),
         FASTROBUST_BENCH_OUT=str(tmp_path),
         FASTROBUST_BACKEND="torch",
@@ -69,7 +71,7 @@ def test_ops_cuda_grid_runs_end_to_end_on_cpu_through_the_interpreter(tmp_path: 
     check, JSONL, summary) with a host clock and the Triton interpreter: only the timers differ on a GPU."""
     out = tmp_path / "ops.jsonl"
     ops = "copy,add_noise,pgd_init,pgd_step_l2+e,pgd_step_linf"
-    script = "benchmarks/bench_ops.py"
+    script = "benchmarks/speed/bench_ops.py"
     _run_script(
         [
             sys.executable,
@@ -104,7 +106,13 @@ def test_ops_cuda_grid_runs_end_to_end_on_cpu_through_the_interpreter(tmp_path: 
 def test_train_step_grid_runs_end_to_end_on_cpu(tmp_path: Path) -> None:
     out = tmp_path / "train.jsonl"
     _run_script(
-        [sys.executable, "benchmarks/bench_train_step.py", "--smoke", "--methods", "baseline,rs-da,pgd-k1"]
+        [
+            sys.executable,
+            "benchmarks/speed/bench_train_step.py",
+            "--smoke",
+            "--methods",
+            "baseline,rs-da,pgd-k1",
+        ]
         + ["--out", str(out)],
         tmp_path,
         FASTROBUST_BACKEND="torch",

@@ -5,10 +5,10 @@ The graph is built statically (``ast``, nothing is imported) over every ``.py`` 
 
 * ``fastrobust/a/b.py`` is ``fastrobust.a.b``; a package's ``__init__.py`` is the package;
 * ``kernels/x.py`` is ``fastrobust.kernels.x`` (setup.py installs ``kernels/`` under that name);
-* ``benchmarks/x/y.py`` is ``benchmarks.x.y``. The benchmark scripts put ``benchmarks/`` (and
-  their own folder) on ``sys.path`` and import their helpers by bare name (``from _util import
-  ...``): a bare name that is not a project module resolves to a file of the importing file's
-  folder, then to one directly under ``benchmarks/``.
+* ``benchmarks/x/y.py`` is ``benchmarks.x.y``. The benchmark scripts put their own folder (and
+  the GPU runner's summary ``benchmarks/speed/``) on ``sys.path`` and import their helpers by bare
+  name (``from _util import ...``): a bare name that is not a project module resolves to a file of
+  the importing file's folder, then to one in ``benchmarks/speed/``.
 
 Edges. Every ``import`` and ``from ... import`` statement counts, at module level or inside a
 function (a deferred import still ties the two modules together: the reader must know both, and
@@ -77,13 +77,13 @@ def _resolve(name: str, importer: str, modules: dict[str, Path]) -> str | None:
     if name in modules:
         return name
     if importer.startswith("benchmarks") and "." not in name:
-        # Script-style import of a helper: the importer's folder, then benchmarks/ (see module doc).
+        # Script-style import of a helper: the importer's folder, then benchmarks/speed/ (module doc).
         folder = modules[importer].parent
         for candidate, path in modules.items():
             if candidate.startswith("benchmarks") and path.parent == folder and path.stem == name:
                 return candidate
-        if f"benchmarks.{name}" in modules:
-            return f"benchmarks.{name}"
+        if f"benchmarks.speed.{name}" in modules:
+            return f"benchmarks.speed.{name}"
     return None
 
 
@@ -206,7 +206,8 @@ def test_the_graph_sees_the_imports_it_must() -> None:
     assert "fastrobust.validation" in edges["fastrobust.ops"]  # from fastrobust import validation
     assert "fastrobust.kernels.noise" in edges["fastrobust._library"]  # function-level import
     assert "fastrobust.kernels.common" in edges["fastrobust.kernels.noise"]  # kernels/ renamed
-    assert "benchmarks._util" in edges["benchmarks._ops_grid"]  # bare script-style import
+    assert "benchmarks.speed._util" in edges["benchmarks.speed._ops_grid"]  # bare, same folder
+    assert "benchmarks.speed._ops_summary" in edges["benchmarks.gpu.summary"]  # bare, from gpu/
     assert "benchmarks.real.protocol" in edges["benchmarks.real.study"]
 
 

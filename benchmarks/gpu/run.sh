@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
-# The one script to run on the GPU machine (issue 12 item 9, issues 15 and 16).
+# The one script to run on the GPU machine: kernel tests, ops and training-step grids, DeepSpeed.
 #
 #   benchmarks/gpu/run.sh [tests] [ops] [train] [ds]     # no argument: all four, in this order
 #
 # Stages (each with its own timeout and log under $OUT; a failing stage does not stop the next):
 #   tests  copy bandwidth, then the kernel and op tests natively on CUDA: every test file with a
 #          `kernels` marker and tests/test_ops_*.py, pytest -n 8 (xdist), -p no:cacheprovider
-#   ops    benchmarks/bench_ops.py: the CUDA grid (events + CUDA-graph timers)  -> ops.jsonl
-#   train  benchmarks/bench_train_step.py: XLM-R base/large, bf16/fp32, 8 methods -> train.jsonl
+#   ops    benchmarks/speed/bench_ops.py: the CUDA grid (events + CUDA-graph timers)  -> ops.jsonl
+#   train  benchmarks/speed/bench_train_step.py: XLM-R base/large, bf16/fp32, 8 methods -> train.jsonl
 #   ds     benchmarks/gpu/ds_check.py + `deepspeed` launches of `python -m fastrobust train`, PGD K=2,
 #          XLM-R-large-sized, ZeRO-2 and ZeRO-3 (configs/ds as shipped)          -> ds.json
 # At the end: $OUT/summary.md (all tables) and a compact summary on stdout.
@@ -117,18 +117,18 @@ EOF
 
 stage_ops() {
   if [ "$RUN_CPU" = 1 ]; then
-    TRITON_INTERPRET=1 "$PY" benchmarks/bench_ops.py --smoke --shapes 2x8x32 \
+    TRITON_INTERPRET=1 "$PY" benchmarks/speed/bench_ops.py --smoke --shapes 2x8x32 \
       --ops copy,add_noise,noisy_copies_n4,pgd_init,pgd_step_l2+e,pgd_step_linf --out "$OUT/ops.jsonl"
   else
-    "$PY" benchmarks/bench_ops.py --out "$OUT/ops.jsonl" --budget-s "${OPS_BUDGET_S:-85}"
+    "$PY" benchmarks/speed/bench_ops.py --out "$OUT/ops.jsonl" --budget-s "${OPS_BUDGET_S:-85}"
   fi
 }
 
 stage_train() {
   if [ "$RUN_CPU" = 1 ]; then
-    "$PY" benchmarks/bench_train_step.py --smoke --out "$OUT/train.jsonl"
+    "$PY" benchmarks/speed/bench_train_step.py --smoke --out "$OUT/train.jsonl"
   else
-    "$PY" benchmarks/bench_train_step.py --out "$OUT/train.jsonl" --budget-s "${TRAIN_BUDGET_S:-60}" \
+    "$PY" benchmarks/speed/bench_train_step.py --out "$OUT/train.jsonl" --budget-s "${TRAIN_BUDGET_S:-60}" \
       --rounds-s "${TRAIN_ROUNDS_S:-5}"
   fi
 }

@@ -7,16 +7,16 @@ training); FreeLB-K <= 1.05 Kx (K forward/backward passes, all into the paramete
 * **CPU** (pytest-benchmark, as in BENCHMARKS.md): one step = ``method.training_step`` + AdamW +
   zero_grad on a hidden-256 / 4-layer XLM-R-style classifier, batch 8 x 128; the ratio is the
   median of A/B-interleaved pairs (baseline step, method step, ...); pytest-benchmark times the
-  method's step. ``pytest benchmarks/bench_train_step.py --benchmark-enable -s``; the table is
+  method's step. ``pytest benchmarks/speed/bench_train_step.py --benchmark-enable -s``; the table is
   printed and written to ``.benchmarks/train_step.md``.
-* **CUDA** (issue 16): ``python benchmarks/bench_train_step.py --out train.jsonl`` runs
+* **CUDA**: ``python benchmarks/speed/bench_train_step.py --out train.jsonl`` runs
   ``_train_grid.measure_group`` for XLM-R base (768, 12 layers) and large (1024, 24 layers)
   shapes, random weights, batch 32 x 128, bf16 autocast and fp32, methods baseline, RS-RP,
   RS-DA, PGD K=1/2/3, FreeLB K=2/3: step time, samples/s, ratio to the baseline from
   interleaved rounds (median and range), the forward/backward/perturbation split (synchronised
   timers, separate steps), peak memory; plus RS-DA's per-epoch CPU work. A time budget sizes
   the rounds and stops starting new groups. ``--summary train.jsonl`` prints the Markdown.
-  On a GPU, ``pytest benchmarks/bench_train_step.py`` runs the same groups.
+  On a GPU, ``pytest benchmarks/speed/bench_train_step.py`` runs the same groups.
 
 ``FASTROBUST_BENCH_SMOKE=1`` (or ``--smoke``): one tiny shape, few methods / rounds.
 """
@@ -35,7 +35,7 @@ from pathlib import Path
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))  # `python benchmarks/bench_train_step.py`
+sys.path.insert(0, str(Path(__file__).parent))  # `python benchmarks/speed/bench_train_step.py`
 
 import _train_grid  # noqa: E402
 from _util import (  # noqa: E402

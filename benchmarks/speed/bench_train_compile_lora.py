@@ -15,7 +15,7 @@ Timing: process CPU time (``time.process_time``) with one torch thread, so that 
 shared machine do not inflate it; warm-up steps first (they compile), then R rounds in which every
 variant runs one step, in the same order; the table gives each variant's median over rounds and
 the per-round ratios (median and range over rounds: a drift of the machine cancels within a round).
-``python benchmarks/bench_train_compile_lora.py [--rounds 10] [--out x.json]``, ``--summary x.json``
+``python benchmarks/speed/bench_train_compile_lora.py [--rounds 10] [--out x.json]``, ``--summary x.json``
 (``--smoke``: a tiny shape, 2 rounds, the aot_eager backend — checks the plumbing only).
 """
 
@@ -32,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))  # `python benchmarks/bench_train_compile_lora.py`
+sys.path.insert(0, str(Path(__file__).parent))  # `python benchmarks/speed/bench_train_compile_lora.py`
 
 import _train_grid  # noqa: E402
 

@@ -1,6 +1,6 @@
 """The CUDA grid of the ops benchmark: cases, inputs, bytes floors, providers, measurement.
 
-Used by ``benchmarks/bench_ops.py`` (its command line and, on a GPU, its pytest cases). Every
+Used by ``benchmarks/speed/bench_ops.py`` (its command line and, on a GPU, its pytest cases). Every
 time is a CUDA-event time through ``triton.testing`` (see ``_util.cuda_event_times`` and
 ``_util.cuda_graph_times``); on CPU the same code runs with a host clock for plumbing checks
 only (``--smoke``; with ``TRITON_INTERPRET=1`` the ``triton`` provider runs in the interpreter).

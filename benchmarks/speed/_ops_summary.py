@@ -1,6 +1,6 @@
-"""Markdown tables of an ops-benchmark run (``python benchmarks/bench_ops.py --summary FILE``): the
+"""Markdown tables of an ops-benchmark run (``python benchmarks/speed/bench_ops.py --summary FILE``): the
 CUDA grid's JSONL records, with the targets of issue 12 evaluated row by row, or the JSON of a
-pytest-benchmark run (``pytest benchmarks/bench_ops.py --benchmark-json=FILE``)."""
+pytest-benchmark run (``pytest benchmarks/speed/bench_ops.py --benchmark-json=FILE``)."""
 
 from __future__ import annotations
 
@@ -255,7 +255,7 @@ def summarize_gpu(records: list[dict], *, short: bool = False) -> str:
 
 
 def summarize_pytest_json(data: dict) -> str:
-    """Markdown table of a ``pytest benchmarks/bench_ops.py --benchmark-json=FILE`` run (its parsed
+    """Markdown table of a ``pytest benchmarks/speed/bench_ops.py --benchmark-json=FILE`` run (its parsed
     JSON): one row per op/shape/dtype, median ms and GB/s (bytes floor / median) per provider, the
     copy bandwidth of the same shape, and speed-ups over eager torch. On a GPU the pytest cases
     carry the CUDA grid's records, summarised as by :func:`summarize_gpu`."""

@@ -1,11 +1,11 @@
 """Benchmarks of the fused ops against their pure-torch twin (eager and torch.compile).
 
-* **CPU** (pytest-benchmark; what CPU users get): ``pytest benchmarks/bench_ops.py --benchmark-enable``.
+* **CPU** (pytest-benchmark; what CPU users get): ``pytest benchmarks/speed/bench_ops.py --benchmark-enable``.
   Providers ``torch`` (= ``fastrobust.reference`` eager), ``torch_compile`` (its compiled twin),
   ``compile_global_rng`` (noise ops: compiled ``x + sigma * randn * mask`` with inductor's RNG);
   op ``copy`` is the yardstick. Timer: wall clock, or process CPU time with
   ``FASTROBUST_BENCH_CPU_TIMER=process``. Floors as in BENCHMARKS.md's CPU table.
-* **CUDA** (issue 12 item 9): ``python benchmarks/bench_ops.py --out ops.jsonl`` runs the grid of
+* **CUDA**: ``python benchmarks/speed/bench_ops.py --out ops.jsonl`` runs the grid of
   ``_ops_grid.py`` (ops add_noise, noisy_copies n = 4 / 32, pgd_init, pgd_step L2 / Linf with
   and without embeds [, from delta = 0]; shapes 8x128x768, 32x128x768, 32x512x1024; fp32, bf16;
   full and padded masks; providers eager / compile / triton and the same-shape copy), timed with
@@ -15,7 +15,7 @@
   budget (``--budget-s``) stops starting new cases. ``--summary ops.jsonl`` prints the
   Markdown tables for BENCHMARKS.md with the issue's targets met or not (``_ops_summary.py``);
   ``--summary ops.json`` the table of a ``pytest --benchmark-json=ops.json`` run.
-  On a GPU, ``pytest benchmarks/bench_ops.py`` runs the same cases (events timer), one test
+  On a GPU, ``pytest benchmarks/speed/bench_ops.py`` runs the same cases (events timer), one test
   each, failing on an error or a wrong result.
 
 FASTROBUST_BENCH_SMOKE=1 (or ``--smoke``): tiny shapes, a few calls, no torch.compile.
@@ -34,7 +34,7 @@ from pathlib import Path
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))  # `python benchmarks/bench_ops.py` (pytest: conftest)
+sys.path.insert(0, str(Path(__file__).parent))  # `python benchmarks/speed/bench_ops.py` (pytest: conftest)
 
 from _ops_grid import (  # noqa: E402
     GPU_DTYPES,

@@ -5,7 +5,7 @@ correctly when v_i < p + e_s, where v_i = u_i with probability rho (runs agree o
 are hard) and a fresh uniform otherwise (seed-by-example disagreement), and e_s ~ N(0, tau^2) is a
 seed effect. Method and baseline share u; the true difference is exactly delta. For each regime,
 ``trials`` independent data sets; the table gives how often the 95% interval covers delta, and the
-mean width. Run: ``python benchmarks/stats_coverage.py [--trials 400]`` (~1 min per regime).
+mean width. Run: ``python benchmarks/synthetic/stats_coverage.py [--trials 400]`` (~1 min per regime).
 """
 
 from __future__ import annotations
