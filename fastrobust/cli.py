@@ -15,6 +15,9 @@ import importlib
 import sys
 from collections.abc import Iterable, Sequence
 
+from fastrobust.errors import FastrobustError
+from fastrobust.fileio import describe_os_error
+
 SUBCOMMANDS = {
     "train": ("fastrobust.train.cli", "fine-tune (baseline, AT, FreeLB, RS-RP, RS-DA) and evaluate"),
     "evaluate": ("fastrobust.evaluate.cli", "XLT and G-XLT report of a trained model directory"),
@@ -64,8 +67,6 @@ def _command(argv: Sequence[str]) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from fastrobust.errors import FastrobustError
-
     argv = sys.argv[1:] if argv is None else list(argv)
     command = _command(argv)
     parser = build_parser([command] if command else [])
@@ -79,8 +80,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fastrobust {args.command}: error: {exc}", file=sys.stderr)
         return int(getattr(exc, "exit_code", 2))
     except OSError as exc:  # a write that failed outside the places that rescue results
-        from fastrobust.fileio import describe_os_error
-
         print(f"fastrobust {args.command}: error: {describe_os_error(exc)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

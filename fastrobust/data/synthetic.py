@@ -280,6 +280,7 @@ def _vocabulary(lexicon: list) -> dict[str, int]:
 def _make_tokenizer(vocab: dict[str, int], max_length: int):
     """A word-level ``tokenizers`` tokenizer (whitespace split, BERT pair template) wrapped as
     ``PreTrainedTokenizerFast`` with [PAD]/[UNK]/[CLS]/[SEP]/[MASK]."""
+    # tokenizers and transformers (~1.3 s) load only when the benchmark is built, not when it is read
     from tokenizers import Tokenizer, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
@@ -396,7 +397,7 @@ def _pretrain_batches(cfg: SyntheticConfig, lexicon: list, vocab: dict[str, int]
 def _build_model(
     cfg: SyntheticConfig, table: torch.Tensor, vocab: dict[str, int], lexicon: list, max_len: int
 ):
-    from transformers import BertConfig, BertForMaskedLM
+    from transformers import BertConfig, BertForMaskedLM  # only when the benchmark is built
 
     config = BertConfig(
         vocab_size=len(vocab),

@@ -60,6 +60,7 @@ def _read_meta(model_dir: Path) -> dict | None:
 
 def resolve(args: argparse.Namespace):
     """(Config, max_length, out_dir) from MODEL_DIR/fastrobust.json, --config and --set."""
+    # pydantic builds the config schema in ~0.2 s: loaded when the command runs, not for --help
     from fastrobust.config import apply_override, config_from_dict, load_config
 
     model_dir = Path(args.model_dir)
@@ -99,7 +100,7 @@ def resolve_device(name: str | None, flag: str = "--device"):
     ConfigError naming ``flag`` for a malformed name or a CUDA device this machine does not have
     (instead of torch's assertion deep inside the first ``.to(device)``).
     """
-    import torch
+    import torch  # ~1.6 s: not for ``fastrobust evaluate --help``
 
     if name is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -139,7 +140,7 @@ HEAD_OUTPUT_WEIGHTS = ("classifier.weight", "classifier.out_proj.weight", "score
 def adapter_head_labels(model_dir: Path) -> int | None:
     """The label count of the classifier head saved in adapter folder ``model_dir``, or None
     when the adapter holds no head (then the base checkpoint's is used)."""
-    from safetensors import safe_open
+    from safetensors import safe_open  # kept out of the --help path with the other model libraries
 
     weights = model_dir / "adapter_model.safetensors"
     if not weights.is_file():
@@ -160,7 +161,7 @@ def load_classifier(model_dir: Path, num_labels: int):
     file and must be the task's; the base is then built with it (a head of the base checkpoint's
     own is replaced by the adapter's, so its size does not matter).
     """
-    from transformers import AutoModelForSequenceClassification
+    from transformers import AutoModelForSequenceClassification  # ~1.3 s: not for --help
 
     if not (model_dir / "adapter_config.json").is_file():
         return AutoModelForSequenceClassification.from_pretrained(str(model_dir))
@@ -183,6 +184,7 @@ def _run(args: argparse.Namespace) -> int:
     cfg, max_length, out = resolve(args)
     batch_size = check_batch_size(args.batch_size, cfg.eval.batch_size)
     device = resolve_device(args.device)
+    # transformers, datasets, numpy: loaded after the arguments are checked, never for --help
     from transformers import AutoTokenizer
 
     from fastrobust.data import load_task

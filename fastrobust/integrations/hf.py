@@ -41,26 +41,34 @@ resumed run continues exactly.
 from __future__ import annotations
 
 import contextlib
+import inspect
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import ValidationError
 from torch.utils.data import Sampler
-from transformers import Trainer, TrainerCallback
+from transformers import AutoModelForSequenceClassification, Trainer, TrainerCallback, TrainingArguments
 
+from fastrobust.config import LoraSection
 from fastrobust.config.methods import AdversarialConfig, BaselineConfig, NoiseConfig, SynonymConfig
 from fastrobust.errors import ConfigError, DataError
+from fastrobust.fileio import atomic_write_json
 from fastrobust.integrations.hf_data import (
     EpochPermutationSampler,
     RightPadding,
     TextClassificationDataset,
     redraws_per_epoch,
 )
-from fastrobust.methods import RobustMethod, build_method
+from fastrobust.methods import RobustMethod, add_embedding_noise, build_method
 from fastrobust.timing import NULL_TIMER
 from fastrobust.train.batches import micro_seed
 from fastrobust.train.engine import Backward, backward_calls, method_step
+from fastrobust.train.lora import apply_lora, new_modules, require_peft
+from fastrobust.train.model_card import resolved_scales
+from fastrobust.train.run import batch_layout, resolve_config
 
 __all__ = [
     "EmbeddingNoiseCallback",
@@ -118,12 +126,6 @@ def training_arguments(cfg: Any, output_dir: str | Path, **overrides: Any) -> An
     clipping at ``max_grad_norm``; ``overrides`` are passed on (e.g. ``logging_steps=1``).
     ``cfg``: a :class:`fastrobust.config.Config`, a YAML path or None (the demo).
     """
-    import os
-
-    from transformers import TrainingArguments
-
-    from fastrobust.train.run import batch_layout, resolve_config
-
     cfg = resolve_config(cfg)
     o = cfg.optim
     micro, accum = batch_layout(cfg, int(os.environ.get("WORLD_SIZE", "1")))
@@ -162,12 +164,6 @@ def lora_model(name_or_path: str | Path, num_labels: int, **lora: Any) -> Any:
     lacks); invalid ones raise ConfigError naming them. Needs ``pip install fastrobust[peft]``.
     Seed torch before calling it for a reproducible head and adapter initialisation.
     """
-    from pydantic import ValidationError
-    from transformers import AutoModelForSequenceClassification
-
-    from fastrobust.config import LoraSection
-    from fastrobust.train.lora import apply_lora, new_modules, require_peft
-
     require_peft()
     try:
         section = LoraSection(**lora)
@@ -188,8 +184,6 @@ def lora_model(name_or_path: str | Path, num_labels: int, **lora: Any) -> Any:
 
 
 def _trainer_kwargs() -> set[str]:
-    import inspect
-
     return set(inspect.signature(Trainer.__init__).parameters)
 
 
@@ -330,7 +324,7 @@ class RobustTrainer(Trainer):
             # As fastrobust train: the randomness of micro-batch q of step s depends on (seed, s, q).
             q = k * max(1, self.args.world_size) + self.args.process_index
             torch.manual_seed(micro_seed(self.args.seed, self.state.global_step, q))
-        from accelerate.utils import DistributedType
+        from accelerate.utils import DistributedType  # transformers' optional backend: read per step only
 
         deepspeed = self.accelerator.distributed_type == DistributedType.DEEPSPEED
         with self.compute_loss_context_manager():
@@ -351,9 +345,6 @@ class RobustTrainer(Trainer):
         super()._save(output_dir, state_dict=state_dict)
         if not self.args.should_save:
             return
-        from fastrobust.train.model_card import resolved_scales
-        from fastrobust.train.run import write_json
-
         out = Path(output_dir if output_dir is not None else self.args.output_dir)
         m = self.robust_method
         info: dict[str, Any] = {
@@ -366,7 +357,7 @@ class RobustTrainer(Trainer):
         if self.task_section is not None:
             info["task"] = self.task_section
         out.mkdir(parents=True, exist_ok=True)
-        write_json(out / "fastrobust.json", info)
+        atomic_write_json(out / "fastrobust.json", info)
 
 
 # --------------------------------------------------------------------------------------------
@@ -393,8 +384,6 @@ class EmbeddingNoiseCallback(TrainerCallback):
         self.handle: Any = None
 
     def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
-        from fastrobust.methods import add_embedding_noise
-
         if model is None:
             raise ConfigError("EmbeddingNoiseCallback: the Trainer passed no model to on_train_begin")
         if self.handle is None:

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset, Sampler
 
+from fastrobust.data import encode_dataset, make_collator
 from fastrobust.errors import DataError
 from fastrobust.methods import RobustMethod
 
@@ -65,8 +66,6 @@ class TextClassificationDataset(Dataset):
         if self._encoded is not None and (epoch == self.epoch or not self.per_epoch):
             self.epoch = epoch
             return
-        from fastrobust.data import encode_dataset
-
         texts = self.texts
         if self.per_epoch:
             texts = self.method.epoch_train_dataset(texts, epoch, self.seed)
@@ -86,8 +85,6 @@ class RightPadding:
     """Right-padding collator that also accepts a ``label`` column (renamed ``labels``)."""
 
     def __init__(self, tokenizer: Any) -> None:
-        from fastrobust.data import make_collator
-
         self._collate = make_collator(tokenizer)
 
     def __call__(self, features: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:

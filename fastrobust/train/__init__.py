@@ -36,7 +36,7 @@ def train(
 
     See :func:`fastrobust.train.trainer.train` for the arguments and the output layout.
     """
-    from fastrobust.train.trainer import train as _train
+    from fastrobust.train.trainer import train as _train  # torch and transformers: not for --help
 
     return _train(
         config,

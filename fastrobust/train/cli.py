@@ -11,6 +11,13 @@ the config is validated before torch is imported, so a wrong key fails at once.
 from __future__ import annotations
 
 import argparse
+import importlib.resources
+from pathlib import Path
+
+import yaml
+
+from fastrobust.errors import ConfigError
+from fastrobust.train import train
 
 DESCRIPTION = """\
 Fine-tune a multilingual encoder on English with one or more robust-training methods, select each
@@ -43,9 +50,6 @@ data formats: docs/data.md; the methods and their scales: docs/methods.md (sourc
 
 def _recipes() -> str:
     # read here rather than through fastrobust.config, whose pydantic schema takes 0.2 s to build
-    import importlib.resources
-    from pathlib import Path
-
     try:
         folder = Path(str(importlib.resources.files("fastrobust.configs")))
         return ", ".join(sorted(p.stem for p in folder.glob("*.yaml"))) or "(none found)"
@@ -122,8 +126,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # pydantic builds the config schema in ~0.2 s: loaded when a command runs, not for --help
     from fastrobust.config import load_config
-    from fastrobust.errors import ConfigError
 
     seeds = None
     if args.seeds is not None:
@@ -136,12 +140,8 @@ def run(args: argparse.Namespace) -> int:
     # Validated here, before the trainer imports torch and transformers: a typo fails in a blink.
     cfg = load_config(args.config, args.overrides)
     if args.print_config:
-        import yaml
-
         print(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), end="")
         return 0
-    from fastrobust.train import train
-
     train(
         cfg,
         methods=args.methods,

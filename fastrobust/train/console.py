@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from fastrobust.config import method_label
+from fastrobust.evaluate.report import comparison_text, text_table
 
 
 def banner(cfg: Any, run: Any, sections: list[Any]) -> str:
@@ -54,8 +55,6 @@ def _pct(x: float | None) -> str:
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:
-    from fastrobust.evaluate.report import text_table
-
     return text_table(header, rows)
 
 
@@ -63,8 +62,6 @@ def console_summary(summaries: list[dict[str, Any]], comparison: Any, out_dir: P
     """The closing text: the comparison (mean ± sd over seeds, differences to the baseline with
     intervals; :func:`fastrobust.evaluate.report.comparison_text`), each method's throughput
     relative to the baseline (mean over the runs trained in this call), and the files written."""
-    from fastrobust.evaluate.report import comparison_text
-
     parts = [comparison_text(comparison)]
     trained = [s for s in summaries if not s.get("skipped")]
     by_label: dict[str, list[dict[str, Any]]] = {}

@@ -113,7 +113,7 @@ def init_distributed(use_deepspeed: bool) -> DistContext:
             env["MASTER_ADDR"] = "127.0.0.1"
             env["MASTER_PORT"] = str(free_port())
         if use_deepspeed:
-            import deepspeed
+            import deepspeed  # optional: only DeepSpeed runs need it installed
 
             deepspeed.init_distributed(auto_mpi_discovery=False, timeout=COLLECTIVE_TIMEOUT, verbose=False)
         else:

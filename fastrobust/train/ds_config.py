@@ -10,6 +10,7 @@ reduce bucket = H^2, stage-3 prefetch = 0.9 H^2, persistence threshold = 10 H).
 
 from __future__ import annotations
 
+import importlib.resources
 import json
 from pathlib import Path
 from typing import Any
@@ -23,8 +24,6 @@ def find_deepspeed_config(path: str) -> Path:
     p = Path(path).expanduser()
     if p.is_file():
         return p
-    import importlib.resources
-
     root = Path(str(importlib.resources.files("fastrobust.configs")))
     for candidate in (root / path, root / "ds" / p.name):
         if candidate.is_file():

@@ -24,9 +24,14 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
+import torch.distributed as tdist
 from torch import Tensor
+from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 
 from fastrobust.timing import SectionTimer
+from fastrobust.train.compiled import compile_engine, compile_model
+from fastrobust.train.ds_config import resolve_deepspeed_config, zero_stage
+from fastrobust.train.guard import nonfinite
 
 Backward = Callable[[Tensor], None]
 
@@ -163,7 +168,7 @@ class TrainEngine:
     """
 
     def __init__(self, model: torch.nn.Module, run: Any, *, backward_calls: int) -> None:
-        from transformers import get_scheduler
+        from transformers import get_scheduler  # transformers (~1.3 s) loads when an engine is built
 
         cfg = run.cfg
         self.device = run.dist.device
@@ -197,13 +202,9 @@ class TrainEngine:
                 self.scaler = torch.amp.GradScaler(self.device.type)
             self.model: Any = model
             if cfg.model.compile:
-                from fastrobust.train.compiled import compile_model
-
                 self.model = compile_model(model, cfg.model.compile_mode, cfg.model.compile_backend)
             return
-        import deepspeed
-
-        from fastrobust.train.ds_config import resolve_deepspeed_config
+        import deepspeed  # optional: only DeepSpeed runs need it installed
 
         self.ds_cfg = resolve_deepspeed_config(
             run.ds_raw,
@@ -232,14 +233,10 @@ class TrainEngine:
         self.model = self.engine
         self.module = self.engine.module
         if cfg.model.compile:
-            from fastrobust.train.compiled import compile_engine
-
             self.model = compile_engine(self.engine, cfg.model.compile_mode, cfg.model.compile_backend)
 
     @property
     def zero_stage(self) -> int:
-        from fastrobust.train.ds_config import zero_stage
-
         return zero_stage(self.ds_cfg) if self.ds_cfg else 0
 
     def autocast(self) -> contextlib.AbstractContextManager:
@@ -280,8 +277,6 @@ class TrainEngine:
         no device to wait for). Under fp16 the grad scaler skips gradient overflows itself (routine:
         it lowers the scale), so only a non-finite loss counts as bad there.
         """
-        from fastrobust.train.guard import nonfinite
-
         if self.engine is not None:
             grad_norm = self.engine.get_global_grad_norm()
             return grad_norm, nonfinite(loss, grad_norm, device=self.device)
@@ -316,9 +311,6 @@ class TrainEngine:
     def _all_reduce_grads(self, params: list[torch.nn.Parameter], flag: Tensor) -> Tensor:
         """Averages the accumulated gradients over ranks (torchrun without DeepSpeed), in one flat
         buffer that also carries this rank's non-finite-loss ``flag``; returns the flag of any rank."""
-        import torch.distributed as tdist
-        from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
-
         grads = [p.grad for p in params if p.grad is not None]
         flat = _flatten_dense_tensors([*grads, flag.to(grads[0].dtype).reshape(1)])
         tdist.all_reduce(flat)

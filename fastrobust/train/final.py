@@ -18,11 +18,16 @@ from typing import Any
 
 import torch
 
-from fastrobust.fileio import json_text
-from fastrobust.train.compiled import eager
+import fastrobust
+from fastrobust.errors import OutputError
+from fastrobust.evaluate import write_report
+from fastrobust.evaluate.predictions import FILE_NAME
+from fastrobust.fileio import atomic_dir, atomic_write_json, describe_os_error, json_text
+from fastrobust.train import checkpoint as ckpt
+from fastrobust.train.compiled import compiled_graphs, eager
+from fastrobust.train.lora import is_peft_model, lora_summary, rebuild
 from fastrobust.train.meter import peak_memory_mb
 from fastrobust.train.model_card import command_line, render_model_card, resolved_scales, write_model_card
-from fastrobust.train.run import write_json
 
 
 def eval_model(t: Any) -> torch.nn.Module:
@@ -31,9 +36,7 @@ def eval_model(t: Any) -> torch.nn.Module:
     if eng.engine is None:
         model = eng.module
     else:
-        from transformers import AutoModelForSequenceClassification
-
-        from fastrobust.train.lora import is_peft_model, rebuild
+        from transformers import AutoModelForSequenceClassification  # ~1.3 s: not with this module
 
         if is_peft_model(eng.module):
             model = rebuild(eng.module, t.device)
@@ -50,9 +53,6 @@ def save_model_folder(t: Any, model: torch.nn.Module, model_dir: Path, report: A
     """The model folder: HF weights + config, the tokenizer, ``fastrobust.json`` and the model card,
     written into a temporary folder that replaces ``model_dir`` only once complete (a full disk
     leaves no half-written model)."""
-    from fastrobust.fileio import atomic_dir
-    from fastrobust.train.lora import is_peft_model, lora_summary
-
     cfg = t.cfg
     info = {
         "task": cfg.task.model_dump(mode="json"),
@@ -66,7 +66,7 @@ def save_model_folder(t: Any, model: torch.nn.Module, model_dir: Path, report: A
             # a PeftModel writes its adapter (adapter_model.safetensors + adapter_config.json) only
             model.save_pretrained(str(tmp))
             t.run.tokenizer.save_pretrained(str(tmp))
-            write_json(tmp / "fastrobust.json", info)
+            atomic_write_json(tmp / "fastrobust.json", info)
             write_model_card(tmp, model_card(t, report))
     except OSError as exc:  # name the folder the user will look for, not the removed temporary one
         raise OSError(exc.errno, exc.strerror or str(exc), str(model_dir)) from exc
@@ -76,7 +76,7 @@ def rescue(payload: dict[str, Any], places: list[Path]) -> Path | None:
     """Writes ``payload`` (JSON) to the first of ``places`` where it fits; None if nowhere."""
     for place in places:
         try:
-            write_json(place, payload)
+            atomic_write_json(place, payload)
             return place
         except OSError:
             continue
@@ -85,9 +85,6 @@ def rescue(payload: dict[str, Any], places: list[Path]) -> Path | None:
 
 def model_card(t: Any, report: Any) -> str:
     """The README.md of trainer ``t``'s model folder (see :mod:`.model_card`)."""
-    import fastrobust
-    from fastrobust.train.lora import is_peft_model, lora_summary
-
     cfg, run, sel = t.cfg, t.run, t.selection
     training = {
         "train examples": len(run.task.train),
@@ -129,11 +126,7 @@ def finish(t: Any, wall_seconds: float, eval_seconds: float) -> dict[str, Any]:
     The summary also carries the evaluation report and the per-example predictions under
     ``"_report"`` / ``"_predictions"`` (not written to ``summary.json``), for the comparison.
     """
-    from fastrobust.errors import OutputError
-    from fastrobust.evaluate import write_report
-    from fastrobust.evaluate.predict import predict_task_with_progress
-    from fastrobust.evaluate.predictions import FILE_NAME
-    from fastrobust.fileio import describe_os_error
+    from fastrobust.evaluate.predict import predict_task_with_progress  # datasets: not with this module
 
     cfg, dist, run, eng = t.cfg, t.dist, t.run, t.eng
     summary: dict[str, Any] = {}
@@ -163,7 +156,7 @@ def finish(t: Any, wall_seconds: float, eval_seconds: float) -> dict[str, Any]:
             predictions.save(report_dir / FILE_NAME)
             if cfg.output.save_model:
                 save_model_folder(t, model, model_dir, report)
-            write_json(t.dir / "summary.json", summary)
+            atomic_write_json(t.dir / "summary.json", summary)
         except OSError as exc:
             payload = {
                 **summary,
@@ -204,10 +197,6 @@ def build_summary(
     model_dir: Path,
 ) -> dict[str, Any]:
     """The ``summary.json`` of trainer ``t`` (its ``files`` name only what this run writes)."""
-    from fastrobust.evaluate.predictions import FILE_NAME
-    from fastrobust.train import checkpoint as ckpt
-    from fastrobust.train.lora import is_peft_model, lora_summary
-
     cfg, dist, run, eng = t.cfg, t.dist, t.run, t.eng
     throughput = t.meter.summary()
     throughput["peak_memory_mb"] = peak_memory_mb(t.device)
@@ -265,8 +254,6 @@ def compile_summary(t: Any) -> dict[str, Any] | None:
     """``model.compile``: backend, mode and the graphs Dynamo compiled for the training forward —
     in the first step (``graphs``) and in every later one (``recompiles``; 0 when the dynamic
     sequence length worked). None when the run was not compiled."""
-    from fastrobust.train.compiled import compiled_graphs
-
     cfg = t.cfg
     if not cfg.model.compile:
         return None

@@ -10,6 +10,8 @@ with :func:`fastrobust.train.batches.micro_seed`, then one optimizer step. Dev e
 from __future__ import annotations
 
 import gc
+import json
+import shutil
 import signal
 import time
 from collections.abc import Iterator
@@ -18,7 +20,9 @@ from typing import Any
 import torch
 
 from fastrobust.config import method_label
-from fastrobust.errors import ConfigError
+from fastrobust.errors import ConfigError, Interrupted
+from fastrobust.evaluate.runs import read_run, seed_dir_name
+from fastrobust.progress import bar as progress_bar
 from fastrobust.timing import SectionTimer
 from fastrobust.train import checkpoint as ckpt
 from fastrobust.train import preflight
@@ -28,10 +32,12 @@ from fastrobust.train.console import log_step_scalars
 from fastrobust.train.engine import TrainEngine, backward_calls
 from fastrobust.train.final import finish
 from fastrobust.train.guard import DivergenceGuard
+from fastrobust.train.lora import apply_lora, new_modules
 from fastrobust.train.meter import ThroughputMeter, peak_memory_mb
 from fastrobust.train.resume import load_checkpoint, save_checkpoint
 from fastrobust.train.run import RunContext, cpu_state, fingerprint, log, quiet_transformers
 from fastrobust.train.selection import DevSelection
+from fastrobust.train.signals import stop_on_signals
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "labels")
 
@@ -45,8 +51,7 @@ class MethodTrainer:
     """
 
     def __init__(self, run: RunContext, mcfg: Any, seed: int | None = None) -> None:
-        from fastrobust.evaluate.runs import seed_dir_name
-        from fastrobust.methods import build_method
+        from fastrobust.methods import build_method  # the methods load datasets: not at import
 
         self.run = run
         self.cfg = run.cfg if seed is None else run.cfg.model_copy(update={"seed": seed})
@@ -81,10 +86,6 @@ class MethodTrainer:
         instead of training them again; a run that finished with another config (fingerprint) is
         a ConfigError, not retrained over (summaries written before fingerprints count as this run).
         """
-        import json
-
-        from fastrobust.evaluate.runs import read_run
-
         try:
             summary = json.loads((self.dir / "summary.json").read_text(encoding="utf-8"))
         except (OSError, ValueError):
@@ -108,7 +109,7 @@ class MethodTrainer:
     # ---- building -------------------------------------------------------------------------
 
     def build(self) -> None:
-        from transformers import AutoModelForSequenceClassification
+        from transformers import AutoModelForSequenceClassification  # ~1.3 s: loaded when a model is built
 
         names = list(self.run.task.label_names)
         # Same seed before every method's model: the freshly initialised head is identical.
@@ -124,8 +125,6 @@ class MethodTrainer:
                 output_loading_info=True,
             )
         if lora is not None:
-            from fastrobust.train.lora import apply_lora, new_modules
-
             model = apply_lora(model, lora, base_path=self.run.model_path, fresh=new_modules(info))
         model.to(self.device)
         model.train()
@@ -136,7 +135,7 @@ class MethodTrainer:
     # ---- data -----------------------------------------------------------------------------
 
     def _loader(self, epoch: int, start_step: int) -> Iterator[dict[str, torch.Tensor]]:
-        from fastrobust.data import encode_dataset, make_collator
+        from fastrobust.data import encode_dataset, make_collator  # datasets: loaded with the data
 
         train = self.method.epoch_train_dataset(self.run.task.train, epoch, self.cfg.seed)
         key = id(train) if train is self.run.task.train else -1
@@ -239,8 +238,6 @@ class MethodTrainer:
         elif dist.is_main and self.ckpt_root.exists():
             # A fresh run must not leave older checkpoints for a later --resume to mix in (the
             # folder was checked to hold no finished or checkpointed run before training began).
-            import shutil
-
             shutil.rmtree(self.ckpt_root)
         dist.barrier()
         if self.device.type == "cuda":
@@ -253,8 +250,6 @@ class MethodTrainer:
         return bool(self.dist.all_reduce_max(torch.tensor([1.0 if flag else 0.0])).item() > 0)
 
     def _interrupted(self, signum: int, saved: Any, checkpoints_on: bool) -> Exception:
-        from fastrobust.errors import Interrupted
-
         if saved is not None:
             kept = f"checkpoint {saved} written; continue with --resume"
         elif checkpoints_on:
@@ -280,15 +275,13 @@ class MethodTrainer:
         """Rank 0's TensorBoard writer under ``<run>/tb`` when ``output.tensorboard``, else None."""
         if not (self.dist.is_main and self.cfg.output.tensorboard):
             return None
-        from torch.utils.tensorboard import SummaryWriter
+        from torch.utils.tensorboard import SummaryWriter  # optional (tensorboard): only when asked for
 
         return SummaryWriter(log_dir=str(self.dir / "tb"))
 
     def train(self) -> dict[str, Any]:
         """Builds (or resumes), runs every optimizer step, then evaluates and saves the run; returns
         its summary (:func:`fastrobust.train.final.finish`)."""
-        from fastrobust.progress import bar as progress_bar
-
         t_start = time.perf_counter()
         self._start()
         # DeepSpeed applies a step inside backward: a non-finite one cannot be skipped, so stop at once.
@@ -322,8 +315,6 @@ class MethodTrainer:
         """Optimizer steps up to ``total_steps`` with logging, dev evaluation and checkpoints; stops
         with :class:`fastrobust.errors.Interrupted` on SIGINT / SIGTERM. Returns the seconds spent
         after the steps themselves (evaluation, checkpoints)."""
-        from fastrobust.train.signals import stop_on_signals
-
         run, cfg, dist = self.run, self.cfg, self.dist
         spe, total, log_every = run.steps_per_epoch, run.total_steps, cfg.output.log_every
         every_steps, minutes = cfg.output.checkpoint_every, cfg.output.checkpoint_minutes

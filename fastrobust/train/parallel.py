@@ -20,7 +20,8 @@ import multiprocessing
 import time
 from typing import Any
 
-from fastrobust.config import Config, method_label
+from fastrobust.config import Config, config_from_dict, method_label
+from fastrobust.errors import DivergenceError
 
 _WORKER: dict[str, Any] = {}
 
@@ -52,11 +53,11 @@ def _cost(mcfg: Any) -> int:
 
 
 def _init_worker(cfg_json: dict, resume: bool, overwrite: bool, threads: int) -> None:
+    # torch, datasets and transformers load in each worker when it starts, not with this module
     import datasets
     import torch
     from transformers.utils import logging as hf_logging
 
-    from fastrobust.config import config_from_dict
     from fastrobust.train.distributed import init_distributed
     from fastrobust.train.run import RunContext
 
@@ -71,8 +72,7 @@ def _init_worker(cfg_json: dict, resume: bool, overwrite: bool, threads: int) ->
 
 def _run_job(index: int, seed: int | None) -> dict[str, Any]:
     """One run's summary, or ``{"_diverged": message}`` (the other runs go on, as in the sequential loop)."""
-    from fastrobust.errors import DivergenceError
-    from fastrobust.train.loop import MethodTrainer, skip_finished
+    from fastrobust.train.loop import MethodTrainer, skip_finished  # torch: loaded in the worker
 
     run = _WORKER["run"]
     trainer = MethodTrainer(run, run.cfg.methods[index], seed=seed)
@@ -93,7 +93,7 @@ def _run_job(index: int, seed: int | None) -> dict[str, Any]:
 def train_parallel(run: Any, sections: list[Any], workers: int) -> tuple[list[dict[str, Any]], list[str]]:
     """Every (seed, section) run of ``run.cfg`` on ``workers`` processes: the summaries in seed-major
     order (as the sequential loop returns them) and the messages of the runs that diverged."""
-    import torch
+    import torch  # this module stays free of torch until runs are trained
 
     cfg = run.cfg
     multi = cfg.seeds is not None

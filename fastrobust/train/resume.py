@@ -8,12 +8,15 @@ bit-for-bit. A fingerprint of the config sections it depends on refuses a resume
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load_file, load_model, save_file, save_model
 
 from fastrobust.errors import ConfigError
+from fastrobust.fileio import describe_os_error
 from fastrobust.train import checkpoint as ckpt
 
 STATE_VERSION = 1
@@ -47,10 +50,6 @@ def save_checkpoint(t: Any) -> Path | None:
     half-written ``.tmp`` folder is removed (its space is needed for the results), rank 0 prints one
     warning line, and training goes on. Returns the checkpoint's path, or None when it failed.
     """
-    from safetensors.torch import save_file, save_model
-
-    from fastrobust.fileio import describe_os_error
-
     dist, eng = t.dist, t.eng
     name = ckpt.step_dir(t.ckpt_root, t.step).name + ".tmp"
     tmp = t.ckpt_root / name
@@ -86,8 +85,6 @@ def save_checkpoint(t: Any) -> Path | None:
             except OSError as exc:
                 error, failed = describe_os_error(exc), True
         if failed:
-            import shutil
-
             shutil.rmtree(tmp, ignore_errors=True)
             print(
                 f"[{t.label}] warning: checkpoint at step {t.step} not written "
@@ -100,8 +97,6 @@ def save_checkpoint(t: Any) -> Path | None:
 
 def load_checkpoint(t: Any, path: Path) -> None:
     """Restores trainer ``t`` from the complete checkpoint ``path``; ConfigError if it does not fit."""
-    from safetensors.torch import load_file, load_model
-
     eng = t.eng
     state = ckpt.load_state(path / ckpt.STATE_FILE)
     if state.get("version") != STATE_VERSION:

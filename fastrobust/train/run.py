@@ -16,7 +16,9 @@ import torch
 
 from fastrobust.config import Config, apply_override, config_from_dict, load_config
 from fastrobust.errors import ConfigError
+from fastrobust.train import preflight
 from fastrobust.train.distributed import DistContext
+from fastrobust.train.ds_config import load_deepspeed_json
 
 # --------------------------------------------------------------------------------------------
 # config resolution
@@ -68,7 +70,7 @@ def log(dist: DistContext, msg: str) -> None:
 @contextlib.contextmanager
 def quiet_transformers() -> Iterator[None]:
     # "Some weights were newly initialized" is expected when fine-tuning a classifier head.
-    import transformers
+    import transformers  # ~1.3 s: loaded when a model is built, not with this module
 
     level = transformers.logging.get_verbosity()
     transformers.logging.set_verbosity_error()
@@ -111,13 +113,6 @@ def cpu_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in module.state_dict().items()}
 
 
-def write_json(path: Path, obj: Any) -> None:
-    """Writes ``obj`` as indented JSON atomically (see :func:`fastrobust.fileio.atomic_write_json`)."""
-    from fastrobust.fileio import atomic_write_json
-
-    atomic_write_json(path, obj)
-
-
 # --------------------------------------------------------------------------------------------
 # shared state of one train() call
 
@@ -131,10 +126,10 @@ class RunContext:
     """
 
     def __init__(self, cfg: Config, dist: DistContext, resume: bool, overwrite: bool = False) -> None:
+        # transformers and datasets (via fastrobust.data) load when a run starts, not with this module
         from transformers import AutoConfig, AutoTokenizer
 
         from fastrobust.data import load_task
-        from fastrobust.train import preflight
 
         self.cfg = cfg
         self.dist = dist
@@ -178,8 +173,6 @@ class RunContext:
         self.warmup_steps = math.ceil(cfg.optim.warmup_ratio * self.total_steps)
         self.ds_raw: dict[str, Any] | None = None
         if cfg.deepspeed.config:
-            from fastrobust.train.ds_config import load_deepspeed_json
-
             self.ds_raw = load_deepspeed_json(cfg.deepspeed.config)
 
     def _model_path(self) -> str:
@@ -187,6 +180,6 @@ class RunContext:
             return self.cfg.model.name_or_path
         if self.cfg.task.name != "synthetic":
             raise ConfigError("model.name_or_path: required unless task.name is 'synthetic'")
-        from fastrobust.data.synthetic import prepare_synthetic
+        from fastrobust.data.synthetic import prepare_synthetic  # fastrobust.data loads datasets
 
         return str(prepare_synthetic(self.cfg.task.synthetic).model_dir)

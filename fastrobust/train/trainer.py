@@ -37,14 +37,18 @@ from pathlib import Path
 from typing import Any
 
 from fastrobust.config import Config, method_label
-from fastrobust.errors import ConfigError, DivergenceError
+from fastrobust.errors import ConfigError, DivergenceError, FastrobustError
+from fastrobust.evaluate import RunResult, compare, write_comparison
+from fastrobust.evaluate.runs import load_runs, seed_dir_name
+from fastrobust.fileio import atomic_write_json
+from fastrobust.progress import library_bars_off
 from fastrobust.train.console import banner, console_summary
 from fastrobust.train.distributed import init_distributed
 from fastrobust.train.loop import MODEL_INPUTS, MethodTrainer, skip_finished
 from fastrobust.train.parallel import parallel_workers, train_parallel
 from fastrobust.train.preflight import check_output_dir
 from fastrobust.train.resume import STATE_VERSION
-from fastrobust.train.run import RunContext, batch_layout, log, resolve_config, write_json
+from fastrobust.train.run import RunContext, batch_layout, log, resolve_config
 
 # Names other modules and tests import from here (the parts live in the modules named above).
 __all__ = [
@@ -91,8 +95,6 @@ def train(
     the markdown and ``statistics`` the :class:`~fastrobust.evaluate.Comparison` written to the
     output folder. On ranks other than 0 these are empty.
     """
-    from fastrobust.progress import library_bars_off
-
     # Our tqdm bar is the progress display; datasets' per-map bars and transformers' weight
     # loading/saving bars would interleave with it.
     with library_bars_off():
@@ -144,7 +146,7 @@ def _train(
     check_output_dir(Path(cfg.output.dir), run_folders(cfg, sections), resume=resume, overwrite=overwrite)
     dist = init_distributed(use_deepspeed=bool(cfg.deepspeed.config))
     run = RunContext(cfg, dist, resume, overwrite)
-    from fastrobust.methods import build_method
+    from fastrobust.methods import build_method  # the methods load datasets: not at import
 
     for mcfg in sections:  # fail before any training if a section cannot be built (e.g. no synonyms)
         build_method(mcfg, task_synonyms=run.task.synonyms)
@@ -189,8 +191,6 @@ def _train(
 def run_folders(cfg: Config, sections: Sequence[Any]) -> list[str]:
     """The folders (relative to ``output.dir``) the runs of ``sections`` write: ``<label>``, or
     ``<label>/seed-<k>`` for each seed when the config lists ``seeds``."""
-    from fastrobust.evaluate.runs import seed_dir_name
-
     labels = [method_label(m) for m in sections]
     if cfg.seeds is None:
         return labels
@@ -200,10 +200,6 @@ def run_folders(cfg: Config, sections: Sequence[Any]) -> list[str]:
 def _compare_and_report(cfg: Config, summaries: list[dict[str, Any]], out_dir: Path) -> dict[str, Any]:
     """Rank 0: the comparison over this call's runs merged with the finished runs already in
     ``out_dir``, its files, the console summary, and the top-level summary.json."""
-    from fastrobust.errors import FastrobustError
-    from fastrobust.evaluate import RunResult, compare, write_comparison
-    from fastrobust.evaluate.runs import load_runs
-
     multi = cfg.seeds is not None
     runs = [
         RunResult(
@@ -252,7 +248,7 @@ def _compare_and_report(cfg: Config, summaries: list[dict[str, Any]], out_dir: P
         else:
             methods[s["label"]], reports[s["label"]] = public(s), s["_report"]
     brief = [{k: v for k, v in public(s).items() if k not in ("losses", "dev_history")} for s in summaries]
-    write_json(
+    atomic_write_json(
         out_dir / "summary.json",
         {
             "name": cfg.name,
