@@ -36,7 +36,7 @@ def _case(op, shape=(4, 8, 16), dtype="fp32", mask="full"):
         ("noisy_copies_n32", FEATURES, 33.0),
         ("pgd_init", FEATURES, 1.0),
         ("pgd_init", NEXT, 3.0),
-        ("pgd_step_l2+e", FEATURES, 5.0),  # issue 12: the 5 N floor, not the kernel's 7 N
+        ("pgd_step_l2+e", FEATURES, 5.0),  # the 5 N floor, not the kernel's 7 N
         ("pgd_step_linf+e", FEATURES, 5.0),
         ("pgd_step_l2", FEATURES, 3.0),
         ("pgd_step_l2+e_from0", NEXT, 4.0),

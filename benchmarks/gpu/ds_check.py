@@ -1,4 +1,4 @@
-"""Material and report of the DeepSpeed check of issue 16: ``fastrobust train`` under ``deepspeed``
+"""Material and report of the DeepSpeed check: ``fastrobust train`` under ``deepspeed``
 (one GPU) with PGD K=2 on an XLM-R-large-sized model, ZeRO-2 and ZeRO-3 as shipped.
 
 ``python benchmarks/gpu/ds_check.py prepare --root DIR [--size large|base|tiny]`` writes, offline:
@@ -132,7 +132,7 @@ def write_model(folder: Path, vocab_words: list[str], size: str) -> dict:
 
 def write_config(root: Path, *, size: str, steps: int, precision: str, batch: int) -> Path:
     """The run's YAML (what a user would write for this check)."""
-    text = f"""# DeepSpeed check (issue 16): PGD K=2 on an XLM-R-{size}-shaped model, random weights, offline.
+    text = f"""# DeepSpeed check: PGD K=2 on an XLM-R-{size}-shaped model, random weights, offline.
 name: ds_check
 seed: 0
 model:

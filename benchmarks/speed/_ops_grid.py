@@ -27,7 +27,7 @@ added once):
   pgd_step from delta = 0  one f N s less    d is not read
   =======================  ================  ==============================================
 
-With every token real, the step with embeds has the 5 N floor of issue 12 (not the L2 kernel's
+With every token real, the step with embeds has a 5 N floor (not the L2 kernel's
 own 7 N traffic of two passes).
 """
 
@@ -85,7 +85,7 @@ GPU_OPS: dict[str, dict] = {
 # torch's global RNG, see _noise_math).
 STATIC_COMPILE_OPS = ("pgd_step_l2+e", "pgd_step_linf+e")
 TARGET_NOTE = (
-    "Targets (issue 12): add_noise / noisy_copies >= 85 % of the same-shape copy bandwidth and >= 3x "
+    "Targets: add_noise / noisy_copies >= 85 % of the same-shape copy bandwidth and >= 3x "
     "eager; pgd_step >= 75 % of its bytes floor (at the same-shape copy bandwidth), >= 2x eager and "
     ">= torch.compile. Evaluated on the run's first timer (`events` on CUDA: L2 flushed before every call)."
 )

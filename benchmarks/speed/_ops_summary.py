@@ -1,5 +1,5 @@
 """Markdown tables of an ops-benchmark run (``python benchmarks/speed/bench_ops.py --summary FILE``): the
-CUDA grid's JSONL records, with the targets of issue 12 evaluated row by row, or the JSON of a
+CUDA grid's JSONL records, with the targets evaluated row by row, or the JSON of a
 pytest-benchmark run (``pytest benchmarks/speed/bench_ops.py --benchmark-json=FILE``)."""
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ Per (model, precision) group:
    trainer's ``SectionTimer``, which synchronises at every section edge: it perturbs what it
    measures (no overlap across sections), so it is reported as fractions, apart from step 3.
 
-Targets (issue 16): RS-RP and RS-DA <= 1.05x baseline; PGD-AT with K steps <= 1.05 (K + 1)x;
+Targets: RS-RP and RS-DA <= 1.05x baseline; PGD-AT with K steps <= 1.05 (K + 1)x;
 FreeLB-K <= 1.05 Kx. RS-DA's step is the baseline's; its extra work is per epoch (synonym
 substitution of the training set and its re-tokenisation), measured apart
 (:func:`rsda_epoch_cost`) and reported per example against the baseline's time per example.

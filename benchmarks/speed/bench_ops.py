@@ -13,7 +13,7 @@
   and ``graph`` = ``do_bench_cudagraph`` (~100 calls per CUDA graph, inputs rotating through
   more than L2). Each record is written to the JSONL file as soon as it is measured; a time
   budget (``--budget-s``) stops starting new cases. ``--summary ops.jsonl`` prints the
-  Markdown tables for BENCHMARKS.md with the issue's targets met or not (``_ops_summary.py``);
+  Markdown tables for BENCHMARKS.md with the targets met or not (``_ops_summary.py``);
   ``--summary ops.json`` the table of a ``pytest --benchmark-json=ops.json`` run.
   On a GPU, ``pytest benchmarks/speed/bench_ops.py`` runs the same cases (events timer), one test
   each, failing on an error or a wrong result.
