@@ -27,6 +27,10 @@ from pydantic import Field
 from fastrobust.config.base import StrictModel
 
 ScaleMode = Literal["absolute", "relative"]
+# The values of fastrobust.validation.NORMS / DISTRIBUTIONS, spelled out because that module imports
+# torch and the config layer must not (tests/test_method_constants.py keeps them equal).
+Norm = Literal["l2", "linf"]
+Distribution = Literal["gaussian", "uniform"]
 # which sentence of a pair a perturbation touches (fastrobust.methods.placement)
 Sentences = Literal["both", "first", "second"]
 
@@ -49,7 +53,7 @@ class AdversarialConfig(StrictModel):
     kind: Literal["pgd", "freelb"] = "pgd"
     label: str | None = None
     steps: int = Field(3, ge=1, description="K, the number of ascent steps")
-    norm: Literal["l2", "linf"] = "l2"
+    norm: Norm = "l2"
     epsilon: float | None = Field(1.0, ge=0, description="radius of the per-example ball; null = unbounded")
     step_size: float = Field(0.3, ge=0)
     init_magnitude: float = Field(0.0, ge=0, description="radius of the random start (0 = start at delta=0)")
@@ -77,7 +81,7 @@ class NoiseConfig(StrictModel):
     label: str | None = None
     sigma: float = Field(0.5, ge=0)
     sigma_mode: Literal["absolute", "relative", "neftune"] = "relative"
-    distribution: Literal["gaussian", "uniform"] = "gaussian"
+    distribution: Distribution = "gaussian"
     # placement (fastrobust.methods.placement): defaults = i.i.d. noise on all word embeddings
     layer: int = Field(
         0, ge=0, description="0 = word embeddings; k = hidden states output by encoder layer k"

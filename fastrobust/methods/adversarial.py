@@ -50,6 +50,7 @@ from fastrobust.methods.embeddings import (
     unwrap_model,
 )
 from fastrobust.timing import NULL_TIMER, SectionTimer
+from fastrobust.validation import NORMS
 
 
 def _check_pgd_args(steps, epsilon, step_size, init_magnitude, norm, adv_weight) -> None:
@@ -60,8 +61,8 @@ def _check_pgd_args(steps, epsilon, step_size, init_magnitude, norm, adv_weight)
             raise FastrobustError(f"{name}: must be a finite number >= 0, got {value!r}")
     if epsilon is not None and (not isinstance(epsilon, (int, float)) or not epsilon >= 0):
         raise FastrobustError(f"epsilon: must be a number >= 0 or None (unbounded), got {epsilon!r}")
-    if norm not in ("l2", "linf"):
-        raise FastrobustError(f"norm: must be 'l2' or 'linf', got {norm!r}")
+    if norm not in NORMS:
+        raise FastrobustError(f"norm: must be one of {NORMS}, got {norm!r}")
     if not isinstance(adv_weight, (int, float)) or not 0 <= adv_weight <= 1:
         raise FastrobustError(f"adv_weight: must be in [0, 1], got {adv_weight!r}")
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import datasets
 from torch import Tensor, nn
 
 from fastrobust.timing import NULL_TIMER, SectionTimer
+
+if TYPE_CHECKING:  # only annotations name it; importing datasets costs seconds (pyarrow, fsspec)
+    import datasets
 
 Backward = Callable[[Tensor], None]
 

@@ -26,6 +26,7 @@ from fastrobust import ops
 from fastrobust.errors import FastrobustError
 from fastrobust.methods.embeddings import embedding_rms, input_embedding_module, unwrap_model
 from fastrobust.methods.noise import SIGMA_MODES, neftune_sigma
+from fastrobust.validation import DISTRIBUTIONS
 
 _SEED_MOD = 2**31 - 1
 _SEED_STRIDE = 1_640_531_527  # ~ 2**31 / golden ratio: consecutive forwards get distant keys
@@ -153,8 +154,8 @@ def add_embedding_noise(
         raise FastrobustError(f"sigma: must be a finite number >= 0, got {sigma!r}")
     if sigma_mode not in SIGMA_MODES:
         raise FastrobustError(f"sigma_mode: must be one of {SIGMA_MODES}, got {sigma_mode!r}")
-    if distribution not in ("gaussian", "uniform"):
-        raise FastrobustError(f"distribution: must be 'gaussian' or 'uniform', got {distribution!r}")
+    if distribution not in DISTRIBUTIONS:
+        raise FastrobustError(f"distribution: must be one of {DISTRIBUTIONS}, got {distribution!r}")
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
         raise FastrobustError(f"seed: must be None or an integer >= 0, got {seed!r}")
     return EmbeddingNoiseHandle(model, sigma, sigma_mode, distribution, seed)

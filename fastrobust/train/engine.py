@@ -20,7 +20,7 @@ calls. :class:`TrainEngine` builds and steps the optimizer for our own trainer.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -28,13 +28,11 @@ import torch.distributed as tdist
 from torch import Tensor
 from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 
+from fastrobust.methods.base import Backward
 from fastrobust.timing import SectionTimer
 from fastrobust.train.compiled import compile_engine, compile_model
 from fastrobust.train.ds_config import resolve_deepspeed_config, zero_stage
 from fastrobust.train.guard import nonfinite
-
-Backward = Callable[[Tensor], None]
-
 
 # --------------------------------------------------------------------------------------------
 # backward adapters and the per-micro-batch method call
