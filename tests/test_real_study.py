@@ -13,7 +13,7 @@ import pytest
 
 from benchmarks.real.protocol import CHECK_DIR, CHECK_SEEDS, LABELS, PRECISIONS, finished
 from benchmarks.real.study import precision_decision, publish, study
-from benchmarks.real.study_report import replace_block, whole_seeds, write_study_report
+from benchmarks.real.study_report import cost_ratio, replace_block, verdict, whole_seeds, write_study_report
 from fastrobust.evaluate.predictions import SetPredictions, TaskPredictions
 
 LANGS = ["en", "de", "fr", "ja", "ko"]
@@ -81,6 +81,7 @@ def _write_run(folder: Path, label: str, seed: int, same: float, cross: float, d
     (scratch / "report" / "report.json").write_text(json.dumps(preds.report().to_dict()))
     summary = {"label": label, "kind": "baseline", "seed": seed, "steps": 360, "best_dev_accuracy": dev,
                "train_seconds": 500.0 if label != "pgd-k1-1" else 900.0, "dev_eval_seconds": 50.0,
+               "train_cpu_seconds": 500.0 if label != "pgd-k1-1" else 900.0, "dev_eval_cpu_seconds": 50.0,
                "test_eval_seconds": 200.0, "config": {"optim": {"batch_size": 16}}}  # fmt: skip
     (scratch / "summary.json").write_text(json.dumps(summary))
     publish(scratch, folder, {"provenance": {"precision": "bf16", "wall_seconds": 760.0}})
@@ -108,13 +109,15 @@ def test_report_confirms_only_a_real_gain_and_applies_holm(tmp_path):
     t = write_study_report(results)
     assert t["seeds"] == [1, 2, 3] and not t["complete"]
     rows = t["rows"]
-    assert rows["rs-da"]["verdict"] == "gain (confirmed)" and rows["rs-da"]["holm"]["rank"] == 1
+    # 3 of 5 seeds: Holm rejects, but the study is cut short, so the verdict is interim
+    assert rows["rs-da"]["verdict"] == "gain (interim)" and rows["rs-da"]["holm"]["rank"] == 1
     assert rows["rs-da"]["holm"]["threshold"] == pytest.approx(0.05 / 6)
     for label in LABELS[2:]:
         assert rows[label]["verdict"] == "no difference shown", label
-    assert rows["pgd-k1-1"]["cost_ratio"] == pytest.approx(850 / 450)
+    assert rows["pgd-k1-1"]["cost_ratio"] == pytest.approx(850 / 450)  # CPU time (written by _write_run)
     text = (results / "report" / "study.md").read_text()
-    assert "incomplete: seeds 1, 2, 3" in text and "gain (confirmed)" in text
+    assert "incomplete: seeds 1, 2, 3 of 1, 2, 3, 4, 5" in text and "gain (interim)" in text
+    assert "confirmed" not in text and "recorded it (1, 2, 3;" in text
     assert (results / "report" / "comparison" / "comparison.json").is_file()
 
 
@@ -125,3 +128,28 @@ def test_generated_block_is_replaced_and_the_rest_kept(tmp_path):
     assert doc.read_text() == "before\n<!-- real-study:begin -->\nnew table\n<!-- real-study:end -->\nafter\n"
     (tmp_path / "none.md").write_text("no markers\n")
     assert not replace_block(tmp_path / "none.md", "x")
+
+
+def test_verdict_is_confirmed_only_for_the_complete_study():
+    assert verdict(+0.02, True, complete=True) == "gain (confirmed)"
+    assert verdict(-0.02, True, complete=True) == "loss (confirmed)"
+    assert verdict(+0.02, True, complete=False) == "gain (interim)"
+    assert verdict(+0.02, False, complete=True) == "no difference shown"
+
+
+def test_cost_ratio_uses_only_seeds_timed_in_cpu_time_on_both_sides():
+    """Seed 1: only the method recorded CPU time, so the seed does not count (wall times of runs
+    made on different days are not compared); seed 2: both did (wall 3x, CPU 2x: CPU counts)."""
+    cfg = {"config": {"optim": {"batch_size": 16}}, "steps": 100, "dev_eval_seconds": 0.0}
+    base = [dict(cfg, train_seconds=100.0), dict(cfg, train_seconds=100.0, train_cpu_seconds=50.0)]
+    meth = [dict(cfg, train_seconds=150.0, train_cpu_seconds=60.0),
+            dict(cfg, train_seconds=300.0, train_cpu_seconds=100.0)]  # fmt: skip
+    assert cost_ratio(meth, base) == (pytest.approx(2.0), [1])
+    assert cost_ratio(meth[:1], base[:1]) == (None, [])
+
+
+def test_named_blocks_are_replaced_independently(tmp_path):
+    doc = tmp_path / "doc.md"
+    doc.write_text("<!-- a:begin -->\n1\n<!-- a:end -->\n<!-- b:begin -->\n2\n<!-- b:end -->\n")
+    assert replace_block(doc, "x", "b") and not replace_block(doc, "y")
+    assert doc.read_text() == "<!-- a:begin -->\n1\n<!-- a:end -->\n<!-- b:begin -->\nx\n<!-- b:end -->\n"

@@ -12,8 +12,10 @@ docs/real-benchmark.md, section 5).
 * ``timings.md``: wall time per run (training, dev evaluation, test evaluation);
 * ``comparison.*``: the full comparison (``fastrobust.evaluate.write_comparison``).
 
-With ``update_docs=True`` the README's and docs/real-benchmark.md's generated blocks (between
-``<!-- real-study:begin -->`` and ``<!-- real-study:end -->``) are rewritten from it.
+With ``update_docs=True`` the generated blocks (between ``<!-- NAME:begin -->`` and
+``<!-- NAME:end -->``) are rewritten from it: ``real-study`` in README.md (the verdict table) and
+in docs/real-benchmark.md (the study tables), ``real-study-precision`` and ``real-study-timings``
+in docs/real-benchmark.md.
 """
 
 from __future__ import annotations
@@ -36,7 +38,6 @@ ALPHA = 0.05
 PRIMARY = "gxlt_cross"
 SECONDARY = ("xlt_zero_shot_avg", "xlt:en", "gxlt_gap")
 LANGS = ("en", "de", "fr", "ja", "ko")
-BEGIN, END = "<!-- real-study:begin -->", "<!-- real-study:end -->"
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -67,16 +68,46 @@ def whole_seeds(results: Path, labels=LABELS, seeds=SEEDS) -> list[int]:
     return [s for s in seeds if all(finished(results / label / f"seed-{s}") for label in labels)]
 
 
-def samples_per_second(summary: dict) -> float:
-    """Training examples per second of training compute, dev evaluations excluded: per second of
-    process CPU time where the run recorded it (other jobs on the cores do not inflate it), else
-    of wall time."""
+def samples_per_second(summary: dict, measure: str | None = None) -> float:
+    """Training examples per second of training compute, dev evaluations excluded.
+
+    ``measure``: ``"cpu"`` (process CPU time: other jobs on the cores do not inflate it; needs the
+    run to have recorded it) or ``"wall"``; None = CPU time where the run recorded it, else wall.
+    """
     batch = summary.get("config", {}).get("optim", {}).get("batch_size", 16)
-    if "train_cpu_seconds" in summary:
+    if measure is None:
+        measure = "cpu" if "train_cpu_seconds" in summary else "wall"
+    if measure == "cpu":
         seconds = summary["train_cpu_seconds"] - summary.get("dev_eval_cpu_seconds", 0.0)
     else:
         seconds = summary["train_seconds"] - summary.get("dev_eval_seconds", 0.0)
     return summary["steps"] * batch / seconds
+
+
+def cost_ratio(method: list[dict], baseline: list[dict]) -> tuple[float | None, list[int]]:
+    """Mean over seeds of baseline samples/s / method samples/s in process CPU time, and the
+    indices of the seeds it used.
+
+    ``method`` / ``baseline``: the two configurations' summaries, seed by seed. Only seeds whose
+    two runs both recorded CPU time count: wall time depends on what else the machine ran at the
+    time (runs of one seed may come from different days), so it is not compared. None when no
+    seed has both.
+    """
+    used = [i for i, (m, b) in enumerate(zip(method, baseline, strict=True))
+            if "train_cpu_seconds" in m and "train_cpu_seconds" in b]  # fmt: skip
+    if not used:
+        return None, []
+    ratios = [samples_per_second(baseline[i], "cpu") / samples_per_second(method[i], "cpu") for i in used]
+    return float(np.mean(ratios)), used
+
+
+def verdict(diff: float, rejected: bool, complete: bool) -> str:
+    """The primary endpoint's verdict: Holm's decision, called *confirmed* only for the complete
+    study; a study cut short gives an *interim* direction (its interval has fewer seeds than the
+    protocol's, and with one seed it reflects test-example noise only, not seed-to-seed noise)."""
+    if not rejected:
+        return "no difference shown"
+    return ("gain" if diff > 0 else "loss") + (" (confirmed)" if complete else " (interim)")
 
 
 # ---- the study ---------------------------------------------------------------------------------
@@ -96,12 +127,14 @@ def study_tables(results: Path) -> dict:
     methods = [x for x in LABELS if x != "baseline"]
     p = {m: d[m]["cells"][PRIMARY]["difference"]["p_value"] for m in methods}
     verdicts = holm(p, ALPHA)
-    base_speed = np.mean([samples_per_second(summaries[("baseline", s)]) for s in seeds])
+    complete = seeds == list(SEEDS)
+    base_runs = [summaries[("baseline", s)] for s in seeds]
     rows = {}
     for label in LABELS:
+        runs_of = [summaries[(label, s)] for s in seeds]
         cells = d[label]["cells"]
-        speed = np.mean([samples_per_second(summaries[(label, s)]) for s in seeds])
-        dev = [summaries[(label, s)]["best_dev_accuracy"] for s in seeds]
+        ratio, used = cost_ratio(runs_of, base_runs)
+        dev = [r["best_dev_accuracy"] for r in runs_of]
         row = {
             "seeds": seeds,
             "english_dev": {
@@ -109,20 +142,18 @@ def study_tables(results: Path) -> dict:
                 "sd": float(np.std(dev, ddof=1)) if len(dev) > 1 else None,
             },
             "cells": {k: cells[k] for k in (PRIMARY, *SECONDARY, "xlt_avg", *[f"xlt:{x}" for x in LANGS])},
-            "samples_per_second": float(speed),
-            "cost_ratio": float(base_speed / speed),
+            "samples_per_second": float(np.mean([samples_per_second(r) for r in runs_of])),
+            "cost_ratio": ratio,
+            "cost_seeds": [seeds[i] for i in used],
         }
         if label != "baseline":
             h = verdicts[label]
-            diff = cells[PRIMARY]["difference"]["estimate"]
             row["holm"] = h.to_dict()
-            row["verdict"] = (
-                ("gain" if diff > 0 else "loss") + " (confirmed)" if h.rejected else "no difference shown"
-            )
+            row["verdict"] = verdict(cells[PRIMARY]["difference"]["estimate"], h.rejected, complete)
         rows[label] = row
     return {
         "seeds": seeds,
-        "complete": seeds == list(SEEDS),
+        "complete": complete,
         "n_boot": N_BOOT,
         "alpha": ALPHA,
         "primary": PRIMARY,
@@ -143,13 +174,14 @@ def verdict_table(t: dict) -> str:
         if label == "baseline":
             continue
         c = r["cells"]
+        cost = "n/a" if r["cost_ratio"] is None else f"{r['cost_ratio']:.2f}x"
         rows.append([
-            label, f"{r['cost_ratio']:.2f}x", _iv(c[PRIMARY]["difference"]),
+            label, cost, _iv(c[PRIMARY]["difference"]),
             _iv(c["xlt_zero_shot_avg"]["difference"]), f"{r['holm']['p_value']:.4f}", r["verdict"],
         ])  # fmt: skip
     header = [
         "method",
-        "step cost vs baseline",
+        "training time vs baseline",
         "G-XLT cross-language",
         "XLT zero-shot",
         "p (Holm)",
@@ -158,13 +190,31 @@ def verdict_table(t: dict) -> str:
     return _table(header, rows)
 
 
-def study_markdown(t: dict) -> str:
+def status_line(t: dict) -> str:
+    """What the tables below it rest on: seeds, completeness, intervals, the verdict rule, the cost."""
     seeds = ", ".join(map(str, t["seeds"]))
-    status = "complete" if t["complete"] else f"incomplete: seeds {seeds} of {', '.join(map(str, SEEDS))}"
+    if t["complete"]:
+        status = "complete"
+    else:
+        status = (
+            f"incomplete: seeds {seeds} of {', '.join(map(str, SEEDS))}, so verdicts are interim"
+            + ("; with one seed an interval reflects test-example noise only, not seed-to-seed noise"
+               if len(t["seeds"]) == 1 else "")
+        )  # fmt: skip
+    timed = sorted({x for label, r in t["rows"].items() if label != "baseline" for x in r["cost_seeds"]})
+    timed_s = ", ".join(map(str, timed)) if timed else "none yet"
+    return (
+        f"Seeds {seeds} ({status}). Differences in points, method − baseline, 95% paired bootstrap "
+        f"intervals over test examples and seeds ({t['n_boot']} draws; * = excludes 0). Verdict: Holm "
+        f"over the six G-XLT cross-language comparisons at family-wise {t['alpha']:.0%}. Training time "
+        f"per example relative to the baseline's, dev evaluations excluded, in process CPU time, from the "
+        f"seeds whose two runs recorded it ({timed_s}; n/a: none)."
+    )
+
+
+def study_markdown(t: dict) -> str:
     out = [
-        f"Seeds {seeds} ({status}); differences in points, method − baseline, 95% paired bootstrap "
-        f"intervals over test examples and seeds ({t['n_boot']} draws; * = excludes 0). Verdict: "
-        f"Holm over the six G-XLT cross-language comparisons at family-wise {t['alpha']:.0%}.",
+        status_line(t),
         "",
         verdict_table(t),
         "",
@@ -238,6 +288,8 @@ def timings_markdown(results: Path) -> str:
     by: dict[str, list[dict]] = {}
     for f in folders:
         sm = _summary(f)
+        if "copied_from" in sm:
+            continue  # the same run as the precision check's, counted there
         prec = sm.get("provenance", {}).get("precision", sm.get("precision", "?"))
         by.setdefault(f"{sm['label']} ({prec})", []).append(sm)
     for key, sms in by.items():
@@ -245,8 +297,9 @@ def timings_markdown(results: Path) -> str:
         dev = np.mean([s.get("dev_eval_seconds", float("nan")) for s in sms])
         test = np.mean([s["test_eval_seconds"] for s in sms])
         wall = np.mean([s.get("provenance", {}).get("wall_seconds", float("nan")) for s in sms])
+        cpu = [samples_per_second(s, "cpu") for s in sms if "train_cpu_seconds" in s]
         rows.append([key, str(len(sms)), f"{train:.0f}", f"{dev:.0f}", f"{test:.0f}", f"{wall:.0f}",
-                     f"{np.mean([samples_per_second(s) for s in sms]):.2f}"])  # fmt: skip
+                     f"{np.mean(cpu):.2f} ({len(cpu)})" if cpu else "-"])  # fmt: skip
     header = [
         "configuration (precision)",
         "runs",
@@ -254,19 +307,25 @@ def timings_markdown(results: Path) -> str:
         "dev eval s",
         "test eval s",
         "wall s",
-        "samples/s",
+        "samples/s of CPU time (runs)",
     ]
     return _table(header, rows)
 
 
 # ---- writing -----------------------------------------------------------------------------------
-def replace_block(path: Path, body: str) -> bool:
-    """Rewrite the text between the generated-block markers of ``path``; False if it has none."""
+def markers(name: str) -> tuple[str, str]:
+    """The comment lines around a generated block: ``<!-- NAME:begin -->`` ... ``<!-- NAME:end -->``."""
+    return f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+
+
+def replace_block(path: Path, body: str, name: str = "real-study") -> bool:
+    """Rewrite the text between the generated-block markers ``name`` of ``path``; False if it has none."""
+    begin, end = markers(name)
     text = path.read_text(encoding="utf-8")
-    pattern = re.compile(re.escape(BEGIN) + ".*?" + re.escape(END), re.S)
+    pattern = re.compile(re.escape(begin) + ".*?" + re.escape(end), re.S)
     if not pattern.search(text):
         return False
-    atomic_write_text(path, pattern.sub(lambda _m: f"{BEGIN}\n{body}\n{END}", text))
+    atomic_write_text(path, pattern.sub(lambda _m: f"{begin}\n{body}\n{end}", text))
     return True
 
 
@@ -287,6 +346,10 @@ def write_study_report(results: Path, *, update_docs: bool = False) -> dict:
     atomic_write_json(rep / "study.json", t, indent=1)
     print(text)
     if update_docs:
-        replace_block(ROOT / "README.md", verdict_table(t) + f"\n\nSeeds {', '.join(map(str, t['seeds']))}.")
-        replace_block(ROOT / "docs" / "real-benchmark.md", text)
+        replace_block(ROOT / "README.md", verdict_table(t) + "\n\n" + status_line(t))
+        docs = ROOT / "docs" / "real-benchmark.md"
+        replace_block(docs, text)
+        replace_block(docs, timings, "real-study-timings")
+        if precision is not None:
+            replace_block(docs, precision, "real-study-precision")
     return t
