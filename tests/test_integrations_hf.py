@@ -280,7 +280,7 @@ def test_method_arguments_and_errors(tiny_pawsx, tmp_path: Path) -> None:
     placed = RobustTrainer(
         model=_model(model_path), args=trainer.args, method="pgd", layer=1, ball="sentence"
     )
-    assert type(placed.robust_method).__name__ == "PlacedPGD" and placed.robust_method.cfg.layer == 1
+    assert type(placed.robust_method).__name__ == "PGD" and placed.robust_method.cfg.layer == 1
     with pytest.raises(ConfigError, match=r"unknown keyword argument\(s\) \['sigmaa'\]"):
         RobustTrainer(model=_model(model_path), args=trainer.args, method="rs-rp", sigmaa=0.1)
     tok = AutoTokenizer.from_pretrained(str(model_path))

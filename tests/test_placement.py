@@ -10,19 +10,14 @@ from test_methods_util import grads, tiny_batch, tiny_model
 from fastrobust.config import AdversarialConfig, NoiseConfig
 from fastrobust.errors import ConfigError, FastrobustError
 from fastrobust.methods import adversarial_step, build_method, freelb_step, noisy_embedding_step
-from fastrobust.methods.embeddings import embedding_rms, forward_from_ids
-from fastrobust.methods.placement import (
-    perturb_layer,
-    placed_adversarial_step,
-    placed_freelb_step,
-    placed_noise_step,
-    sentence_masks,
-    sentence_noise,
-)
+from fastrobust.methods.adversarial import PGD, FreeLB
+from fastrobust.methods.embeddings import embed_inputs, embedding_rms, forward_from_ids
+from fastrobust.methods.noise import RandomPerturbation
+from fastrobust.methods.placement import masked_rms, perturb_layer, sentence_masks, sentence_noise
 
 # The default placement (word embeddings, both sentences, one ball) with absolute scales; each
 # test overrides what it is about.
-DEFAULT = dict(mode="absolute", layer=0, sentences="both", embedding_rms=None)
+DEFAULT = dict(unit="absolute", layer=0, sentences="both")
 
 
 def _backward(loss):
@@ -30,18 +25,24 @@ def _backward(loss):
 
 
 def _pgd(model, batch, backward=_backward, **kw):
-    """placed_adversarial_step: L2 PGD from a zero start, adversarial loss only, unless ``kw`` says."""
+    """adversarial_step: L2 PGD from a zero start, adversarial loss only, unless ``kw`` says."""
     args = {**DEFAULT, "ball": "sequence", "norm": "l2", "init_magnitude": 0.0, "adv_weight": 1.0, **kw}
-    return placed_adversarial_step(model, batch, backward, **args)
+    return adversarial_step(model, batch, backward, **args)
 
 
 def _freelb(model, batch, backward=_backward, **kw):
-    return placed_freelb_step(model, batch, backward, **{**DEFAULT, "ball": "sequence", **kw})
+    return freelb_step(model, batch, backward, **{**DEFAULT, "ball": "sequence", **kw})
 
 
 def _noise(model, batch, backward=_backward, **kw):
     args = {**DEFAULT, "distribution": "gaussian", "shape": "token", **kw}
-    return placed_noise_step(model, batch, backward, **args)
+    return noisy_embedding_step(model, batch, backward, **args)
+
+
+def _embedding_states_rms(model, batch) -> float:
+    """The ``unit: states`` factor at layer 0 (RMS of the lookup over real tokens)."""
+    with torch.no_grad():
+        return float(masked_rms(embed_inputs(model, batch), batch["attention_mask"]))
 
 
 def _xlmr_pair_batch():
@@ -73,24 +74,27 @@ def test_sentence_masks_from_separators_and_from_token_types():
 
 @pytest.mark.parametrize("arch", ["bert", "xlmr"])
 def test_default_placement_equals_the_existing_steps(arch):
-    """layer 0, both sentences, one ball: the general path gives the fused path's loss and grads."""
+    """layer 0, both sentences, one ball: the general path (forced by ``unit: states`` with the scales
+    divided by that unit) gives the fused path's loss and grads."""
     batch = tiny_batch(token_types=arch == "bert")
     kw = dict(steps=2, epsilon=0.5, step_size=0.3, norm="l2", init_magnitude=0.0)
     a, b = tiny_model(arch), tiny_model(arch)
+    r = _embedding_states_rms(b, batch)
+    rel = dict(kw, epsilon=0.5 / r, step_size=0.3 / r, unit="states")
     la = adversarial_step(a, batch, _backward, adv_weight=0.5, **kw)
-    lb = _pgd(b, batch, adv_weight=0.5, **kw)
+    lb = _pgd(b, batch, adv_weight=0.5, **rel)
     assert torch.allclose(la, lb, atol=1e-6)
     ga, gb = grads(a), grads(b)
     assert all(torch.allclose(ga[k], gb[k], atol=1e-6) for k in ga if ga[k] is not None)
     a, b = tiny_model(arch), tiny_model(arch)
     la = freelb_step(a, batch, _backward, **kw)
-    lb = _freelb(b, batch, **kw)
+    lb = _freelb(b, batch, **rel)
     assert torch.allclose(la, lb, atol=1e-6)
     a, b = tiny_model(arch), tiny_model(arch)
     torch.manual_seed(3)
     la = noisy_embedding_step(a, batch, _backward, sigma=0.4)
     torch.manual_seed(3)
-    lb = _noise(b, batch, sigma=0.4)
+    lb = _noise(b, batch, sigma=0.4 / r, unit="states")
     assert torch.allclose(la, lb, atol=1e-6)
 
 
@@ -145,7 +149,7 @@ def test_layer_hook_and_layer_pgd_ascends():
     with pytest.raises(FastrobustError, match="layer"), perturb_layer(model, 4, torch.zeros_like):
         pass
     clean_loss = torch.nn.functional.cross_entropy(clean, batch["labels"])
-    adv = _pgd(model, batch, lambda loss: None, steps=3, epsilon=1.0, step_size=0.5, mode="relative", layer=2)
+    adv = _pgd(model, batch, lambda loss: None, steps=3, epsilon=1.0, step_size=0.5, unit="states", layer=2)
     assert adv > clean_loss + 1e-4  # the ascent found a worse perturbation of h_2
 
 
@@ -178,22 +182,24 @@ def test_layer_noise_relative_to_the_layer_rms(monkeypatch):
         return real(h, sigma, *a, **k)
 
     monkeypatch.setattr(placement, "apply_noise", spy)
-    _noise(model, batch, lambda loss: None, sigma=0.5, mode="relative", layer=1)
+    _noise(model, batch, lambda loss: None, sigma=0.5, unit="states", layer=1)
     box = {}
     with torch.no_grad(), perturb_layer(model, 1, lambda h: box.setdefault("h", h) * 0):
         forward_from_ids(model, batch)
     m = batch["attention_mask"].bool()
     assert seen["sigma"] == pytest.approx(0.5 * float(box["h"][m].pow(2).mean().sqrt()), rel=1e-5)
-    _noise(model, batch, lambda loss: None, sigma=0.5, mode="relative", embedding_rms=embedding_rms(model))
+    method = build_method(NoiseConfig(sigma=0.5, sigma_mode="relative", shape="sentence"))
+    method.setup(model)
+    method.training_step(model, batch, lambda loss: None)  # layer 0: units of the embedding table
     assert seen["sigma"] == pytest.approx(0.5 * embedding_rms(model), rel=1e-6)
 
 
 def test_config_and_build_method_routing():
-    m = build_method(AdversarialConfig(kind="pgd", layer=2, ball="sentence"))
-    assert type(m).__name__ == "PlacedPGD"
-    assert type(build_method(AdversarialConfig(kind="pgd"))).__name__ == "PGD"
-    assert type(build_method(NoiseConfig(sentences="second"))).__name__ == "PlacedRandomPerturbation"
-    assert type(build_method(AdversarialConfig(kind="freelb", layer=1))).__name__ == "PlacedFreeLB"
+    # one class per method: the placement is a parameter of its step
+    assert type(build_method(AdversarialConfig(kind="pgd", layer=2, ball="sentence"))) is PGD
+    assert type(build_method(AdversarialConfig(kind="pgd"))) is PGD
+    assert type(build_method(NoiseConfig(sentences="second"))) is RandomPerturbation
+    assert type(build_method(AdversarialConfig(kind="freelb", layer=1))) is FreeLB
     with pytest.raises(ConfigError, match="layer"):
         build_method({"kind": "rs-rp", "layer": -1})
     with pytest.raises(ConfigError, match="ball"):

@@ -77,11 +77,6 @@ def build_method(cfg: Any, *, task_synonyms: Mapping[str, list[str]] | None = No
         from fastrobust.methods.baseline import Baseline
 
         return Baseline(cfg)
-    if kind in ("pgd", "freelb", "rs-rp"):
-        from fastrobust.methods.placement import is_placed, placed_method
-
-        if is_placed(cfg):  # a layer, sentence or budget option: see fastrobust.methods.placement
-            return placed_method(cfg)
     if kind in ("pgd", "freelb"):
         from fastrobust.methods.adversarial import PGD, FreeLB
 

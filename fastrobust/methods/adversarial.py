@@ -28,6 +28,14 @@ differentiable in e with the identity Jacobian, so the gradient w.r.t. delta_k i
 e + delta_k itself and the embedding table is still trained through it.
 
 ``dir`` is g/||g|| per example for L2 and sign(g) for Linf (see ``fastrobust.ops.pgd_step``).
+
+Placement (``fastrobust.methods.placement``): both steps take ``layer`` (0 = word embeddings, k =
+the hidden states h_k (B, L, H) output by encoder layer k), ``sentences`` (both / first / second:
+whose tokens delta may touch), ``ball`` (sequence: one ball of radius eps per example; sentence:
+one per perturbed sentence) and ``unit`` (absolute, or states: scales x the RMS of the clean h_k
+over real tokens). The default placement runs the fused single-pass loop above; any other runs
+the same PGD / FreeLB recursion on delta (B, L, H) added at that layer through a forward hook,
+with one ``pgd_step`` per ball on the masked delta.
 """
 
 from __future__ import annotations
@@ -41,12 +49,14 @@ from torch import Tensor, nn
 from fastrobust import ops
 from fastrobust.config.methods import AdversarialConfig
 from fastrobust.errors import FastrobustError
+from fastrobust.methods import placement
 from fastrobust.methods.base import Backward, RobustMethod, require_labels
 from fastrobust.methods.embeddings import (
     classification_loss,
     embed_inputs,
     embedding_rms,
     forward_from_embeds,
+    forward_from_ids,
     unwrap_model,
 )
 from fastrobust.timing import NULL_TIMER, SectionTimer
@@ -181,6 +191,91 @@ def _perturb(
     return delta, final
 
 
+class _Delta:
+    """delta (B, L, H) at a placement across ascent steps: created at the first forward, where the
+    shape and (unit ``states``) the unit of the scales come from the states it is added to."""
+
+    def __init__(self, batch, unit, init_magnitude, epsilon, step_size, norm, masks) -> None:
+        self.batch, self.unit_kind = batch, unit
+        self.init, self.eps, self.step = init_magnitude, epsilon, step_size
+        self.norm, self.masks = norm, masks
+        self.value: Tensor | None = None
+        self.unit: float | None = None
+        self.leaf: Tensor | None = None
+
+    def scaled(self, x: float | None) -> float | None:
+        return None if x is None else x * self.unit
+
+    def __call__(self, h: Tensor) -> Tensor:
+        if self.value is None:
+            self.unit = placement.state_unit(h, self.batch["attention_mask"], self.unit_kind)
+            self.value = torch.zeros_like(h.detach())
+            if self.init > 0:
+                radius = start_radius(self.init * self.unit, self.scaled(self.eps))
+                self.value = sum(ops.pgd_init(h.detach(), radius, norm=self.norm, mask=m) for m in self.masks)
+        self.leaf = self.value.detach().to(h.dtype).requires_grad_(True)
+        return self.leaf
+
+    def ascend(self, grad: Tensor) -> None:
+        """delta <- the projected ascent step from the last forward's leaf along ``grad``."""
+        self.value = placement.project_step(
+            self.leaf.detach(),
+            grad,
+            step_size=self.scaled(self.step),
+            epsilon=self.scaled(self.eps),
+            norm=self.norm,
+            masks=self.masks,
+        )
+
+
+def _placed_delta(batch, where: dict, steps, epsilon, step_size, norm, init_magnitude) -> _Delta:
+    if where["sentences"] not in placement.SENTENCES:
+        raise FastrobustError(f"sentences: must be one of {placement.SENTENCES}, got {where['sentences']!r}")
+    masks = placement.budgets(batch, where["sentences"], where["ball"])
+    return _Delta(batch, where["unit"], init_magnitude, epsilon, step_size, norm, masks)
+
+
+def _placed_adversarial(model, batch, backward, where, *, adv_weight, **kw) -> Tensor:
+    """PGD at a placement: K ascent steps on delta (gradients w.r.t. delta only), then
+    ``(1 - w) CE(clean) + w CE(perturbed)`` and one ``backward``."""
+    labels = require_labels(batch)
+    layer, steps = where["layer"], kw["steps"]
+    d = _placed_delta(batch, where, **kw)
+    # Inner passes through the unwrapped module (see _perturb: no engine hooks), and at layer 0 on
+    # the detached lookup, so that they build no graph back into the parameters there.
+    inner = unwrap_model(model)
+    base = embed_inputs(model, batch).detach() if layer == 0 else None
+    for _ in range(steps):
+        loss = classification_loss(placement.forward_perturbed(inner, batch, layer, d, embeds=base), labels)
+        (grad,) = torch.autograd.grad(loss, d.leaf)
+        d.ascend(grad)
+    final = d.value.detach()
+    loss = weighted_loss(
+        adv_weight,
+        lambda: classification_loss(
+            placement.forward_perturbed(model, batch, layer, lambda h: final.to(h.dtype)), labels
+        ),
+        lambda: classification_loss(forward_from_ids(model, batch), labels),
+    )
+    backward(loss)
+    return loss.detach()
+
+
+def _placed_freelb(model, batch, backward, where, **kw) -> Tensor:
+    """FreeLB at a placement: for t < K, ``backward(CE(f with h + delta_t) / K)`` and a projected
+    ascent step on delta from the same backward."""
+    labels = require_labels(batch)
+    d = _placed_delta(batch, where, **kw)
+
+    def forward(t: int, grad: Tensor | None) -> tuple[Tensor, Tensor]:
+        if t > 0:
+            d.ascend(grad)
+        loss = classification_loss(placement.forward_perturbed(model, batch, where["layer"], d), labels)
+        return loss, d.leaf
+
+    return freelb_ascent(kw["steps"], backward, forward)
+
+
 def find_perturbation(
     model: nn.Module,
     batch: Mapping[str, Tensor],
@@ -234,6 +329,10 @@ def adversarial_step(
     init_magnitude: float = 0.0,
     adv_weight: float = 1.0,
     timer: SectionTimer = NULL_TIMER,
+    layer: int = 0,
+    sentences: str = "both",
+    ball: str = "sequence",
+    unit: str = "absolute",
 ) -> Tensor:
     """One PGD adversarial-training step on a batch; calls ``backward(loss)`` exactly once.
 
@@ -250,8 +349,15 @@ def adversarial_step(
 
         loss = adversarial_step(model, batch, lambda l: l.backward(), epsilon=0.05, step_size=0.02)
         optimizer.step(); optimizer.zero_grad()
+
+    ``layer`` / ``sentences`` / ``ball`` / ``unit``: where delta goes (see the module doc); the
+    default is the fused path described above.
     """
     _check_pgd_args(steps, epsilon, step_size, init_magnitude, norm, adv_weight)
+    kw = dict(steps=steps, epsilon=epsilon, step_size=step_size, norm=norm, init_magnitude=init_magnitude)
+    if not placement.is_default(layer, sentences, unit, ball == "sequence"):
+        where = dict(layer=layer, sentences=sentences, ball=ball, unit=unit)
+        return _placed_adversarial(model, batch, backward, where, adv_weight=adv_weight, **kw)
     labels = require_labels(batch)
     with timer.section("forward"):
         embeds = embed_inputs(model, batch)
@@ -295,6 +401,10 @@ def freelb_step(
     norm: str = "l2",
     init_magnitude: float = 0.0,
     timer: SectionTimer = NULL_TIMER,
+    layer: int = 0,
+    sentences: str = "both",
+    ball: str = "sequence",
+    unit: str = "absolute",
 ) -> Tensor:
     """One FreeLB step on a batch; calls ``backward(loss_t / steps)`` once per ascent step.
 
@@ -306,9 +416,14 @@ def freelb_step(
     backward frees its graph; the fused step then writes delta_{t+1} and e + delta_{t+1}
     (with e's graph) in one pass, and the delta gradient is that input's ``.grad``.
     Scales are absolute (see ``adversarial_step``).
-    Returns the detached mean of the K losses.
+    Returns the detached mean of the K losses. ``layer`` / ``sentences`` / ``ball`` / ``unit``: as
+    in ``adversarial_step``.
     """
     _check_pgd_args(steps, epsilon, step_size, init_magnitude, norm, 1.0)
+    if not placement.is_default(layer, sentences, unit, ball == "sequence"):
+        where = dict(layer=layer, sentences=sentences, ball=ball, unit=unit)
+        kw = dict(steps=steps, epsilon=epsilon, step_size=step_size, norm=norm, init_magnitude=init_magnitude)
+        return _placed_freelb(model, batch, backward, where, **kw)
     labels = require_labels(batch)
     mask = batch["attention_mask"]
     delta = None
@@ -351,19 +466,32 @@ class _AdversarialBase(RobustMethod):
             self._scale = self.embedding_rms
 
     def scales(self) -> dict[str, float | None]:
-        """epsilon, step_size and init_magnitude in embedding units (after ``setup``)."""
+        """epsilon, step_size and init_magnitude in embedding units (after ``setup``); at layer >= 1
+        with relative scales, in units of the RMS of h_layer (the step measures it per batch)."""
+        c = self.cfg
+        s = 1.0 if self._unit() == "states" else self._absolute_scale()
+        eps = c.epsilon
+        return {
+            "epsilon": None if eps is None else eps * s,
+            "step_size": c.step_size * s,
+            "init_magnitude": c.init_magnitude * s,
+        }
+
+    def _unit(self) -> str:
+        return "states" if self.cfg.scale_mode == "relative" and self.cfg.layer >= 1 else "absolute"
+
+    def step_kwargs(self) -> dict:
+        """The scales and the section's placement, as keyword arguments of the step functions."""
+        c = self.cfg
+        return dict(self.scales(), layer=c.layer, sentences=c.sentences, ball=c.ball, unit=self._unit())
+
+    def _absolute_scale(self) -> float:
         if self._scale is None:
             raise FastrobustError(
                 f"{self.label}: scale_mode 'relative' needs setup(model) before training_step "
                 "(it measures the RMS of the embedding table)"
             )
-        s = self._scale
-        eps = self.cfg.epsilon
-        return {
-            "epsilon": None if eps is None else eps * s,
-            "step_size": self.cfg.step_size * s,
-            "init_magnitude": self.cfg.init_magnitude * s,
-        }
+        return self._scale
 
 
 class PGD(_AdversarialBase):
@@ -384,7 +512,7 @@ class PGD(_AdversarialBase):
             norm=self.cfg.norm,
             adv_weight=self.cfg.adv_weight,
             timer=timer,
-            **self.scales(),
+            **self.step_kwargs(),
         )
 
 
@@ -399,5 +527,11 @@ class FreeLB(_AdversarialBase):
         timer: SectionTimer = NULL_TIMER,
     ) -> Tensor:
         return freelb_step(
-            model, batch, backward, steps=self.cfg.steps, norm=self.cfg.norm, timer=timer, **self.scales()
+            model,
+            batch,
+            backward,
+            steps=self.cfg.steps,
+            norm=self.cfg.norm,
+            timer=timer,
+            **self.step_kwargs(),
         )

@@ -31,6 +31,7 @@ from torch import Tensor, nn
 from fastrobust import ops
 from fastrobust.config.methods import NoiseConfig
 from fastrobust.errors import FastrobustError
+from fastrobust.methods import placement
 from fastrobust.methods.base import Backward, RobustMethod, require_labels
 from fastrobust.methods.embeddings import (
     classification_loss,
@@ -78,11 +79,32 @@ def noisy_embedding_step(
     sigma: float | Tensor,
     distribution: str = "gaussian",
     timer: SectionTimer = NULL_TIMER,
+    layer: int = 0,
+    sentences: str = "both",
+    shape: str = "token",
+    unit: str = "absolute",
 ) -> Tensor:
     """One RS-RP step with an absolute sigma (float, or (B,) tensor per example).
 
     loss = CE(f(e + sigma * z * mask)), backward(loss) once; returns the detached loss.
+
+    Placement (``fastrobust.methods.placement``): the noise goes on the states h_layer (B, L, H)
+    (0 = word embeddings), on the real tokens of ``sentences`` only, with ``shape`` token (i.i.d.
+    per entry) or sentence (one z_s ~ N(0, sigma^2 I_H) per sentence, added to each of its
+    tokens); ``unit`` states multiplies sigma by the RMS of the clean h_layer over real tokens.
     """
+    if not placement.is_default(layer, sentences, unit, shape == "token"):
+        return _placed_noise_step(
+            model,
+            batch,
+            backward,
+            sigma,
+            distribution,
+            layer=layer,
+            sentences=sentences,
+            shape=shape,
+            unit=unit,
+        )
     labels = require_labels(batch)
     with timer.section("forward"):
         embeds = embed_inputs(model, batch)
@@ -96,6 +118,24 @@ def noisy_embedding_step(
     return loss.detach()
 
 
+def _placed_noise_step(
+    model, batch, backward, sigma, distribution, *, layer, sentences, shape, unit
+) -> Tensor:
+    """The noise of ``noisy_embedding_step`` at a placement other than the default."""
+    labels = require_labels(batch)
+
+    def noise(h: Tensor) -> Tensor:
+        s = sigma * placement.state_unit(h, batch["attention_mask"], unit)
+        zero = torch.zeros_like(h.detach())
+        return placement.apply_noise(
+            zero, s, batch, shape=shape, sentences=sentences, distribution=distribution
+        )
+
+    loss = classification_loss(placement.forward_perturbed(model, batch, layer, noise), labels)
+    backward(loss)
+    return loss.detach()
+
+
 class RandomPerturbation(RobustMethod):
     """RS-RP (config kind ``rs-rp``)."""
 
@@ -105,6 +145,9 @@ class RandomPerturbation(RobustMethod):
         super().__init__(cfg)
         if cfg.sigma < 0 or not math.isfinite(cfg.sigma):
             raise FastrobustError(f"{self.label}: sigma must be a finite number >= 0, got {cfg.sigma!r}")
+        default = cfg.layer == 0 and cfg.sentences == "both" and cfg.shape == "token"
+        if cfg.sigma_mode == "neftune" and not default:
+            raise FastrobustError(f"{self.label}: sigma_mode 'neftune' works at layer 0 on all tokens only")
 
     def setup(self, model: nn.Module) -> None:
         if self.cfg.sigma_mode == "relative":
@@ -121,14 +164,22 @@ class RandomPerturbation(RobustMethod):
             raise FastrobustError(
                 f"{self.label}: sigma_mode 'relative' needs setup(model) before training_step"
             )
+        c = self.cfg
+        if c.sigma_mode == "relative" and c.layer >= 1:
+            # sigma in units of the RMS of h_layer over the batch's real tokens
+            where = dict(layer=c.layer, sentences=c.sentences, shape=c.shape, unit="states")
+            return noisy_embedding_step(
+                model, batch, backward, sigma=c.sigma, distribution=c.distribution, timer=timer, **where
+            )
         hidden = _hidden_size(model)
         sigma = resolve_sigma(
             self.cfg.sigma, self.cfg.sigma_mode, batch["attention_mask"], hidden, self.embedding_rms
         )
         if self.cfg.sigma == 0:
             sigma = 0.0  # also for neftune: no random draw, exactly the baseline step
+        where = dict(layer=c.layer, sentences=c.sentences, shape=c.shape, unit="absolute")
         return noisy_embedding_step(
-            model, batch, backward, sigma=sigma, distribution=self.cfg.distribution, timer=timer
+            model, batch, backward, sigma=sigma, distribution=self.cfg.distribution, timer=timer, **where
         )
 
 

@@ -1,5 +1,9 @@
 """Where a perturbation goes: which layer, which sentence of a pair, one budget or one per sentence.
 
+The helpers here describe placement only; the one PGD / FreeLB (``fastrobust.methods.adversarial``)
+and the one RS-RP step (``fastrobust.methods.noise``) take ``layer`` / ``sentences`` / ``ball`` /
+``shape`` as parameters and use them.
+
 The default of every method perturbs the word embeddings of all real tokens, with one budget per
 example (PGD: one L2/Linf ball over the whole pair). In G-XLT the two sentences of a pair are in
 two languages, i.e. misaligned *with each other*, and the encoder's cross-language difference is
@@ -34,17 +38,7 @@ from torch import Tensor, nn
 
 from fastrobust import ops
 from fastrobust.errors import FastrobustError
-from fastrobust.methods.adversarial import _AdversarialBase, freelb_ascent, start_radius, weighted_loss
-from fastrobust.methods.base import require_labels
-from fastrobust.methods.embeddings import (
-    classification_loss,
-    embed_inputs,
-    forward_from_embeds,
-    forward_from_ids,
-    unwrap_model,
-)
-from fastrobust.methods.noise import RandomPerturbation
-from fastrobust.timing import NULL_TIMER
+from fastrobust.methods.embeddings import embed_inputs, forward_from_embeds, forward_from_ids, unwrap_model
 
 SENTENCES = ("both", "first", "second")
 
@@ -187,51 +181,28 @@ def forward_perturbed(
         return forward_from_ids(model, batch)
 
 
-def _unit(h: Tensor, mask: Tensor, layer: int, mode: str, embedding_rms: float | None) -> float:
-    """What a configured scale is multiplied by: 1 (absolute), the embedding table's RMS (relative,
-    layer 0), or the RMS of the clean h over real tokens (relative, layer >= 1)."""
-    if mode == "absolute":
+UNITS = ("absolute", "states")
+
+
+def is_default(layer: int, sentences: str, unit: str, spread_is_default: bool) -> bool:
+    """Whether a placement is the default one (word embeddings, all tokens, absolute scales, and
+    ``spread_is_default``: one ball per example / i.i.d. noise per entry), which the fused
+    single-pass ops serve."""
+    return layer == 0 and sentences == "both" and unit == "absolute" and spread_is_default
+
+
+def state_unit(h: Tensor, mask: Tensor, unit: str) -> float:
+    """What a scale is multiplied by: 1 (``absolute``) or the RMS of the clean states h (B, L, H)
+    over the batch's real tokens (``states``, detached)."""
+    if unit == "absolute":
         return 1.0
-    if layer == 0:
-        if embedding_rms is None:
-            raise FastrobustError("relative scales at layer 0 need the embedding RMS (call setup(model))")
-        return embedding_rms
-    return float(masked_rms(h, mask))
+    if unit == "states":
+        return float(masked_rms(h, mask))
+    raise FastrobustError(f"unit: must be one of {UNITS}, got {unit!r}")
 
 
 # --------------------------------------------------------------------------------------------
-# RS-RP with a placement
-
-
-def placed_noise_step(
-    model: nn.Module,
-    batch: Mapping[str, Tensor],
-    backward: Callable[[Tensor], None],
-    *,
-    sigma: float,
-    mode: str,
-    distribution: str,
-    layer: int,
-    sentences: str,
-    shape: str,
-    embedding_rms: float | None,
-) -> Tensor:
-    """One RS-RP step with noise at ``layer`` on ``sentences`` of shape ``shape`` (see module doc);
-    ``mode``: absolute | relative. Calls ``backward(loss)`` once; returns the detached loss."""
-    labels = require_labels(batch)
-
-    def noise(h: Tensor) -> Tensor:
-        s = sigma * _unit(h, batch["attention_mask"], layer, mode, embedding_rms)
-        zero = torch.zeros_like(h.detach())
-        return apply_noise(zero, s, batch, shape=shape, sentences=sentences, distribution=distribution)
-
-    loss = classification_loss(forward_perturbed(model, batch, layer, noise), labels)
-    backward(loss)
-    return loss.detach()
-
-
-# --------------------------------------------------------------------------------------------
-# PGD and FreeLB with a placement
+# budgets of PGD / FreeLB
 
 
 def project_step(
@@ -259,196 +230,3 @@ def budgets(batch: Mapping[str, Tensor], sentences: str, ball: str) -> list[Tens
     if ball == "sentence":
         return segment_masks(batch, sentences)
     raise FastrobustError(f"ball: must be 'sequence' or 'sentence', got {ball!r}")
-
-
-class _Delta:
-    """The perturbation of one batch across ascent steps: created at the first forward (its shape
-    and, for layer >= 1, the unit of relative scales come from the states it is added to)."""
-
-    def __init__(
-        self, batch, layer, mode, embedding_rms, init_magnitude, epsilon, step_size, norm, masks
-    ) -> None:
-        self.batch, self.layer, self.mode, self.rms = batch, layer, mode, embedding_rms
-        self.init, self.eps, self.step = init_magnitude, epsilon, step_size
-        self.norm, self.masks = norm, masks
-        self.value: Tensor | None = None
-        self.unit: float | None = None
-        self.leaf: Tensor | None = None
-
-    def scaled(self, x: float | None) -> float | None:
-        return None if x is None else x * self.unit
-
-    def __call__(self, h: Tensor) -> Tensor:
-        if self.value is None:
-            self.unit = _unit(h, self.batch["attention_mask"], self.layer, self.mode, self.rms)
-            self.value = torch.zeros_like(h.detach())
-            if self.init > 0:
-                radius = start_radius(self.init * self.unit, self.scaled(self.eps))
-                self.value = sum(ops.pgd_init(h.detach(), radius, norm=self.norm, mask=m) for m in self.masks)
-        self.leaf = self.value.detach().to(h.dtype).requires_grad_(True)
-        return self.leaf
-
-    def ascend(self, grad: Tensor) -> None:
-        """delta <- the projected ascent step from the last forward's leaf along ``grad``."""
-        self.value = project_step(
-            self.leaf.detach(),
-            grad,
-            step_size=self.scaled(self.step),
-            epsilon=self.scaled(self.eps),
-            norm=self.norm,
-            masks=self.masks,
-        )
-
-
-def placed_adversarial_step(
-    model: nn.Module,
-    batch: Mapping[str, Tensor],
-    backward: Callable[[Tensor], None],
-    *,
-    steps: int,
-    epsilon: float | None,
-    step_size: float,
-    norm: str,
-    init_magnitude: float,
-    adv_weight: float,
-    mode: str,
-    layer: int,
-    sentences: str,
-    ball: str,
-    embedding_rms: float | None,
-) -> Tensor:
-    """PGD-AT with a placement: K ascent steps on delta at ``layer`` restricted to ``sentences``,
-    projected per ``ball`` (gradients w.r.t. delta only), then
-    ``(1 - w) CE(clean) + w CE(perturbed)`` and one ``backward``. Scales: configured x unit."""
-    labels = require_labels(batch)
-    masks = budgets(batch, sentences, ball)
-    d = _Delta(batch, layer, mode, embedding_rms, init_magnitude, epsilon, step_size, norm, masks)
-    # Inner passes through the unwrapped module (see find_perturbation: no engine hooks), and at
-    # layer 0 on the detached lookup, so that they build no graph back into the parameters there.
-    inner = unwrap_model(model)
-    base = None
-    if layer == 0:
-        base = embed_inputs(model, batch).detach()
-    for _ in range(steps):
-        loss = classification_loss(forward_perturbed(inner, batch, layer, d, embeds=base), labels)
-        (grad,) = torch.autograd.grad(loss, d.leaf)
-        d.ascend(grad)
-    final = d.value.detach()
-    loss = weighted_loss(
-        adv_weight,
-        lambda: classification_loss(
-            forward_perturbed(model, batch, layer, lambda h: final.to(h.dtype)), labels
-        ),
-        lambda: classification_loss(forward_from_ids(model, batch), labels),
-    )
-    backward(loss)
-    return loss.detach()
-
-
-def placed_freelb_step(
-    model: nn.Module,
-    batch: Mapping[str, Tensor],
-    backward: Callable[[Tensor], None],
-    *,
-    steps: int,
-    epsilon: float | None,
-    step_size: float,
-    norm: str,
-    init_magnitude: float,
-    mode: str,
-    layer: int,
-    sentences: str,
-    ball: str,
-    embedding_rms: float | None,
-) -> Tensor:
-    """FreeLB with a placement: for t < K, ``backward(CE(f with h + delta_t) / K)`` and a projected
-    ascent step on delta from the same backward (see ``freelb_step``)."""
-    labels = require_labels(batch)
-    masks = budgets(batch, sentences, ball)
-    d = _Delta(batch, layer, mode, embedding_rms, init_magnitude, epsilon, step_size, norm, masks)
-
-    def forward(t: int, grad: Tensor | None) -> tuple[Tensor, Tensor]:
-        if t > 0:
-            d.ascend(grad)
-        loss = classification_loss(forward_perturbed(model, batch, layer, d), labels)
-        return loss, d.leaf
-
-    return freelb_ascent(steps, backward, forward)
-
-
-# --------------------------------------------------------------------------------------------
-# the methods (built by build_method when a section sets a placement option)
-
-
-def is_placed(cfg) -> bool:
-    """Whether a method section moves its perturbation away from the default placement."""
-    return (
-        getattr(cfg, "layer", 0) != 0
-        or getattr(cfg, "sentences", "both") != "both"
-        or getattr(cfg, "ball", "sequence") != "sequence"
-        or getattr(cfg, "shape", "token") != "token"
-    )
-
-
-class _PlacedAdversarial(_AdversarialBase):
-    """PGD / FreeLB with a placement: the configured scales are resolved per batch (see ``_unit``)."""
-
-    def _placement(self, batch: Mapping[str, Tensor]) -> dict:
-        c = self.cfg
-        return dict(
-            steps=c.steps,
-            epsilon=c.epsilon,
-            step_size=c.step_size,
-            norm=c.norm,
-            init_magnitude=c.init_magnitude,
-            mode=c.scale_mode,
-            layer=c.layer,
-            sentences=c.sentences,
-            ball=c.ball,
-            embedding_rms=self.embedding_rms,
-        )
-
-
-class PlacedPGD(_PlacedAdversarial):
-    """PGD-AT (kind ``pgd``) with ``layer`` / ``sentences`` / ``ball`` (see the module doc)."""
-
-    def training_step(self, model, batch, backward, timer=NULL_TIMER):
-        return placed_adversarial_step(
-            model, batch, backward, adv_weight=self.cfg.adv_weight, **self._placement(batch)
-        )
-
-
-class PlacedFreeLB(_PlacedAdversarial):
-    """FreeLB (kind ``freelb``) with ``layer`` / ``sentences`` / ``ball``."""
-
-    def training_step(self, model, batch, backward, timer=NULL_TIMER):
-        return placed_freelb_step(model, batch, backward, **self._placement(batch))
-
-
-class PlacedRandomPerturbation(RandomPerturbation):
-    """RS-RP (kind ``rs-rp``) with ``layer`` / ``sentences`` / ``shape``."""
-
-    def __init__(self, cfg) -> None:
-        super().__init__(cfg)
-        if cfg.sigma_mode == "neftune":
-            raise FastrobustError(f"{self.label}: sigma_mode 'neftune' works at layer 0 on all tokens only")
-
-    def training_step(self, model, batch, backward, timer=NULL_TIMER):
-        c = self.cfg
-        return placed_noise_step(
-            model,
-            batch,
-            backward,
-            sigma=c.sigma,
-            mode=c.sigma_mode,
-            distribution=c.distribution,
-            layer=c.layer,
-            sentences=c.sentences,
-            shape=c.shape,
-            embedding_rms=self.embedding_rms,
-        )
-
-
-def placed_method(cfg):
-    """The method object of a section with a placement option (``pgd``, ``freelb`` or ``rs-rp``)."""
-    return {"pgd": PlacedPGD, "freelb": PlacedFreeLB, "rs-rp": PlacedRandomPerturbation}[cfg.kind](cfg)
