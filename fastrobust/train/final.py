@@ -133,7 +133,7 @@ def finish(t: Any, wall_seconds: float, eval_seconds: float) -> dict[str, Any]:
     problem = ""
     if dist.is_main:
         model = eval_model(t)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         with eng.autocast(), eager(cfg.model.compile):
             predictions = predict_task_with_progress(
                 model,
@@ -146,10 +146,12 @@ def finish(t: Any, wall_seconds: float, eval_seconds: float) -> dict[str, Any]:
                 progress=f"{t.label} test" if run.progress_bar else None,
             )
         test_seconds = time.perf_counter() - t0
+        test_cpu = time.process_time() - c0
         report = predictions.report()
         report_dir = t.dir / "report"
         model_dir = t.dir / "model"
         summary = build_summary(t, report, wall_seconds, eval_seconds, test_seconds, report_dir, model_dir)
+        summary["test_eval_cpu_seconds"] = test_cpu
         try:
             seed_part = f" / seed {t.seed}" if cfg.seeds is not None else ""
             write_report(report, report_dir, title=f"{cfg.name} / {t.label}{seed_part}")
@@ -240,6 +242,8 @@ def build_summary(
         "wall_seconds": wall_seconds,
         "eval_and_checkpoint_seconds": eval_seconds,
         "test_eval_seconds": test_seconds,
+        "dev_eval_seconds": sel.seconds,
+        "dev_eval_cpu_seconds": sel.cpu_seconds,
         "files": {
             "model": str(model_dir) if cfg.output.save_model else None,
             "report": str(report_dir),

@@ -5,12 +5,20 @@ checkpointing excluded); tokens/s counts real tokens (attention_mask == 1) only.
 backward / perturbation split comes from :class:`fastrobust.timing.SectionTimer`, enabled on
 logged steps only (it synchronises CUDA at section edges), and is reported as seconds per step
 averaged over those steps; ``other`` is the rest of the step (optimizer, clipping, data).
+
+``train_cpu_seconds`` is the process CPU time (every thread; ``time.process_time``) of training:
+a caller that times a step passes it to :meth:`ThroughputMeter.add_step`; otherwise the meter
+counts the CPU time from its start (or restore) up to the last step, without the work done inside
+:meth:`ThroughputMeter.excluded` (dev evaluation). Other jobs on the same cores do not inflate it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import resource
 import sys
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,12 +47,30 @@ class ThroughputMeter:
     timed_steps: int = 0
     timed_seconds: float = 0.0
     sections: dict[str, float] = field(default_factory=lambda: {k: 0.0 for k in SECTIONS})
+    cpu_seconds: float = 0.0
+    # process CPU clock at the last step (or start / restore), and CPU time excluded since then
+    _cpu_mark: float = field(default_factory=time.process_time, repr=False, compare=False)
+    _cpu_excluded: float = field(default=0.0, repr=False, compare=False)
 
-    def add_step(self, seconds: float, samples: int, tokens: int) -> None:
+    def add_step(self, seconds: float, samples: int, tokens: int, cpu_seconds: float | None = None) -> None:
+        now = time.process_time()
+        if cpu_seconds is None:
+            cpu_seconds = max(0.0, now - self._cpu_mark - self._cpu_excluded)
+        self.cpu_seconds += cpu_seconds
+        self._cpu_mark, self._cpu_excluded = now, 0.0
         self.step_seconds += seconds
         self.steps += 1
         self.samples += samples
         self.tokens += tokens
+
+    @contextlib.contextmanager
+    def excluded(self) -> Iterator[None]:
+        """Work inside (dev evaluation) does not count as training CPU time."""
+        start = time.process_time()
+        try:
+            yield
+        finally:
+            self._cpu_excluded += time.process_time() - start
 
     def add_timed(self, seconds: float, totals: dict[str, float]) -> None:
         self.timed_steps += 1
@@ -65,6 +91,7 @@ class ThroughputMeter:
             "tokens_per_s": self.tokens / t,
             "seconds_per_step": t / max(1, self.steps),
             "train_seconds": self.step_seconds,
+            "train_cpu_seconds": self.cpu_seconds,
             "steps_measured": self.steps,
             "samples": self.samples,
             "tokens": self.tokens,
@@ -80,8 +107,12 @@ class ThroughputMeter:
             "timed_steps": self.timed_steps,
             "timed_seconds": self.timed_seconds,
             "sections": dict(self.sections),
+            "cpu_seconds": self.cpu_seconds,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restores :meth:`state_dict` (a checkpoint without ``cpu_seconds`` restores it as 0)."""
+        self.cpu_seconds = 0.0
         for k, v in state.items():
             setattr(self, k, dict(v) if isinstance(v, dict) else v)
+        self._cpu_mark, self._cpu_excluded = time.process_time(), 0.0

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import time
 from typing import Any
 
 import torch
@@ -65,12 +66,18 @@ class DevSelection:
         self.best_step = -1
         self.best_state: dict[str, torch.Tensor] | None = None
         self.history: list[list[float]] = []
+        self.seconds = 0.0  # wall and process CPU time of the dev evaluations
+        self.cpu_seconds = 0.0
 
     def evaluate(self, trainer: Any, writer: Any) -> None:
         """Evaluates the trainer's model at its current step and keeps its parameters if best."""
         dist, step = trainer.dist, trainer.step
         eng = trainer.eng
-        acc = dev_accuracy(eng.module, trainer.run, dist, eng.autocast())
+        t0, c0 = time.perf_counter(), time.process_time()
+        with trainer.meter.excluded():
+            acc = dev_accuracy(eng.module, trainer.run, dist, eng.autocast())
+        self.seconds += time.perf_counter() - t0
+        self.cpu_seconds += time.process_time() - c0
         self.history.append([step, acc])
         if acc > self.best_acc:
             state = gather_state(eng.module, eng.zero_stage, dist)
@@ -91,9 +98,17 @@ class DevSelection:
         )
 
     def state_dict(self) -> dict[str, Any]:
-        return {"best_acc": self.best_acc, "best_step": self.best_step, "dev_history": self.history}
+        return {
+            "best_acc": self.best_acc,
+            "best_step": self.best_step,
+            "dev_history": self.history,
+            "seconds": self.seconds,
+            "cpu_seconds": self.cpu_seconds,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.best_acc = float(state["best_acc"])
         self.best_step = int(state["best_step"])
         self.history = [list(x) for x in state["dev_history"]]
+        self.seconds = float(state.get("seconds", 0.0))  # checkpoints without the times restore 0
+        self.cpu_seconds = float(state.get("cpu_seconds", 0.0))
