@@ -34,7 +34,7 @@ def test_study_runs_the_check_first_then_whole_seeds_once(tiny_pawsx, tmp_path):
     data, model = tiny_pawsx
     results, scratch = tmp_path / "results", tmp_path / "scratch"
     labels = ("baseline", "rs-rp-0.25", "pgd-k1-1")
-    kw = dict(workers=1, device="cpu", threads=1, seeds=(1, 2), labels=labels, extra=_overrides(data, model))
+    kw = dict(workers=1, device="auto", threads=1, seeds=(1, 2), labels=labels, extra=_overrides(data, model))
     study(None, results, scratch, **kw)
     for p in PRECISIONS:
         for s in CHECK_SEEDS:
@@ -146,6 +146,20 @@ def test_cost_ratio_uses_only_seeds_timed_in_cpu_time_on_both_sides():
             dict(cfg, train_seconds=300.0, train_cpu_seconds=100.0)]  # fmt: skip
     assert cost_ratio(meth, base) == (pytest.approx(2.0), [1])
     assert cost_ratio(meth[:1], base[:1]) == (None, [])
+
+
+def test_cost_ratio_compares_runs_of_one_training_engine_only():
+    cfg = {
+        "config": {"optim": {"batch_size": 16}},
+        "steps": 100,
+        "dev_eval_seconds": 0.0,
+        "dev_eval_cpu_seconds": 0.0,
+    }
+    base = [dict(cfg, train_seconds=1.0, train_cpu_seconds=50.0, engine="fastrobust.train"),
+            dict(cfg, train_seconds=1.0, train_cpu_seconds=50.0)]  # fmt: skip
+    meth = [dict(cfg, train_seconds=1.0, train_cpu_seconds=100.0, engine="benchmarks.real.lite"),
+            dict(cfg, train_seconds=1.0, train_cpu_seconds=150.0, engine="benchmarks.real.lite")]  # fmt: skip
+    assert cost_ratio(meth, base) == (pytest.approx(3.0), [1])  # no engine named = the lite loop
 
 
 def test_named_blocks_are_replaced_independently(tmp_path):

@@ -1,5 +1,5 @@
 """The sweep's plumbing (plan order, claims, selection on English dev, packing) and the scale
-analysis, without training anything."""
+analysis; one tiny run through the runner."""
 
 from __future__ import annotations
 
@@ -95,3 +95,21 @@ def test_scale_analysis_units(tiny_pawsx, tmp_path):
     assert names[:2] == ["word lookup", "embedding output"] and len(names) == 2 + 2  # 2 layers
     assert all(r["translation_de"] > 0 and r["language_offset_de"] > 0 for r in a["layers"])
     assert torch.isfinite(torch.tensor([r["other_english_sentence"] for r in a["layers"]])).all()
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_a_run_trains_in_its_work_folder_and_lands_finished(tiny_pawsx, tmp_path):
+    from benchmarks.real.protocol import finished
+
+    data, model = tiny_pawsx
+    extra = ["task.name=pawsx", "task.source=local", f"task.path={data}", "task.languages=[en, de]",
+             f"model.name_or_path={model}", "model.max_length=32", "optim.batch_size=8",
+             "optim.max_steps=4", "eval.every_steps=2", "eval.batch_size=8"]  # fmt: skip
+    out = tmp_path / "sweep"
+    sweep.run_items(None, out, [("baseline", {"kind": "baseline"}, 7, 1e-3)], device="auto", deadline=None,
+                    extra=extra)  # fmt: skip
+    run = out / "seed-7" / "baseline"
+    assert finished(run) and not (out / "work" / "baseline@7").exists()
+    s = json.loads((run / "summary.json").read_text())
+    assert s["seed"] == 7 and s["config"]["optim"]["learning_rate"] == 1e-3 and s["wall_seconds"] > 0
+    assert sorted(p.name for p in run.iterdir()) == ["report", "summary.json"]

@@ -2,16 +2,19 @@
 dev and test evaluation, timed separately on the real encoder and task.
 
 ``python -m benchmarks.real.profile_step --config ~/.cache/fastrobust/real/real.yaml`` times, for
-each precision asked (default fp32 and bf16), with ``--threads`` torch threads:
+each precision asked (default fp32 and bf16), with ``--threads`` torch threads, the pieces that
+``fastrobust train`` runs (the task loader, ``encode_dataset``, the collator, the method's
+``training_step`` under the trainer's autocast and backward, AdamW on the trainer's parameter
+groups, ``predict_logits``):
 
-* tokenizing the English training set (the benchmark's ``Encoded``: one tokenizer call);
-* per training step: collation (padding a batch), ``method.training_step`` (forward+backward,
-  autocast as the trainer), the optimizer and scheduler step, split with ``time.perf_counter``;
-* one test set's evaluation (tokenize + forward of the 936 pairs of one G-XLT set), scaled to the
-  run's 25 sets, and one dev evaluation, scaled to the run's dev evaluations.
+* tokenizing the English training set (one ``encode_dataset`` call);
+* per training step: collation (padding a batch), forward+backward, the optimizer and scheduler
+  step, split with ``time.perf_counter``;
+* one G-XLT test set's evaluation (tokenize + forward), scaled to the run's
+  ``len(languages)**2`` sets, and one English dev evaluation, scaled to the run's dev evaluations;
 
 and prints the estimated seconds of one run per part. Medians over ``--steps`` steps after one
-warm-up step. It measures what ``benchmarks.real.lite.run_one`` does, with the same pieces.
+warm-up step.
 """
 
 from __future__ import annotations
@@ -34,42 +37,41 @@ def _time(fn) -> tuple[float, object]:
 
 
 def profile(config: Path, precision: str, steps: int, method: dict) -> dict[str, float]:
-    # torch, transformers (and lite, methods, the engine, which import torch) load only to
-    # profile, so that --help answers at once.
+    # torch, transformers and datasets (through the product's modules) load only to profile, so
+    # that --help answers at once.
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, get_scheduler
 
-    from benchmarks.real.lite import LABEL_NAMES, Encoded, autocast, predict_logits, read_split
+    from fastrobust.data import encode_dataset, load_task, make_collator
+    from fastrobust.evaluate.predict import predict_logits
     from fastrobust.methods import build_method
-    from fastrobust.train.engine import param_groups
+    from fastrobust.train.engine import autocast_context, param_groups, torch_backward
 
     cfg = load_config(config, [f"model.precision={precision}"])
-    o, task = cfg.optim, Path(cfg.task.path)
+    o, max_length = cfg.optim, cfg.model.max_length
+    task = load_task(cfg.task)
     tok = AutoTokenizer.from_pretrained(cfg.model.name_or_path)
-    train = read_split(task / "train-en.tsv")
-    t_tok, data = _time(lambda: Encoded(tok, *train, cfg.model.max_length))
+    t_tok, data = _time(lambda: encode_dataset(task.train, tok, max_length))
+    collate = make_collator(tok)
     torch.manual_seed(0)
     model = AutoModelForSequenceClassification.from_pretrained(
-        cfg.model.name_or_path, num_labels=len(LABEL_NAMES)
+        cfg.model.name_or_path, num_labels=task.num_labels
     )
     model.train()
-    m = build_method(method)
+    m = build_method(method, task_synonyms=task.synonyms)
     m.setup(model)
     opt = torch.optim.AdamW(param_groups(model, o.weight_decay), lr=o.learning_rate, eps=o.adam_epsilon)
     sched = get_scheduler(o.scheduler, optimizer=opt, num_warmup_steps=10, num_training_steps=o.max_steps)
-
-    def backward(x):
-        with torch.autocast(device_type="cpu", enabled=False):
-            x.backward()
+    backward = torch_backward(1, None, "cpu")
 
     parts: dict[str, list[float]] = {"collate": [], "forward+backward": [], "optimizer": []}
     g = torch.Generator().manual_seed(0)
     for step in range(steps + 1):
-        idx = torch.randint(0, len(data.labels), (o.batch_size,), generator=g).tolist()
-        t_c, batch = _time(lambda idx=idx: data.batch(idx, "cpu"))
+        idx = torch.randint(0, len(data), (o.batch_size,), generator=g).tolist()
+        t_c, batch = _time(lambda idx=idx: collate([data[i] for i in idx]))
 
         def fwd_bwd(batch=batch):
-            with autocast(precision, "cpu"):
+            with autocast_context(precision, "cpu"):
                 return m.training_step(model, batch, backward)
 
         t_f, _ = _time(fwd_bwd)
@@ -84,24 +86,17 @@ def profile(config: Path, precision: str, steps: int, method: dict) -> dict[str,
         if step:  # the first step warms up allocations and kernels
             for k, v in zip(parts, (t_c, t_f, t_o)):
                 parts[k].append(v)
-    test = read_split(task / f"test-{cfg.task.languages[-1]}.tsv")
-    de = read_split(task / "test-de.tsv")
-    t_test, _ = _time(
-        lambda: predict_logits(
-            model,
-            Encoded(tok, test[0], de[1], test[2], cfg.model.max_length),
-            cfg.eval.batch_size,
-            "cpu",
-            precision,
-        )
-    )
-    dev = read_split(task / "dev-en.tsv")
-    t_dev, _ = _time(
-        lambda: predict_logits(
-            model, Encoded(tok, *dev, cfg.model.max_length), cfg.eval.batch_size, "cpu", precision
-        )
-    )
-    n_sets = len(cfg.task.languages) ** 2
+
+    def evaluate(dataset):
+        with autocast_context(precision, "cpu"):
+            return predict_logits(
+                model, tok, dataset, max_length=max_length, batch_size=cfg.eval.batch_size, device="cpu"
+            )
+
+    a, b = task.languages[-1], task.languages[1 % len(task.languages)]
+    n_sets = len(task.gxlt) or len(task.test)
+    t_test, _ = _time(lambda: evaluate(task.gxlt[(a, b)] if task.gxlt else task.test[a]))
+    t_dev, _ = _time(lambda: evaluate(task.dev[task.train_language]))
     n_dev = math.ceil(o.max_steps / cfg.eval.every_steps)
     run = {f"{k} (x{o.max_steps})": statistics.median(v) * o.max_steps for k, v in parts.items()}
     return {

@@ -47,6 +47,8 @@ from benchmarks.real.protocol import (
     finished,
     study_items,
 )
+from benchmarks.real.runner import publish
+from fastrobust.fileio import atomic_write_json
 
 
 def sections() -> dict[str, dict]:
@@ -108,24 +110,6 @@ def provenance(*, precision: str, device: str, threads: int, workers: int) -> di
 # running
 
 
-def _atomic_json(path: Path, obj: dict) -> None:
-    from fastrobust.fileio import atomic_write_text
-
-    atomic_write_text(path, json.dumps(obj, indent=1) + "\n")
-
-
-def publish(scratch_run: Path, dest: Path, extra: dict) -> None:
-    """Move a finished scratch run into the results folder; ``summary.json`` (with ``extra``) last."""
-    summary = json.loads((scratch_run / "summary.json").read_text(encoding="utf-8"))
-    summary.update(extra)
-    (dest / "report").mkdir(parents=True, exist_ok=True)
-    for name in ("report.json", "predictions.npz"):
-        tmp = dest / "report" / (name + ".tmp")
-        shutil.copyfile(scratch_run / "report" / name, tmp)
-        os.replace(tmp, dest / "report" / name)
-    _atomic_json(dest / "summary.json", summary)
-
-
 def _claim(path: Path) -> bool:
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -163,9 +147,9 @@ def release_stale_claims(scratch: Path, results: Path) -> int:
 
 def run_items(config: Path, results: Path, scratch: Path, items, *, device: str, threads: int, workers: int,
               worker: int = 0, extra=()) -> None:  # fmt: skip
-    """Claim and train the unfinished items in order (one process)."""
-    from benchmarks.real.lite import run_one
-    from fastrobust.config import load_config
+    """Claim and train the unfinished items in order (one process). A run killed part-way
+    continues from its newest checkpoint in ``scratch`` (:func:`benchmarks.real.runner.train_one`)."""
+    from benchmarks.real.runner import train_one
 
     table = sections()
     for item in items:
@@ -174,21 +158,15 @@ def run_items(config: Path, results: Path, scratch: Path, items, *, device: str,
         if finished(dest) or not _claim(scratch / "claims" / _claim_name(item)):
             continue
         work = scratch / rel
-        shutil.rmtree(work, ignore_errors=True)
-        section = table[label]
-        overrides = [
-            *extra,
-            f"seed={seed}",
-            f"model.precision={precision}",
-            f"methods=[{json.dumps(section)}]",
-        ]
+        method = f"methods=[{json.dumps(table[label])}]"
+        overrides = [*extra, f"seed={seed}", f"model.precision={precision}", method]
         t0 = time.time()
         try:
-            cfg = load_config(config, overrides)
-            prov = provenance(precision=precision, device=device, threads=threads, workers=workers)
-            s = run_one(cfg, cfg.methods[0].model_dump(mode="json"), work, device=device, log=lambda _m: None)
+            s = train_one(config, overrides, work, device=device)
+            prov = provenance(precision=precision, device=s["device"], threads=threads, workers=workers)
             prov["wall_seconds"] = time.time() - t0
-            publish(work / s["label"], dest, {"provenance": prov, "config": cfg.model_dump(mode="json")})
+            publish(work / label, dest, {"provenance": prov}, summary=s)
+            shutil.rmtree(work)  # its checkpoints (GBs for a real model) served their purpose
             print(
                 f"[worker {worker}] {rel}: dev {100 * s['best_dev_accuracy']:.2f} "
                 f"XLT {100 * s['averages']['xlt_avg']:.2f} "
@@ -293,7 +271,7 @@ def decide_precision(results: Path) -> str:
     if path.is_file():
         return json.loads(path.read_text())["precision"]
     decision = precision_decision(results)
-    _atomic_json(path, decision)
+    atomic_write_json(path, decision, indent=1)
     return decision["precision"]
 
 
@@ -335,7 +313,12 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--scratch", default="runs/real-study")
     r.add_argument("--workers", type=int, default=2)
     r.add_argument("--threads", type=int, default=1, help="torch threads per worker")
-    r.add_argument("--device", default="cpu")
+    r.add_argument(
+        "--device",
+        default="auto",
+        choices=("auto", "cpu", "cuda"),
+        help="fastrobust train takes CUDA when visible; cpu / cuda refuse the other",
+    )
     r.add_argument("--seeds", default=",".join(map(str, SEEDS)))
     r.add_argument("--set", action="append", default=[], help="config override for every run (key=value)")
     rep = sub.add_parser("report", help="the confirmatory tables, from the results folder alone")

@@ -84,17 +84,27 @@ def samples_per_second(summary: dict, measure: str | None = None) -> float:
     return summary["steps"] * batch / seconds
 
 
+LEGACY_ENGINE = "benchmarks.real.lite"
+
+
+def _engine(summary: dict) -> str:
+    return summary.get("engine", LEGACY_ENGINE)
+
+
 def cost_ratio(method: list[dict], baseline: list[dict]) -> tuple[float | None, list[int]]:
     """Mean over seeds of baseline samples/s / method samples/s in process CPU time, and the
     indices of the seeds it used.
 
     ``method`` / ``baseline``: the two configurations' summaries, seed by seed. Only seeds whose
     two runs both recorded CPU time count: wall time depends on what else the machine ran at the
-    time (runs of one seed may come from different days), so it is not compared. None when no
-    seed has both.
+    time (runs of one seed may come from different days), so it is not compared; nor are runs of
+    two training engines (their ``engine``: ``fastrobust.train``, or :data:`LEGACY_ENGINE`, the
+    one-process copy of its loop that trained the study's first runs and is assumed where a run
+    names none). None when no seed has both.
     """
-    used = [i for i, (m, b) in enumerate(zip(method, baseline, strict=True))
-            if "train_cpu_seconds" in m and "train_cpu_seconds" in b]  # fmt: skip
+    timed = [("train_cpu_seconds" in m and "train_cpu_seconds" in b and _engine(m) == _engine(b))
+             for m, b in zip(method, baseline, strict=True)]  # fmt: skip
+    used = [i for i, ok in enumerate(timed) if ok]
     if not used:
         return None, []
     ratios = [samples_per_second(baseline[i], "cpu") / samples_per_second(method[i], "cpu") for i in used]

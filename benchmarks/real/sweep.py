@@ -3,7 +3,7 @@
 ``python -m benchmarks.real.sweep run --config ~/.cache/fastrobust/real/real.yaml --out runs/real-sweep``
 trains every (label, seed) of :func:`plan` that has no finished run in ``OUT/seed-<s>/<label>/``
 yet (a finished run has ``summary.json`` and ``report/{report.json, predictions.npz}``), in the
-plan's order, with ``benchmarks.real.lite`` (the loop of ``fastrobust train``, see there), on
+plan's order, through ``fastrobust train`` (:func:`benchmarks.real.runner.train_one`), on
 ``--workers`` processes that claim runs through lock files (so several can share a GPU, and a
 killed sweep resumes where it stopped). On a 2-core CPU: ``--workers 1``, under ``nice -n 10``.
 
@@ -44,7 +44,6 @@ import yaml
 from benchmarks.real.convert import convert
 from benchmarks.real.protocol import finished
 from benchmarks.real.sweep_report import write_sweep_report
-from fastrobust.config import load_config
 from fastrobust.fileio import atomic_write_json
 
 LR_GRID = (2e-5, 5e-5, 1e-4)
@@ -156,11 +155,11 @@ def release_stale_claims(out: Path) -> int:
 def run_items(
     config: Path, out: Path, items, *, device: str, deadline: float | None, worker: int = 0, extra=()
 ) -> None:
-    """Claim and run items in order until none is left (or the deadline passed)."""
-    # torch (also through lite) loads only where runs train, not for plan, pack or report.
-    import torch
-
-    from benchmarks.real.lite import run_one
+    """Claim and run items in order until none is left (or the deadline passed). Each run trains
+    in ``OUT/work/<label>@<seed>/`` (resumed from its checkpoint if a sweep was killed) and is
+    published into ``OUT/seed-<seed>/<label>/`` when finished."""
+    # torch loads only where runs train (through the runner), not for plan, pack or report.
+    from benchmarks.real.runner import publish, train_one
 
     claims = out / "claims"
     for item in items:
@@ -179,10 +178,10 @@ def run_items(
             overrides.append(f"optim.learning_rate={lr}")
         t0 = time.time()
         try:
-            cfg = load_config(config, overrides)
-            s = run_one(
-                cfg, cfg.methods[0].model_dump(mode="json"), seed_dir, device=device, log=lambda _m: None
-            )
+            work = out / "work" / f"{label}@{seed}"
+            s = train_one(config, overrides, work, device=device)
+            publish(work / label, seed_dir / label, {"wall_seconds": time.time() - t0}, summary=s)
+            shutil.rmtree(work)  # its checkpoints (GBs for a real model) served their purpose
             print(
                 f"[worker {worker}] {label} seed {seed}: dev {100 * s['best_dev_accuracy']:.2f} "
                 f"XLT {100 * s['averages']['xlt_avg']:.2f} "
@@ -195,6 +194,8 @@ def run_items(
             print(f"[worker {worker}] {label} seed {seed} FAILED:\n{traceback.format_exc()}", flush=True)
         finally:
             if device.startswith("cuda"):
+                import torch
+
                 torch.cuda.empty_cache()
 
 
@@ -364,7 +365,7 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--out", required=True)
     r.add_argument("--workers", type=int, default=1)
     r.add_argument("--threads", type=int, default=1, help="torch threads per worker")
-    r.add_argument("--device", default="cpu")
+    r.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     r.add_argument("--budget", type=float, default=None, help="seconds after which no new run starts")
     r.add_argument("--seeds", default=",".join(map(str, SEEDS)))
     r.add_argument("--only", default=None, help="comma-separated labels")

@@ -361,7 +361,7 @@ class MethodTrainer:
     ) -> tuple[SectionTimer, Any, float]:
         """One optimizer step, timed (per section when ``logged``); returns (timer, grad norm, seconds)."""
         timer = SectionTimer(enabled=logged, device=self.device)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         if self.cfg.model.compile and not self.graphs:
             self.graphs.append(compiled_graphs())
         loss, grad_norm, bad = self._train_step(it, timer)
@@ -373,7 +373,7 @@ class MethodTrainer:
         if logged and self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         seconds = time.perf_counter() - t0
-        self.meter.add_step(seconds, self.cfg.optim.batch_size, 0)
+        self.meter.add_step(seconds, self.cfg.optim.batch_size, 0, time.process_time() - c0)
         return timer, grad_norm, seconds
 
     def _log_step(self, writer: Any, bar: Any, timer: SectionTimer, grad_norm: Any, seconds: float) -> None:

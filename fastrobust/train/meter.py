@@ -6,19 +6,15 @@ backward / perturbation split comes from :class:`fastrobust.timing.SectionTimer`
 logged steps only (it synchronises CUDA at section edges), and is reported as seconds per step
 averaged over those steps; ``other`` is the rest of the step (optimizer, clipping, data).
 
-``train_cpu_seconds`` is the process CPU time (every thread; ``time.process_time``) of training:
-a caller that times a step passes it to :meth:`ThroughputMeter.add_step`; otherwise the meter
-counts the CPU time from its start (or restore) up to the last step, without the work done inside
-:meth:`ThroughputMeter.excluded` (dev evaluation). Other jobs on the same cores do not inflate it.
+``train_cpu_seconds`` is the process CPU time (every thread; ``time.process_time``) of the same
+steps, measured over the same window as their wall time: other jobs on the same cores do not
+inflate it, so it is the cost measure to compare runs made at different times.
 """
 
 from __future__ import annotations
 
-import contextlib
 import resource
 import sys
-import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,29 +44,14 @@ class ThroughputMeter:
     timed_seconds: float = 0.0
     sections: dict[str, float] = field(default_factory=lambda: {k: 0.0 for k in SECTIONS})
     cpu_seconds: float = 0.0
-    # process CPU clock at the last step (or start / restore), and CPU time excluded since then
-    _cpu_mark: float = field(default_factory=time.process_time, repr=False, compare=False)
-    _cpu_excluded: float = field(default=0.0, repr=False, compare=False)
 
-    def add_step(self, seconds: float, samples: int, tokens: int, cpu_seconds: float | None = None) -> None:
-        now = time.process_time()
-        if cpu_seconds is None:
-            cpu_seconds = max(0.0, now - self._cpu_mark - self._cpu_excluded)
+    def add_step(self, seconds: float, samples: int, tokens: int, cpu_seconds: float) -> None:
+        """One step: its wall ``seconds`` and process ``cpu_seconds`` over the same window."""
         self.cpu_seconds += cpu_seconds
-        self._cpu_mark, self._cpu_excluded = now, 0.0
         self.step_seconds += seconds
         self.steps += 1
         self.samples += samples
         self.tokens += tokens
-
-    @contextlib.contextmanager
-    def excluded(self) -> Iterator[None]:
-        """Work inside (dev evaluation) does not count as training CPU time."""
-        start = time.process_time()
-        try:
-            yield
-        finally:
-            self._cpu_excluded += time.process_time() - start
 
     def add_timed(self, seconds: float, totals: dict[str, float]) -> None:
         self.timed_steps += 1
@@ -115,4 +96,3 @@ class ThroughputMeter:
         self.cpu_seconds = 0.0
         for k, v in state.items():
             setattr(self, k, dict(v) if isinstance(v, dict) else v)
-        self._cpu_mark, self._cpu_excluded = time.process_time(), 0.0

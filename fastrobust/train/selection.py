@@ -74,8 +74,7 @@ class DevSelection:
         dist, step = trainer.dist, trainer.step
         eng = trainer.eng
         t0, c0 = time.perf_counter(), time.process_time()
-        with trainer.meter.excluded():
-            acc = dev_accuracy(eng.module, trainer.run, dist, eng.autocast())
+        acc = dev_accuracy(eng.module, trainer.run, dist, eng.autocast())
         self.seconds += time.perf_counter() - t0
         self.cpu_seconds += time.process_time() - c0
         self.history.append([step, acc])
