@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,14 +21,37 @@ import torch
 
 import fastrobust
 from fastrobust.errors import OutputError
-from fastrobust.evaluate import write_report
-from fastrobust.evaluate.predictions import FILE_NAME
+from fastrobust.evaluate import RunResult, write_report
+from fastrobust.evaluate.predictions import FILE_NAME, TaskPredictions
+from fastrobust.evaluate.report import EvalReport
 from fastrobust.fileio import atomic_dir, atomic_write_json, describe_os_error, json_text
 from fastrobust.train import checkpoint as ckpt
 from fastrobust.train.compiled import compiled_graphs, eager
 from fastrobust.train.lora import is_peft_model, lora_summary, rebuild
 from fastrobust.train.meter import peak_memory_mb
 from fastrobust.train.model_card import command_line, render_model_card, resolved_scales, write_model_card
+
+
+@dataclass
+class FinishedRun:
+    """One finished run as the trainer returns it (rank 0): ``summary`` is what its
+    ``summary.json`` holds (plus ``"skipped": True`` when ``--resume`` read it back instead of
+    training it); ``report`` and ``predictions`` (every test example's class probabilities) are
+    what the comparison's statistics use."""
+
+    summary: dict[str, Any]
+    report: EvalReport
+    predictions: TaskPredictions | None = None
+
+    @property
+    def label(self) -> str:
+        return str(self.summary["label"])
+
+    def result(self) -> RunResult:
+        s = self.summary
+        run = RunResult(s["label"], s["seed"], self.report, self.predictions, kind=s["kind"])
+        run.fingerprint = s.get("fingerprint")
+        return run
 
 
 def eval_model(t: Any) -> torch.nn.Module:
@@ -116,20 +140,18 @@ def model_card(t: Any, report: Any) -> str:
     )
 
 
-def finish(t: Any, wall_seconds: float, eval_seconds: float) -> dict[str, Any]:
-    """Final evaluation and files of trainer ``t``; its summary on rank 0 (``{}`` elsewhere).
+def finish(t: Any, wall_seconds: float, eval_seconds: float) -> FinishedRun | None:
+    """Final evaluation and files of trainer ``t``; the finished run on rank 0 (None elsewhere).
 
     Written in the order of their value: ``report/``, ``model/``, then ``summary.json`` (whose
     ``"status": "complete"`` marks the method finished). If a write fails (disk full, permissions),
     the summary and the report are rescued as JSON to the first place they fit (the method folder,
     ``output.dir``, the working directory, the temporary folder) and OutputError names the path.
-    The summary also carries the evaluation report and the per-example predictions under
-    ``"_report"`` / ``"_predictions"`` (not written to ``summary.json``), for the comparison.
     """
     from fastrobust.evaluate.predict import predict_task_with_progress  # datasets: not with this module
 
     cfg, dist, run, eng = t.cfg, t.dist, t.run, t.eng
-    summary: dict[str, Any] = {}
+    finished: FinishedRun | None = None
     problem = ""
     if dist.is_main:
         model = eval_model(t)
@@ -181,12 +203,12 @@ def finish(t: Any, wall_seconds: float, eval_seconds: float) -> dict[str, Any]:
             if where is None:
                 print(json_text(payload), flush=True)
             problem = f"method {t.label}: {describe_os_error(exc)}; {kept}"
-        summary["_report"], summary["_predictions"] = report, predictions
+        finished = FinishedRun(summary, report, predictions)
     failed = dist.broadcast_float(1.0 if problem else 0.0)
     dist.barrier()
     if failed:
         raise OutputError(problem or f"method {t.label}: rank 0 could not write the results")
-    return summary
+    return finished
 
 
 def build_summary(

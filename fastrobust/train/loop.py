@@ -30,7 +30,7 @@ from fastrobust.train.batches import GlobalBatchSampler, micro_seed
 from fastrobust.train.compiled import compiled_graphs
 from fastrobust.train.console import log_step_scalars
 from fastrobust.train.engine import TrainEngine, backward_calls
-from fastrobust.train.final import finish
+from fastrobust.train.final import FinishedRun, finish
 from fastrobust.train.guard import DivergenceGuard
 from fastrobust.train.lora import apply_lora, new_modules
 from fastrobust.train.meter import ThroughputMeter, peak_memory_mb
@@ -80,9 +80,9 @@ class MethodTrainer:
         # model.compile: graphs compiled in this process before training / after its first step
         self.graphs: list[int] = []
 
-    def finished_run(self) -> dict[str, Any] | None:
-        """Rank 0: the summary of the run already finished on disk for this run (its report and
-        predictions under ``"_report"`` / ``"_predictions"``), or None. ``--resume`` skips such runs
+    def finished_run(self) -> FinishedRun | None:
+        """Rank 0: the run already finished on disk for this run (summary, report, predictions),
+        or None. ``--resume`` skips such runs
         instead of training them again; a run that finished with another config (fingerprint) is
         a ConfigError, not retrained over (summaries written before fingerprints count as this run).
         """
@@ -103,8 +103,7 @@ class MethodTrainer:
         done = read_run(self.dir)
         if done is None:
             return None
-        summary["_report"], summary["_predictions"] = done.report, done.predictions
-        return summary
+        return FinishedRun(summary, done.report, done.predictions)
 
     # ---- building -------------------------------------------------------------------------
 
@@ -279,9 +278,9 @@ class MethodTrainer:
 
         return SummaryWriter(log_dir=str(self.dir / "tb"))
 
-    def train(self) -> dict[str, Any]:
+    def train(self) -> FinishedRun | None:
         """Builds (or resumes), runs every optimizer step, then evaluates and saves the run; returns
-        its summary (:func:`fastrobust.train.final.finish`)."""
+        it on rank 0, None elsewhere (:func:`fastrobust.train.final.finish`)."""
         t_start = time.perf_counter()
         self._start()
         # DeepSpeed applies a step inside backward: a non-finite one cannot be skipped, so stop at once.
@@ -398,7 +397,7 @@ class MethodTrainer:
                 peak_mb=peak_memory_mb(self.device),
             )
 
-    def _finish(self, writer: Any, t_start: float, eval_seconds: float) -> dict[str, Any]:
+    def _finish(self, writer: Any, t_start: float, eval_seconds: float) -> FinishedRun | None:
         """Test evaluation and saving (:func:`fastrobust.train.final.finish`), then the final
         checkpoint of the last parameters when ``output.checkpoint_every`` is set."""
         final_checkpoint = bool(self.cfg.output.checkpoint_every) and not (
@@ -408,7 +407,7 @@ class MethodTrainer:
         if final_checkpoint and self.eng.engine is None and self.dist.is_main:
             # finish() loads the best parameters into the model; the checkpoint keeps the last ones
             last_state = cpu_state(self.eng.module)
-        summary = finish(self, time.perf_counter() - t_start, eval_seconds)
+        finished = finish(self, time.perf_counter() - t_start, eval_seconds)
         if writer is not None:
             writer.close()
         if final_checkpoint:
@@ -417,7 +416,7 @@ class MethodTrainer:
             if last_state is not None:
                 self.eng.module.load_state_dict(last_state)
             save_checkpoint(self)
-        return summary
+        return finished
 
     def close(self) -> None:
         if self.eng is not None:
@@ -429,9 +428,9 @@ class MethodTrainer:
             torch.cuda.empty_cache()
 
 
-def skip_finished(trainer: MethodTrainer) -> dict[str, Any] | None:
-    """Under --resume: the summary of a run that already finished with this config (read back from
-    its folder; rank 0's decision, shared with every rank), or None to train it."""
+def skip_finished(trainer: MethodTrainer) -> tuple[bool, FinishedRun | None]:
+    """Under --resume: whether this run already finished with this config (rank 0's decision,
+    shared with every rank), and on rank 0 the finished run read back from its folder."""
     dist = trainer.dist
     done, refused = None, None
     if dist.is_main:
@@ -443,8 +442,8 @@ def skip_finished(trainer: MethodTrainer) -> dict[str, Any] | None:
     if code > 1.5:
         raise refused or ConfigError(f"--resume: {trainer.dir} holds a run finished with another config")
     if code < 0.5:
-        return None
+        return False, None
     log(dist, f"[{trainer.label}] seed {trainer.seed}: finished run in {trainer.dir}, skipped (--resume)")
-    if not dist.is_main:
-        return {}
-    return {**done, "skipped": True}
+    if done is not None:
+        done.summary["skipped"] = True
+    return True, done

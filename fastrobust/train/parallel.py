@@ -18,10 +18,14 @@ from __future__ import annotations
 
 import multiprocessing
 import time
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from fastrobust.config import Config, config_from_dict, method_label
 from fastrobust.errors import DivergenceError
+
+if TYPE_CHECKING:  # the module stays free of torch (which final imports) until runs are trained
+    from fastrobust.train.final import FinishedRun
 
 _WORKER: dict[str, Any] = {}
 
@@ -70,29 +74,37 @@ def _init_worker(cfg_json: dict, resume: bool, overwrite: bool, threads: int) ->
     _WORKER["run"] = run
 
 
-def _run_job(index: int, seed: int | None) -> dict[str, Any]:
-    """One run's summary, or ``{"_diverged": message}`` (the other runs go on, as in the sequential loop)."""
+@dataclass
+class JobOutcome:
+    """What a worker sends back for one run: the finished run, or the message of its divergence
+    (the other runs go on, as in the sequential loop); and the seconds it took."""
+
+    run: FinishedRun | None
+    diverged: str | None
+    seconds: float
+
+
+def _run_job(index: int, seed: int | None) -> JobOutcome:
     from fastrobust.train.loop import MethodTrainer, skip_finished  # torch: loaded in the worker
 
     run = _WORKER["run"]
     trainer = MethodTrainer(run, run.cfg.methods[index], seed=seed)
     try:
         t0 = time.perf_counter()
-        summary = skip_finished(trainer) if run.resume else None
-        if summary is None:
+        skip, done = skip_finished(trainer) if run.resume else (False, None)
+        if not skip:
             try:
-                summary = trainer.train()
+                done = trainer.train()
             except DivergenceError as exc:
-                return {"_diverged": str(exc)}
-        summary["_job_seconds"] = time.perf_counter() - t0
-        return summary
+                return JobOutcome(None, str(exc), time.perf_counter() - t0)
+        return JobOutcome(done, None, time.perf_counter() - t0)
     finally:
         trainer.close()
 
 
-def train_parallel(run: Any, sections: list[Any], workers: int) -> tuple[list[dict[str, Any]], list[str]]:
-    """Every (seed, section) run of ``run.cfg`` on ``workers`` processes: the summaries in seed-major
-    order (as the sequential loop returns them) and the messages of the runs that diverged."""
+def train_parallel(run: Any, sections: list[Any], workers: int) -> tuple[list[FinishedRun], list[str]]:
+    """Every (seed, section) run of ``run.cfg`` on ``workers`` processes: the finished runs in
+    seed-major order (as the sequential loop returns them) and the messages of the runs that diverged."""
     import torch  # this module stays free of torch until runs are trained
 
     cfg = run.cfg
@@ -106,7 +118,7 @@ def train_parallel(run: Any, sections: list[Any], workers: int) -> tuple[list[di
         flush=True,
     )
     ctx = multiprocessing.get_context("spawn")
-    results: dict[int, dict[str, Any]] = {}
+    results: dict[int, FinishedRun] = {}
     diverged: list[str] = []
     cfg_json = cfg.model_dump(mode="json")
     with ctx.Pool(
@@ -119,16 +131,16 @@ def train_parallel(run: Any, sections: list[Any], workers: int) -> tuple[list[di
             while pending:
                 done = [j for j, res in pending.items() if res.ready()]
                 for j in done:
-                    summary = pending.pop(j).get()  # re-raises a worker's exception here
+                    outcome = pending.pop(j).get()  # re-raises a worker's exception here
                     label = method_label(jobs[j][2])
-                    if "_diverged" in summary:
-                        print(f"[{label}] error: {summary['_diverged']}", flush=True)
-                        diverged.append(summary["_diverged"])
+                    if outcome.run is None:
+                        print(f"[{label}] error: {outcome.diverged}", flush=True)
+                        diverged.append(str(outcome.diverged))
                         continue
-                    results[j] = summary
-                    seed = summary.get("seed")
+                    results[j] = outcome.run
+                    summary, took = outcome.run.summary, outcome.seconds
                     print(
-                        f"[parallel] {label} seed {seed}: finished in {summary['_job_seconds']:.0f} s, "
+                        f"[parallel] {label} seed {summary.get('seed')}: finished in {took:.0f} s, "
                         f"best English dev {100 * summary['best_dev_accuracy']:.1f}% "
                         f"({len(results)}/{len(jobs)})",
                         flush=True,

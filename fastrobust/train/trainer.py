@@ -38,12 +38,13 @@ from typing import Any
 
 from fastrobust.config import Config, method_label
 from fastrobust.errors import ConfigError, DivergenceError, FastrobustError
-from fastrobust.evaluate import RunResult, compare, write_comparison
+from fastrobust.evaluate import compare, write_comparison
 from fastrobust.evaluate.runs import load_runs, seed_dir_name
 from fastrobust.fileio import atomic_write_json
 from fastrobust.progress import library_bars_off
 from fastrobust.train.console import banner, console_summary
 from fastrobust.train.distributed import init_distributed
+from fastrobust.train.final import FinishedRun
 from fastrobust.train.loop import MODEL_INPUTS, MethodTrainer, skip_finished
 from fastrobust.train.parallel import parallel_workers, train_parallel
 from fastrobust.train.preflight import check_output_dir
@@ -159,17 +160,19 @@ def _train(
     workers, note = parallel_workers(cfg, dist)
     if note:
         log(dist, note)
-    summaries: list[dict[str, Any]] = []  # this call's runs, in training order (rank 0)
+    finished: list[FinishedRun] = []  # this call's runs, in training order (rank 0)
     diverged: list[str] = []
     if workers > 1:
-        summaries, diverged = train_parallel(run, sections, workers)
+        finished, diverged = train_parallel(run, sections, workers)
     else:
         for seed in cfg.run_seeds:
             for mcfg in sections:
                 trainer = MethodTrainer(run, mcfg, seed=seed if cfg.seeds is not None else None)
                 try:
-                    summary = skip_finished(trainer) if resume else None
-                    summaries.append(summary if summary is not None else trainer.train())
+                    skip, done = skip_finished(trainer) if resume else (False, None)
+                    done = done if skip else trainer.train()
+                    if done is not None:
+                        finished.append(done)
                 except DivergenceError as exc:
                     # the other runs may well train: report this one at the end, keep going
                     log(dist, f"[{trainer.label}] error: {exc}")
@@ -178,11 +181,11 @@ def _train(
                     trainer.close()
     result: dict[str, Any] = {"output_dir": str(out_dir), "methods": {}, "reports": {}, "runs": []}
     result.update(comparison="", statistics=None)
-    if dist.is_main and summaries:
-        result.update(_compare_and_report(cfg, summaries, out_dir))
+    if dist.is_main and finished:
+        result.update(_compare_and_report(cfg, finished, out_dir))
     dist.barrier()
     if diverged:
-        done = sorted({s["label"] for s in summaries if s})
+        done = sorted({r.label for r in finished})
         kept = f"; the results of {', '.join(done)} were written" if done else ""
         raise DivergenceError(" | ".join(diverged) + kept)
     return result
@@ -197,21 +200,12 @@ def run_folders(cfg: Config, sections: Sequence[Any]) -> list[str]:
     return [f"{label}/{seed_dir_name(seed)}" for label in labels for seed in cfg.run_seeds]
 
 
-def _compare_and_report(cfg: Config, summaries: list[dict[str, Any]], out_dir: Path) -> dict[str, Any]:
+def _compare_and_report(cfg: Config, finished: list[FinishedRun], out_dir: Path) -> dict[str, Any]:
     """Rank 0: the comparison over this call's runs merged with the finished runs already in
     ``out_dir``, its files, the console summary, and the top-level summary.json."""
     multi = cfg.seeds is not None
-    runs = [
-        RunResult(
-            s["label"],
-            s["seed"],
-            s["_report"],
-            s.get("_predictions"),
-            kind=s["kind"],
-            fingerprint=s.get("fingerprint"),
-        )
-        for s in summaries
-    ]
+    summaries = [r.summary for r in finished]
+    runs = [r.result() for r in finished]
     mine = {(r.label, r.seed) for r in runs}
     prints = {s["label"]: _without_seed(s.get("fingerprint")) for s in summaries}
     try:
@@ -236,18 +230,16 @@ def _compare_and_report(cfg: Config, summaries: list[dict[str, Any]], out_dir: P
     markdown = write_comparison(comparison, out_dir)
     print("\n" + console_summary(summaries, comparison, out_dir, cfg), flush=True)
 
-    def public(s: dict[str, Any]) -> dict[str, Any]:
-        return {k: v for k, v in s.items() if not k.startswith("_")}
-
     methods: dict[str, Any] = {}
     reports: dict[str, Any] = {}
-    for s in summaries:
+    for r in finished:
+        s = r.summary
         if multi:
-            methods.setdefault(s["label"], {})[s["seed"]] = public(s)
-            reports.setdefault(s["label"], {})[s["seed"]] = s["_report"]
+            methods.setdefault(s["label"], {})[s["seed"]] = s
+            reports.setdefault(s["label"], {})[s["seed"]] = r.report
         else:
-            methods[s["label"]], reports[s["label"]] = public(s), s["_report"]
-    brief = [{k: v for k, v in public(s).items() if k not in ("losses", "dev_history")} for s in summaries]
+            methods[s["label"]], reports[s["label"]] = s, r.report
+    brief = [{k: v for k, v in s.items() if k not in ("losses", "dev_history")} for s in summaries]
     atomic_write_json(
         out_dir / "summary.json",
         {
