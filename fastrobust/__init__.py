@@ -20,7 +20,7 @@ _LAZY = {
     "noisy_copies": "fastrobust.ops",
     "pgd_init": "fastrobust.ops",
     "pgd_step": "fastrobust.ops",
-    "train": "fastrobust.train",
+    "train": "fastrobust.training",
     "load_config": "fastrobust.config",
     "FastrobustError": "fastrobust.errors",
 }

@@ -19,7 +19,7 @@ from fastrobust.errors import FastrobustError
 from fastrobust.fileio import describe_os_error
 
 SUBCOMMANDS = {
-    "train": ("fastrobust.train.cli", "fine-tune (baseline, AT, FreeLB, RS-RP, RS-DA) and evaluate"),
+    "train": ("fastrobust.training.cli", "fine-tune (baseline, AT, FreeLB, RS-RP, RS-DA) and evaluate"),
     "evaluate": ("fastrobust.evaluate.cli", "XLT and G-XLT report of a trained model directory"),
     "compare": (
         "fastrobust.evaluate.compare_cli",

@@ -71,11 +71,12 @@ def test_exit_code_in_a_real_process(tmp_path: Path) -> None:
     assert len(lines) == 1 and "optim.epochs" in lines[0] and str(bad) in lines[0]
 
 
-def test_fastrobust_train_is_callable_after_a_submodule_import() -> None:
+def test_fastrobust_train_is_the_function_after_a_submodule_import() -> None:
     import fastrobust
-    import fastrobust.train.run  # noqa: F401  (binds the package to fastrobust.train)
+    import fastrobust.training.run  # noqa: F401  (binds the package to fastrobust.training only)
     from fastrobust.errors import ConfigError
+    from fastrobust.training import train
 
-    assert callable(fastrobust.train)
+    assert fastrobust.train is train
     with pytest.raises(ConfigError, match="optim.batch_size"):
         fastrobust.train(None, ["optim.batch_size=-1"])

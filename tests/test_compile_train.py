@@ -65,7 +65,7 @@ def _overrides(data: Path, model: Path, out: Path, *extra: str, methods=METHODS)
 @pytest.fixture
 def lengths(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """The padded length L of every call of the compiled training forward."""
-    from fastrobust.train import compiled
+    from fastrobust.training import compiled
 
     seen: list[int] = []
     mark = compiled.mark_length_dynamic
@@ -79,7 +79,7 @@ def lengths(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 
 
 def test_every_method_compiles_once_for_every_padded_length(tiny_pawsx, tmp_path: Path, lengths) -> None:
-    from fastrobust.train import train
+    from fastrobust.training import train
 
     _register_counting_backend()
     torch._dynamo.reset()  # this test counts the graphs of its own runs
@@ -114,7 +114,7 @@ def test_compiled_forward_computes_the_eager_losses(tiny_pawsx, tmp_path: Path) 
     eager run's losses and dev history; LoRA compiles too."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from fastrobust.train import train
+    from fastrobust.training import train
 
     data, model_path = tiny_pawsx
     folder = tmp_path / "no-dropout"
@@ -151,7 +151,7 @@ def test_compile_settings_are_checked_and_do_not_block_a_resume(tiny_pawsx, tmp_
     from cli_run import run_cli
 
     from fastrobust.config import load_config
-    from fastrobust.train.run import fingerprint
+    from fastrobust.training.run import fingerprint
 
     data, model = tiny_pawsx
     sets = _overrides(
@@ -176,7 +176,7 @@ def test_compile_settings_are_checked_and_do_not_block_a_resume(tiny_pawsx, tmp_
 @pytest.mark.slow
 def test_inductor_compiles_lora_pgd_without_recompiles(tiny_pawsx, tmp_path: Path, lengths) -> None:
     """The default backend (inductor, C++ code generation on the CPU): LoRA + PGD."""
-    from fastrobust.train import train
+    from fastrobust.training import train
 
     data, model = tiny_pawsx
     sets = _overrides(

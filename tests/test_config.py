@@ -9,8 +9,8 @@ import pytest
 
 from fastrobust.config import Config, load_config, packaged_config_path
 from fastrobust.errors import ConfigError
-from fastrobust.train.ds_config import load_deepspeed_json, resolve_deepspeed_config, zero_stage
-from fastrobust.train.trainer import batch_layout, resolve_config
+from fastrobust.training.ds_config import load_deepspeed_json, resolve_deepspeed_config, zero_stage
+from fastrobust.training.trainer import batch_layout, resolve_config
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 RECIPES = sorted(CONFIGS.glob("*.yaml"))

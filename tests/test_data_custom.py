@@ -245,7 +245,7 @@ def test_train_on_custom_single_sentence_task(tmp_path: Path) -> None:
     from conftest import _build_tiny_bert, one_torch_thread
     from transformers import AutoConfig
 
-    from fastrobust.train import train
+    from fastrobust.training import train
 
     root = write_single_task(tmp_path / "sent")
     words = {
@@ -284,7 +284,7 @@ def test_train_on_custom_single_sentence_task(tmp_path: Path) -> None:
 
 
 def test_config_rejects_bad_custom_sections() -> None:
-    from fastrobust.train.run import resolve_config
+    from fastrobust.training.run import resolve_config
 
     with pytest.raises(ConfigError, match="text_columns"):
         resolve_config(None, ["task.name=custom", "model.name_or_path=x", "task.text_columns=[a, b, c]"])

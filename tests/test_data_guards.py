@@ -127,7 +127,7 @@ def test_huge_inputs_are_cut_before_tokenizing_without_changing_what_the_model_s
 
 @pytest.mark.usefixtures("one_thread")
 def test_training_reports_truncated_pairs(tiny_pawsx: tuple[Path, Path], tmp_path: Path, capsys) -> None:
-    from fastrobust.train import train
+    from fastrobust.training import train
 
     data, model = tiny_pawsx
     result = train(

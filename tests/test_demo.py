@@ -12,7 +12,7 @@ import torch
 @pytest.mark.slow
 def test_demo_runs_all_methods_and_writes_tables(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     from fastrobust.config import load_config, method_label
-    from fastrobust.train import train
+    from fastrobust.training import train
 
     small = [
         "task.synthetic.train_size=256",

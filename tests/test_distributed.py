@@ -3,7 +3,7 @@
 The single-process reference runs plain torch with micro-batch 4 and 2 accumulation steps; the
 2-rank runs use micro-batch 4 per rank, no accumulation — the same global batch of 8. Because the
 data order and every micro-batch's random seed depend on (step, global micro-batch index) only
-(fastrobust.train.batches), dropout, RS-RP noise and PGD/FreeLB random starts are identical, and
+(fastrobust.training.batches), dropout, RS-RP noise and PGD/FreeLB random starts are identical, and
 losses and final parameters agree up to floating-point summation order.
 """
 
@@ -19,7 +19,7 @@ import torch
 from cli_run import distributed_env
 from safetensors.torch import load_file
 
-from fastrobust.train.distributed import free_port
+from fastrobust.training.distributed import free_port
 
 METHODS = ["baseline", "rs-rp", "pgd", "freelb"]
 ROOT = Path(__file__).resolve().parents[1]

@@ -25,7 +25,7 @@ from fastrobust.integrations.hf import (
     resolve_method,
     training_arguments,
 )
-from fastrobust.train.distributed import free_port
+from fastrobust.training.distributed import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -35,7 +35,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _config(data: Path, model: Path, out: Path, method: str, *extra: str):
-    from fastrobust.train.run import resolve_config
+    from fastrobust.training.run import resolve_config
 
     return resolve_config(
         None,
@@ -111,7 +111,7 @@ METHODS = [
 
 @pytest.mark.parametrize("method", METHODS)
 def test_same_losses_as_fastrobust_train(tiny_pawsx, tmp_path: Path, method: str) -> None:
-    from fastrobust.train import train
+    from fastrobust.training import train
 
     data, model = tiny_pawsx
     cfg = _config(data, model, tmp_path / "ours", method)
@@ -129,7 +129,7 @@ def test_mixed_precision_same_losses_as_fastrobust_train(tiny_pawsx, tmp_path: P
 
     (On CPU accelerate keeps no fp16 grad scaler, fastrobust train does; with these small losses
     neither scales anything away. The CUDA scaler path is not exercised on a CPU machine.)"""
-    from fastrobust.train import train
+    from fastrobust.training import train
 
     data, model = tiny_pawsx
     method = "{kind: freelb, steps: 3, init_magnitude: 0.2}"
@@ -394,7 +394,7 @@ def test_torch_compile_same_losses_without_dropout(tiny_pawsx, tmp_path: Path) -
     Dropout off: compiled dropout draws from another random stream than eager dropout (so with
     dropout on, the two runs differ by that draw, ~4e-3 in loss here, not by the method).
     """
-    from fastrobust.train import train
+    from fastrobust.training import train
 
     data, model_path = tiny_pawsx
     folder = tmp_path / "model"

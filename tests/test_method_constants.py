@@ -8,7 +8,7 @@ from typing import get_args
 
 from fastrobust.config import methods as config_methods
 from fastrobust.methods import base
-from fastrobust.train import engine
+from fastrobust.training import engine
 from fastrobust.validation import DISTRIBUTIONS, NORMS
 
 

@@ -10,12 +10,12 @@ import pytest
 from conftest import one_torch_thread
 from safetensors.torch import load_file
 
-from fastrobust.train.model_card import command_line, parse_model_card
+from fastrobust.training.model_card import command_line, parse_model_card
 
 
 @pytest.fixture(scope="module")
 def run(tiny_pawsx, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from fastrobust.train import train
+    from fastrobust.training import train
 
     data, model = tiny_pawsx
     out = tmp_path_factory.mktemp("card") / "run"
@@ -128,7 +128,7 @@ def test_card_parsing_and_command_line() -> None:
 def test_relative_scales_at_an_encoder_layer_are_stated_as_the_per_batch_rule() -> None:
     from fastrobust.config import load_config
     from fastrobust.methods import build_method
-    from fastrobust.train.model_card import resolved_scales
+    from fastrobust.training.model_card import resolved_scales
 
     sections = (
         "methods=[{kind: pgd, layer: 2, epsilon: 0.25, step_size: 0.1},"

@@ -242,8 +242,8 @@ def test_fastrobust_train_with_lora_and_evaluate_the_adapter(tiny_pawsx, tmp_pat
     from safetensors.torch import load_file
 
     from fastrobust.cli import main
-    from fastrobust.train import train
-    from fastrobust.train.model_card import parse_model_card
+    from fastrobust.training import train
+    from fastrobust.training.model_card import parse_model_card
 
     data, model_path = tiny_pawsx
     out = tmp_path / "run"
@@ -296,7 +296,7 @@ def test_lora_config_errors_name_the_field(tiny_pawsx, tmp_path: Path) -> None:
     from cli_run import run_cli
 
     from fastrobust.integrations.hf import lora_model
-    from fastrobust.train import train
+    from fastrobust.training import train
 
     data, model_path = tiny_pawsx
     res = run_cli(

@@ -209,7 +209,7 @@ def test_config_and_build_method_routing():
 
 
 def test_placed_methods_train_in_the_trainer(tiny_pawsx, tmp_path):
-    from fastrobust.train import train
+    from fastrobust.training import train
 
     data, model = tiny_pawsx
     result = train(

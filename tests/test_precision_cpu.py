@@ -25,7 +25,7 @@ def _overrides(data, model, out, precision):
 def test_bf16_autocast_trains_and_evaluates_with_fp32_master_weights(tiny_pawsx, tmp_path, monkeypatch):
     from transformers.models.bert import modeling_bert
 
-    from fastrobust.train import train
+    from fastrobust.training import train
 
     seen: list[tuple[bool, torch.dtype]] = []  # (grad enabled, dtype of the classifier's input)
     orig = modeling_bert.BertForSequenceClassification.forward

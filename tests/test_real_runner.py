@@ -29,7 +29,7 @@ def _overrides(data, model, section, precision="fp32"):
 
 @pytest.mark.parametrize(("section", "precision"), [(PGD, "fp32"), ({"kind": "baseline"}, "bf16")])
 def test_a_run_is_the_trainers_run_with_its_times(section, precision, tiny_pawsx, tmp_path):
-    from fastrobust.train import train
+    from fastrobust.training import train
 
     data, model = tiny_pawsx
     overrides = _overrides(data, model, section, precision)

@@ -41,7 +41,7 @@ def overrides(model: Path, out: Path, *extra: str) -> list[str]:
 
 def test_seeds_train_every_method_per_seed_and_compare(fixture_model: Path, tmp_path: Path, capsys) -> None:
     from fastrobust.evaluate import TaskPredictions
-    from fastrobust.train import train
+    from fastrobust.training import train
 
     out = tmp_path / "multi"
     result = train(None, overrides(fixture_model, out, "seeds=[0, 1]"))
@@ -76,7 +76,7 @@ def test_seeds_train_every_method_per_seed_and_compare(fixture_model: Path, tmp_
 
 
 def test_resume_skips_finished_runs_and_continues_the_unfinished(fixture_model: Path, tmp_path: Path, capsys):
-    from fastrobust.train import train
+    from fastrobust.training import train
 
     out = tmp_path / "r"
     extra = ("seeds=[0, 1]", "output.checkpoint_every=1")
@@ -96,7 +96,7 @@ def test_resume_skips_finished_runs_and_continues_the_unfinished(fixture_model: 
 
 
 def test_methods_already_reported_in_the_folder_stay_in_the_comparison(fixture_model: Path, tmp_path: Path):
-    from fastrobust.train import train
+    from fastrobust.training import train
 
     out = tmp_path / "merge"
     train(None, overrides(fixture_model, out), methods=["baseline"])
@@ -142,7 +142,7 @@ def test_seeds_under_torchrun_match_single_process_and_resume(tiny_pawsx, tmp_pa
     import subprocess
     import sys
 
-    from fastrobust.train.distributed import free_port
+    from fastrobust.training.distributed import free_port
 
     data, model = tiny_pawsx
     root = Path(__file__).resolve().parents[1]
@@ -182,7 +182,7 @@ def test_parallel_runs_equal_the_sequential_ones(fixture_model: Path, tmp_path: 
     """--parallel 2: the same runs (same losses, same predictions) in the same folders, and one
     comparison over all of them."""
     from fastrobust.evaluate import TaskPredictions
-    from fastrobust.train import train
+    from fastrobust.training import train
 
     seq = train(None, overrides(fixture_model, tmp_path / "seq", "seeds=[0, 1]"))
     capsys.readouterr()
@@ -205,7 +205,7 @@ def test_parallel_falls_back_to_one_by_one_where_it_cannot_apply() -> None:
     from types import SimpleNamespace
 
     from fastrobust.config import load_config
-    from fastrobust.train.parallel import parallel_workers
+    from fastrobust.training.parallel import parallel_workers
 
     cpu = SimpleNamespace(world_size=1, device=torch.device("cpu"))
     assert parallel_workers(load_config(None, ["parallel=2"]), cpu) == (2, "")

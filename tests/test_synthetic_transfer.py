@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from fastrobust.train import train
+from fastrobust.training import train
 
 
 def _baseline_accuracies(tmp_path: Path, misalignment: float) -> dict[str, float]:

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from fastrobust.errors import ConfigError
-from fastrobust.train import checkpoint as ckpt
-from fastrobust.train.batches import GlobalBatchSampler, micro_seed
+from fastrobust.training import checkpoint as ckpt
+from fastrobust.training.batches import GlobalBatchSampler, micro_seed
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "pawsx"
 
@@ -49,7 +49,7 @@ def test_train_end_to_end_writes_model_report_summary(
 
     from fastrobust.data import load_task
     from fastrobust.evaluate import evaluate_dev
-    from fastrobust.train import train
+    from fastrobust.training import train
 
     out = tmp_path / "run"
     result = train(None, _fixture_overrides(fixture_model, out))
@@ -100,7 +100,7 @@ def test_train_end_to_end_writes_model_report_summary(
 
 
 def test_unknown_method_label_and_tiny_train_set(fixture_model: Path, tmp_path: Path) -> None:
-    from fastrobust.train import train
+    from fastrobust.training import train
 
     with pytest.raises(ConfigError, match="--method pgd: no such method section"):
         train(None, _fixture_overrides(fixture_model, tmp_path), methods=["pgd"])

@@ -42,7 +42,7 @@ def test_a_used_output_folder_is_refused_unless_resume_or_overwrite(
 ) -> None:
     from cli_run import run_cli
 
-    from fastrobust.train import train
+    from fastrobust.training import train
 
     data, model = tiny_pawsx
     out = tmp_path / "run"
@@ -80,7 +80,7 @@ def test_a_head_of_another_label_count_is_reinitialised_with_a_warning(
 ) -> None:
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from fastrobust.train import train
+    from fastrobust.training import train
 
     data, model = tiny_pawsx
     three = tmp_path / "nli_model"
@@ -100,8 +100,8 @@ def test_a_head_of_another_label_count_is_reinitialised_with_a_warning(
 
 def test_guard_counts_runs_of_bad_steps_whatever_the_check_cadence() -> None:
     from fastrobust.errors import DivergenceError
-    from fastrobust.train.distributed import DistContext
-    from fastrobust.train.guard import DivergenceGuard
+    from fastrobust.training.distributed import DistContext
+    from fastrobust.training.guard import DivergenceGuard
 
     dist = DistContext(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"), deepspeed=False)
     guard = DivergenceGuard(patience=2, device=torch.device("cpu"), label="m")
@@ -121,7 +121,7 @@ def test_a_non_finite_step_is_skipped(
 ) -> None:
     """Parameters and optimizer state stay as they were: unfused AdamW (the CPU's) by reading the
     flag, fused AdamW (CUDA's, forced here on the CPU) by found_inf on the device."""
-    from fastrobust.train import engine
+    from fastrobust.training import engine
 
     monkeypatch.setattr(engine, "use_fused", lambda device: fused)
     from types import SimpleNamespace
@@ -129,8 +129,8 @@ def test_a_non_finite_step_is_skipped(
     from transformers import AutoModelForSequenceClassification
 
     from fastrobust.config import load_config
-    from fastrobust.train.distributed import DistContext
-    from fastrobust.train.engine import TrainEngine
+    from fastrobust.training.distributed import DistContext
+    from fastrobust.training.engine import TrainEngine
 
     _, model_dir = tiny_pawsx
     model = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=2)
@@ -201,7 +201,7 @@ def test_a_signal_writes_a_checkpoint_and_exits_128_plus_signum(
 ) -> None:
     from cli_run import cli_env, entry_point
 
-    from fastrobust.train import checkpoint as ckpt
+    from fastrobust.training import checkpoint as ckpt
 
     data, model = tiny_pawsx
     out = tmp_path / "run"
@@ -267,7 +267,7 @@ def test_after_sigterm_a_plain_rerun_is_refused_and_resume_continues(
     one line (exit 2, nothing touched); with --resume it continues from that checkpoint's step."""
     from cli_run import run_cli
 
-    from fastrobust.train import checkpoint as ckpt
+    from fastrobust.training import checkpoint as ckpt
 
     data, model = tiny_pawsx
     out = tmp_path / "run"
@@ -299,7 +299,7 @@ def test_a_full_disk_costs_no_finished_result(
     import transformers.modeling_utils
 
     from fastrobust.errors import OutputError
-    from fastrobust.train import train
+    from fastrobust.training import train
 
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device", args[1] if len(args) > 1 else None)
@@ -325,7 +325,7 @@ def test_a_full_disk_costs_no_finished_result(
 def test_no_model_and_no_checkpoint_when_neither_is_asked_for(
     tiny_pawsx: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
-    from fastrobust.train import train
+    from fastrobust.training import train
 
     data, model = tiny_pawsx
     out = tmp_path / "run"
@@ -352,9 +352,9 @@ def test_a_step_with_the_guard_never_synchronises_the_host() -> None:
     or device-to-host copy would raise. A poisoned step is skipped on the device all the same."""
     from types import SimpleNamespace
 
-    from fastrobust.train.distributed import DistContext
-    from fastrobust.train.engine import TrainEngine
-    from fastrobust.train.guard import DivergenceGuard
+    from fastrobust.training.distributed import DistContext
+    from fastrobust.training.engine import TrainEngine
+    from fastrobust.training.guard import DivergenceGuard
 
     device = torch.device("cuda")
     torch.manual_seed(0)
@@ -398,8 +398,8 @@ def test_non_finite_weights_are_never_kept_as_the_best(monkeypatch: pytest.Monke
     from types import SimpleNamespace
 
     from fastrobust.errors import DivergenceError
-    from fastrobust.train import selection
-    from fastrobust.train.distributed import DistContext
+    from fastrobust.training import selection
+    from fastrobust.training.distributed import DistContext
 
     dist = DistContext(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"), deepspeed=False)
     weights = {"w": torch.ones(3)}
@@ -419,8 +419,8 @@ def test_non_finite_weights_are_never_kept_as_the_best(monkeypatch: pytest.Monke
 
 
 def test_checkpoints_follow_the_clock(tiny_pawsx: tuple[Path, Path], tmp_path: Path) -> None:
-    from fastrobust.train import checkpoint as ckpt
-    from fastrobust.train import train
+    from fastrobust.training import checkpoint as ckpt
+    from fastrobust.training import train
 
     data, model = tiny_pawsx
     out = tmp_path / "run"

@@ -45,7 +45,7 @@ def profile(config: Path, precision: str, steps: int, method: dict) -> dict[str,
     from fastrobust.data import encode_dataset, load_task, make_collator
     from fastrobust.evaluate.predict import predict_logits
     from fastrobust.methods import build_method
-    from fastrobust.train.engine import autocast_context, param_groups, torch_backward
+    from fastrobust.training.engine import autocast_context, param_groups, torch_backward
 
     cfg = load_config(config, [f"model.precision={precision}"])
     o, max_length = cfg.optim, cfg.model.max_length

@@ -1,6 +1,6 @@
 """One real-benchmark run (one method, one seed) through fastrobust's own training loop.
 
-:func:`train_one` calls :func:`fastrobust.train.train` on the benchmark's config with the run's
+:func:`train_one` calls :func:`fastrobust.training.train` on the benchmark's config with the run's
 overrides, in a private work folder, with ``--resume`` semantics: a run killed part-way continues
 from its newest checkpoint (``output.checkpoint_minutes`` of the config, 10 by default), and a
 finished one is read back instead of trained again. The trainer's console output (step lines,
@@ -58,7 +58,7 @@ def train_one(
     """Train, select on English dev and test one run of ``config`` (with ``overrides``, which must
     select exactly one method) in ``work``; returns its summary (module doc). ``device``: see
     :func:`check_device`."""
-    from fastrobust.train import train  # torch and transformers: only where a run trains
+    from fastrobust.training import train  # torch and transformers: only where a run trains
 
     check_device(device)
     work.mkdir(parents=True, exist_ok=True)

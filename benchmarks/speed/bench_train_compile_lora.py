@@ -6,9 +6,9 @@ on the randomly initialised XLM-R-style classifier of :mod:`_train_grid` (hidden
 batch 8 x 128, real lengths in [64, 128], fp32). Variants:
 
 * ``eager`` / ``compiled`` for baseline and PGD K=1 on the full model: the compiled forward is
-  :class:`fastrobust.train.compiled.CompiledModel` (inductor, sequence length marked dynamic),
+  :class:`fastrobust.training.compiled.CompiledModel` (inductor, sequence length marked dynamic),
   exactly what ``model.compile: true`` builds; the eager one is the module itself (same weights);
-* ``lora`` baseline and PGD K=1: the model wrapped by :func:`fastrobust.train.lora.apply_lora` with
+* ``lora`` baseline and PGD K=1: the model wrapped by :func:`fastrobust.training.lora.apply_lora` with
   ``model.lora``'s defaults (r 8 on query and value), AdamW over the adapter and head only.
 
 Timing: process CPU time (``time.process_time``) with one torch thread, so that other jobs on a
@@ -38,8 +38,8 @@ import _train_grid  # noqa: E402
 
 from fastrobust.config import AdversarialConfig, BaselineConfig, LoraSection  # noqa: E402
 from fastrobust.methods import build_method  # noqa: E402
-from fastrobust.train.compiled import compile_model, compiled_graphs  # noqa: E402
-from fastrobust.train.lora import apply_lora  # noqa: E402
+from fastrobust.training.compiled import compile_model, compiled_graphs  # noqa: E402
+from fastrobust.training.lora import apply_lora  # noqa: E402
 
 METHODS = {"baseline": BaselineConfig(), "pgd-k1": AdversarialConfig(kind="pgd", steps=1, init_magnitude=0.1)}
 

@@ -46,7 +46,7 @@ def one_run(
     the run's predictions.npz to ``keep`` when given)."""
     import torch  # torch and the trainer load only to train: --summary needs neither
 
-    from fastrobust.train import train
+    from fastrobust.training import train
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     with tempfile.TemporaryDirectory(prefix="spread-") as tmp:

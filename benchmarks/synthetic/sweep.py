@@ -83,7 +83,7 @@ def train_runs(config: str | None, overrides: list[str], folder: Path, kind: str
     """``fastrobust train --seeds`` of ``sections`` into ``folder`` (finished runs are skipped)."""
     import torch  # torch and the trainer load only to train: the report stage needs neither
 
-    from fastrobust.train import train
+    from fastrobust.training import train
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     labelled = [{**s, "label": section_label(s)} for s in sections]

@@ -4,5 +4,5 @@
   ``EmbeddingNoiseCallback`` (RS-RP as a callback for any ``Trainer``).
 
 They call the same per-step method code as ``fastrobust train`` (``fastrobust.methods`` through
-:func:`fastrobust.train.engine.method_step`), never a copy of it.
+:func:`fastrobust.training.engine.method_step`), never a copy of it.
 """

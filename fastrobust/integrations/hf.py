@@ -1,7 +1,7 @@
 """Robust training inside ``transformers.Trainer``: ``RobustTrainer`` and ``EmbeddingNoiseCallback``.
 
 ``RobustTrainer`` is a ``Trainer`` whose ``training_step`` hands each micro-batch to a fastrobust
-method (baseline, PGD, FreeLB, RS-RP, RS-DA) through :func:`fastrobust.train.engine.method_step`
+method (baseline, PGD, FreeLB, RS-RP, RS-DA) through :func:`fastrobust.training.engine.method_step`
 — the same per-step code ``fastrobust train`` runs — with a backward that goes through
 ``accelerator.backward``, so Trainer's gradient accumulation, fp16 grad scaler, bf16, DDP,
 DeepSpeed ZeRO-2/3, ``torch_compile``, evaluation and checkpoints work as usual::
@@ -64,11 +64,11 @@ from fastrobust.integrations.hf_data import (
 )
 from fastrobust.methods import RobustMethod, add_embedding_noise, build_method
 from fastrobust.timing import NULL_TIMER
-from fastrobust.train.batches import micro_seed
-from fastrobust.train.engine import Backward, backward_calls, method_step
-from fastrobust.train.lora import apply_lora, new_modules, require_peft
-from fastrobust.train.model_card import resolved_scales
-from fastrobust.train.run import batch_layout, resolve_config
+from fastrobust.training.batches import micro_seed
+from fastrobust.training.engine import Backward, backward_calls, method_step
+from fastrobust.training.lora import apply_lora, new_modules, require_peft
+from fastrobust.training.model_card import resolved_scales
+from fastrobust.training.run import batch_layout, resolve_config
 
 __all__ = [
     "EmbeddingNoiseCallback",

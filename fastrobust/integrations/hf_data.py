@@ -108,7 +108,7 @@ class EpochPermutationSampler(Sampler[int]):
 
     Trainer's data loader cuts it into per-process micro-batches and (accelerate's
     ``BatchSamplerShard``) gives micro-batch ``j`` to rank ``j % W`` — the layout of
-    :class:`fastrobust.train.batches.GlobalBatchSampler`.
+    :class:`fastrobust.training.batches.GlobalBatchSampler`.
     """
 
     def __init__(self, num_examples: int, global_batch: int, seed: int) -> None:

@@ -16,9 +16,9 @@ import torch
 
 from fastrobust.config import Config, apply_override, config_from_dict, load_config
 from fastrobust.errors import ConfigError
-from fastrobust.train import preflight
-from fastrobust.train.distributed import DistContext
-from fastrobust.train.ds_config import load_deepspeed_json
+from fastrobust.training import preflight
+from fastrobust.training.distributed import DistContext
+from fastrobust.training.ds_config import load_deepspeed_json
 
 # --------------------------------------------------------------------------------------------
 # config resolution

@@ -17,7 +17,7 @@ from safetensors.torch import load_file, load_model, save_file, save_model
 
 from fastrobust.errors import ConfigError
 from fastrobust.fileio import describe_os_error
-from fastrobust.train import checkpoint as ckpt
+from fastrobust.training import checkpoint as ckpt
 
 STATE_VERSION = 1
 

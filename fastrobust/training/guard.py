@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 
 from fastrobust.errors import DivergenceError
-from fastrobust.train.distributed import DistContext
+from fastrobust.training.distributed import DistContext
 
 
 def nonfinite(*values: object, device: torch.device) -> torch.Tensor:

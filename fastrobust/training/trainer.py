@@ -42,14 +42,14 @@ from fastrobust.evaluate import compare, write_comparison
 from fastrobust.evaluate.runs import load_runs, seed_dir_name
 from fastrobust.fileio import atomic_write_json
 from fastrobust.progress import library_bars_off
-from fastrobust.train.console import banner, console_summary
-from fastrobust.train.distributed import init_distributed
-from fastrobust.train.final import FinishedRun
-from fastrobust.train.loop import MODEL_INPUTS, MethodTrainer, skip_finished
-from fastrobust.train.parallel import parallel_workers, train_parallel
-from fastrobust.train.preflight import check_output_dir
-from fastrobust.train.resume import STATE_VERSION
-from fastrobust.train.run import RunContext, batch_layout, log, resolve_config
+from fastrobust.training.console import banner, console_summary
+from fastrobust.training.distributed import init_distributed
+from fastrobust.training.final import FinishedRun
+from fastrobust.training.loop import MODEL_INPUTS, MethodTrainer, skip_finished
+from fastrobust.training.parallel import parallel_workers, train_parallel
+from fastrobust.training.preflight import check_output_dir
+from fastrobust.training.resume import STATE_VERSION
+from fastrobust.training.run import RunContext, batch_layout, log, resolve_config
 
 # Names other modules and tests import from here (the parts live in the modules named above).
 __all__ = [
@@ -86,7 +86,7 @@ def train(
         deepspeed: a DeepSpeed JSON (overrides ``deepspeed.config``).
         seeds: train every method once per seed (overrides ``seed`` and ``seeds`` of the config).
         parallel: train up to N runs at once in worker processes (CPU; overrides ``parallel``;
-            :mod:`fastrobust.train.parallel`).
+            :mod:`fastrobust.training.parallel`).
         overwrite: replace the results of these methods if ``output.dir`` holds some (without it,
             or ``resume``, a used folder is refused before anything is loaded).
 

@@ -7,7 +7,7 @@ OpenMP state is inherited), each with ``threads // N`` intra-op threads; every w
 and tokenizer once and then trains one run after another, the most expensive first (PGD / FreeLB
 cost ~K+1 baseline steps per step), which balances the workers. Every run is exactly the run the
 sequential loop would train (its randomness depends on its seed only, see
-:mod:`fastrobust.train.batches`) and writes the same folder; only floating-point summation order
+:mod:`fastrobust.training.batches`) and writes the same folder; only floating-point summation order
 can differ when the thread count differs. The parent then writes the comparison as usual.
 
 Single-process CPU runs only: under DeepSpeed / torchrun the processes already share the work, and
@@ -25,7 +25,7 @@ from fastrobust.config import Config, config_from_dict, method_label
 from fastrobust.errors import DivergenceError
 
 if TYPE_CHECKING:  # the module stays free of torch (which final imports) until runs are trained
-    from fastrobust.train.final import FinishedRun
+    from fastrobust.training.final import FinishedRun
 
 _WORKER: dict[str, Any] = {}
 
@@ -62,8 +62,8 @@ def _init_worker(cfg_json: dict, resume: bool, overwrite: bool, threads: int) ->
     import torch
     from transformers.utils import logging as hf_logging
 
-    from fastrobust.train.distributed import init_distributed
-    from fastrobust.train.run import RunContext
+    from fastrobust.training.distributed import init_distributed
+    from fastrobust.training.run import RunContext
 
     torch.set_num_threads(threads)
     datasets.disable_progress_bars()
@@ -85,7 +85,7 @@ class JobOutcome:
 
 
 def _run_job(index: int, seed: int | None) -> JobOutcome:
-    from fastrobust.train.loop import MethodTrainer, skip_finished  # torch: loaded in the worker
+    from fastrobust.training.loop import MethodTrainer, skip_finished  # torch: loaded in the worker
 
     run = _WORKER["run"]
     trainer = MethodTrainer(run, run.cfg.methods[index], seed=seed)

@@ -48,7 +48,7 @@ def check_writable(out_dir: Path, field: str = "output.dir") -> None:
 
 def method_state(method_dir: Path) -> str | None:
     """What a method folder holds: 'finished', 'checkpoints at step N', 'files', or None if unused."""
-    from fastrobust.train import checkpoint as ckpt  # torch: not needed to check an output folder
+    from fastrobust.training import checkpoint as ckpt  # torch: not needed to check an output folder
 
     if not method_dir.is_dir():
         return None

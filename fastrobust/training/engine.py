@@ -9,7 +9,7 @@ What ``backward`` does depends on who drives the model:
   fp16 ``GradScaler`` when there is one; A = accumulation steps;
 - DeepSpeed (:func:`deepspeed_backward`): ``engine.backward(loss / A, scale_wrt_gas=False)`` and
   ``engine.step()``; every backward is one engine micro-step, so the engine is configured with
-  ``A * K`` accumulation steps (see :func:`fastrobust.train.ds_config.resolve_deepspeed_config`);
+  ``A * K`` accumulation steps (see :func:`fastrobust.training.ds_config.resolve_deepspeed_config`);
 - Accelerate / ``transformers.Trainer`` (:mod:`fastrobust.integrations.hf`):
   ``accelerator.backward(loss / A)``.
 
@@ -30,9 +30,9 @@ from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 
 from fastrobust.methods.base import Backward
 from fastrobust.timing import SectionTimer
-from fastrobust.train.compiled import compile_engine, compile_model
-from fastrobust.train.ds_config import resolve_deepspeed_config, zero_stage
-from fastrobust.train.guard import nonfinite
+from fastrobust.training.compiled import compile_engine, compile_model
+from fastrobust.training.ds_config import resolve_deepspeed_config, zero_stage
+from fastrobust.training.guard import nonfinite
 
 # --------------------------------------------------------------------------------------------
 # backward adapters and the per-micro-batch method call
@@ -162,7 +162,7 @@ class TrainEngine:
     clipping, optimizer and scheduler steps itself.
 
     ``model``: the module the methods drive (the compiled forward with ``model.compile``, see
-    :mod:`fastrobust.train.compiled`); ``module``: the HF model itself (evaluation, state dicts).
+    :mod:`fastrobust.training.compiled`); ``module``: the HF model itself (evaluation, state dicts).
     """
 
     def __init__(self, model: torch.nn.Module, run: Any, *, backward_calls: int) -> None:

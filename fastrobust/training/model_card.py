@@ -118,7 +118,7 @@ def render_model_card(
 
     ``training``: steps, epochs, batch_size, learning_rate, train_examples, precision, seed,
     best_dev_accuracy, best_step, world_size. ``report``: the run's EvalReport of this model.
-    ``adapter``: for a LoRA adapter folder, :func:`fastrobust.train.lora.lora_summary`.
+    ``adapter``: for a LoRA adapter folder, :func:`fastrobust.training.lora.lora_summary`.
     """
     kind = method_section["kind"]
     meta = front_matter(

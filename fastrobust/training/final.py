@@ -25,11 +25,11 @@ from fastrobust.evaluate import RunResult, write_report
 from fastrobust.evaluate.predictions import FILE_NAME, TaskPredictions
 from fastrobust.evaluate.report import EvalReport
 from fastrobust.fileio import atomic_dir, atomic_write_json, describe_os_error, json_text
-from fastrobust.train import checkpoint as ckpt
-from fastrobust.train.compiled import compiled_graphs, eager
-from fastrobust.train.lora import is_peft_model, lora_summary, rebuild
-from fastrobust.train.meter import peak_memory_mb
-from fastrobust.train.model_card import command_line, render_model_card, resolved_scales, write_model_card
+from fastrobust.training import checkpoint as ckpt
+from fastrobust.training.compiled import compiled_graphs, eager
+from fastrobust.training.lora import is_peft_model, lora_summary, rebuild
+from fastrobust.training.meter import peak_memory_mb
+from fastrobust.training.model_card import command_line, render_model_card, resolved_scales, write_model_card
 
 
 @dataclass

@@ -1,8 +1,8 @@
 """The step loop of one method: build, (resume,) train with dev evaluation and checkpoints, finish.
 
 Each optimizer step runs ``A`` micro-batches through ``method.training_step`` (via
-:meth:`fastrobust.train.engine.TrainEngine.micro_step`), re-seeding torch's generator before each
-with :func:`fastrobust.train.batches.micro_seed`, then one optimizer step. Dev evaluation
+:meth:`fastrobust.training.engine.TrainEngine.micro_step`), re-seeding torch's generator before each
+with :func:`fastrobust.training.batches.micro_seed`, then one optimizer step. Dev evaluation
 (:mod:`.selection`) runs every ``eval.every_steps`` (or every epoch) and at the end; checkpoints
 (:mod:`.resume`) every ``output.checkpoint_every`` steps and at the end; then :func:`.final.finish`.
 """
@@ -24,20 +24,20 @@ from fastrobust.errors import ConfigError, Interrupted
 from fastrobust.evaluate.runs import read_run, seed_dir_name
 from fastrobust.progress import bar as progress_bar
 from fastrobust.timing import SectionTimer
-from fastrobust.train import checkpoint as ckpt
-from fastrobust.train import preflight
-from fastrobust.train.batches import GlobalBatchSampler, micro_seed
-from fastrobust.train.compiled import compiled_graphs
-from fastrobust.train.console import log_step_scalars
-from fastrobust.train.engine import TrainEngine, backward_calls
-from fastrobust.train.final import FinishedRun, finish
-from fastrobust.train.guard import DivergenceGuard
-from fastrobust.train.lora import apply_lora, new_modules
-from fastrobust.train.meter import ThroughputMeter, peak_memory_mb
-from fastrobust.train.resume import load_checkpoint, save_checkpoint
-from fastrobust.train.run import RunContext, cpu_state, fingerprint, log, quiet_transformers
-from fastrobust.train.selection import DevSelection
-from fastrobust.train.signals import stop_on_signals
+from fastrobust.training import checkpoint as ckpt
+from fastrobust.training import preflight
+from fastrobust.training.batches import GlobalBatchSampler, micro_seed
+from fastrobust.training.compiled import compiled_graphs
+from fastrobust.training.console import log_step_scalars
+from fastrobust.training.engine import TrainEngine, backward_calls
+from fastrobust.training.final import FinishedRun, finish
+from fastrobust.training.guard import DivergenceGuard
+from fastrobust.training.lora import apply_lora, new_modules
+from fastrobust.training.meter import ThroughputMeter, peak_memory_mb
+from fastrobust.training.resume import load_checkpoint, save_checkpoint
+from fastrobust.training.run import RunContext, cpu_state, fingerprint, log, quiet_transformers
+from fastrobust.training.selection import DevSelection
+from fastrobust.training.signals import stop_on_signals
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "labels")
 
@@ -183,7 +183,7 @@ class MethodTrainer:
         """Runs A micro-batches and one optimizer step.
 
         Returns (mean micro loss, grad norm or None, non-finite flag); a flagged step was skipped
-        (see :meth:`fastrobust.train.engine.TrainEngine.optimizer_step`).
+        (see :meth:`fastrobust.training.engine.TrainEngine.optimizer_step`).
         """
         losses = []
         for k in range(self.run.accum):
@@ -280,7 +280,7 @@ class MethodTrainer:
 
     def train(self) -> FinishedRun | None:
         """Builds (or resumes), runs every optimizer step, then evaluates and saves the run; returns
-        it on rank 0, None elsewhere (:func:`fastrobust.train.final.finish`)."""
+        it on rank 0, None elsewhere (:func:`fastrobust.training.final.finish`)."""
         t_start = time.perf_counter()
         self._start()
         # DeepSpeed applies a step inside backward: a non-finite one cannot be skipped, so stop at once.
@@ -398,7 +398,7 @@ class MethodTrainer:
             )
 
     def _finish(self, writer: Any, t_start: float, eval_seconds: float) -> FinishedRun | None:
-        """Test evaluation and saving (:func:`fastrobust.train.final.finish`), then the final
+        """Test evaluation and saving (:func:`fastrobust.training.final.finish`), then the final
         checkpoint of the last parameters when ``output.checkpoint_every`` is set."""
         final_checkpoint = bool(self.cfg.output.checkpoint_every) and not (
             ckpt.step_dir(self.ckpt_root, self.step).is_dir()

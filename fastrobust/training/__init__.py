@@ -1,15 +1,14 @@
-"""Training orchestration: ``train(config)`` and the ``fastrobust train`` command.
+"""Training orchestration: ``train(config)`` (also ``fastrobust.train``) and the ``fastrobust
+train`` command.
 
 ``train`` fine-tunes every method section of a config (plain torch, or a DeepSpeed engine when a
 DeepSpeed JSON is given), selects on English dev, evaluates XLT and G-XLT, and writes models,
-reports, checkpoints and throughput summaries; see :mod:`fastrobust.train.trainer`.
+reports, checkpoints and throughput summaries; see :mod:`fastrobust.training.trainer`.
 Imported lazily so that ``fastrobust --help`` does not import torch.
 """
 
 from __future__ import annotations
 
-import sys
-import types
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -34,9 +33,9 @@ def train(
 ) -> dict[str, Any]:
     """Fine-tunes and evaluates every selected method of ``config``.
 
-    See :func:`fastrobust.train.trainer.train` for the arguments and the output layout.
+    See :func:`fastrobust.training.trainer.train` for the arguments and the output layout.
     """
-    from fastrobust.train.trainer import train as _train  # torch and transformers: not for --help
+    from fastrobust.training.trainer import train as _train  # torch and transformers: not for --help
 
     return _train(
         config,
@@ -48,15 +47,3 @@ def train(
         parallel=parallel,
         overwrite=overwrite,
     )
-
-
-class _CallableModule(types.ModuleType):
-    """``fastrobust.train(config)`` must work even after a submodule (``fastrobust.train.run``...)
-    was imported: the import binds the package, not the function, to ``fastrobust.train``. Calling
-    the package calls :func:`train`."""
-
-    def __call__(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
-        return train(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule

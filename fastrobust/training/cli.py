@@ -17,7 +17,7 @@ from pathlib import Path
 import yaml
 
 from fastrobust.errors import ConfigError
-from fastrobust.train import train
+from fastrobust.training import train
 
 DESCRIPTION = """\
 Fine-tune a multilingual encoder on English with one or more robust-training methods, select each

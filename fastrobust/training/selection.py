@@ -14,10 +14,10 @@ from typing import Any
 import torch
 
 from fastrobust.errors import DivergenceError
-from fastrobust.train.compiled import eager
-from fastrobust.train.distributed import DistContext
-from fastrobust.train.guard import params_finite
-from fastrobust.train.run import cpu_state, log
+from fastrobust.training.compiled import eager
+from fastrobust.training.distributed import DistContext
+from fastrobust.training.guard import params_finite
+from fastrobust.training.run import cpu_state, log
 
 
 def dev_accuracy(
