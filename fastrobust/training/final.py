@@ -15,7 +15,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -30,6 +30,9 @@ from fastrobust.training.compiled import compiled_graphs, eager
 from fastrobust.training.lora import is_peft_model, lora_summary, rebuild
 from fastrobust.training.meter import peak_memory_mb
 from fastrobust.training.model_card import command_line, render_model_card, resolved_scales, write_model_card
+
+if TYPE_CHECKING:  # the loop imports this module: a runtime import would be a circle
+    from fastrobust.training.loop import MethodTrainer
 
 
 @dataclass
@@ -54,7 +57,7 @@ class FinishedRun:
         return run
 
 
-def eval_model(t: Any) -> torch.nn.Module:
+def eval_model(t: MethodTrainer) -> torch.nn.Module:
     """Rank 0: a plain HF model holding the best parameters of trainer ``t``."""
     eng = t.eng
     if eng.engine is None:
@@ -73,7 +76,7 @@ def eval_model(t: Any) -> torch.nn.Module:
     return model
 
 
-def save_model_folder(t: Any, model: torch.nn.Module, model_dir: Path, report: Any) -> None:
+def save_model_folder(t: MethodTrainer, model: torch.nn.Module, model_dir: Path, report: EvalReport) -> None:
     """The model folder: HF weights + config, the tokenizer, ``fastrobust.json`` and the model card,
     written into a temporary folder that replaces ``model_dir`` only once complete (a full disk
     leaves no half-written model)."""
@@ -107,7 +110,7 @@ def rescue(payload: dict[str, Any], places: list[Path]) -> Path | None:
     return None
 
 
-def model_card(t: Any, report: Any) -> str:
+def model_card(t: MethodTrainer, report: EvalReport) -> str:
     """The README.md of trainer ``t``'s model folder (see :mod:`.model_card`)."""
     cfg, run, sel = t.cfg, t.run, t.selection
     training = {
@@ -140,7 +143,7 @@ def model_card(t: Any, report: Any) -> str:
     )
 
 
-def finish(t: Any, wall_seconds: float, eval_seconds: float) -> FinishedRun | None:
+def finish(t: MethodTrainer, wall_seconds: float, eval_seconds: float) -> FinishedRun | None:
     """Final evaluation and files of trainer ``t``; the finished run on rank 0 (None elsewhere).
 
     Written in the order of their value: ``report/``, ``model/``, then ``summary.json`` (whose
@@ -212,8 +215,8 @@ def finish(t: Any, wall_seconds: float, eval_seconds: float) -> FinishedRun | No
 
 
 def build_summary(
-    t: Any,
-    report: Any,
+    t: MethodTrainer,
+    report: EvalReport,
     wall_seconds: float,
     eval_seconds: float,
     test_seconds: float,
@@ -276,7 +279,7 @@ def build_summary(
     }
 
 
-def compile_summary(t: Any) -> dict[str, Any] | None:
+def compile_summary(t: MethodTrainer) -> dict[str, Any] | None:
     """``model.compile``: backend, mode and the graphs Dynamo compiled for the training forward —
     in the first step (``graphs``) and in every later one (``recompiles``; 0 when the dynamic
     sequence length worked). None when the run was not compiled."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors.torch import load_file, load_model, save_file, save_model
@@ -19,10 +19,13 @@ from fastrobust.errors import ConfigError
 from fastrobust.fileio import describe_os_error
 from fastrobust.training import checkpoint as ckpt
 
+if TYPE_CHECKING:  # the loop imports this module: a runtime import would be a circle
+    from fastrobust.training.loop import MethodTrainer
+
 STATE_VERSION = 1
 
 
-def trainer_state(t: Any) -> dict[str, Any]:
+def trainer_state(t: MethodTrainer) -> dict[str, Any]:
     """The picklable-free state of method trainer ``t`` (tensors, numbers, lists, dicts)."""
     sel = t.selection
     state: dict[str, Any] = {
@@ -43,7 +46,7 @@ def trainer_state(t: Any) -> dict[str, Any]:
     return state
 
 
-def save_checkpoint(t: Any) -> Path | None:
+def save_checkpoint(t: MethodTrainer) -> Path | None:
     """Writes checkpoint ``step-N`` of trainer ``t`` atomically (a collective on every rank).
 
     A checkpoint is insurance, not a result: if a rank cannot write its part (disk full), the
@@ -95,7 +98,7 @@ def save_checkpoint(t: Any) -> Path | None:
     return path
 
 
-def load_checkpoint(t: Any, path: Path) -> None:
+def load_checkpoint(t: MethodTrainer, path: Path) -> None:
     """Restores trainer ``t`` from the complete checkpoint ``path``; ConfigError if it does not fit."""
     eng = t.eng
     state = ckpt.load_state(path / ckpt.STATE_FILE)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -18,6 +18,9 @@ from fastrobust.training.compiled import eager
 from fastrobust.training.distributed import DistContext
 from fastrobust.training.guard import params_finite
 from fastrobust.training.run import cpu_state, log
+
+if TYPE_CHECKING:  # the loop imports this module: a runtime import would be a circle
+    from fastrobust.training.loop import MethodTrainer
 
 
 def dev_accuracy(
@@ -69,7 +72,7 @@ class DevSelection:
         self.seconds = 0.0  # wall and process CPU time of the dev evaluations
         self.cpu_seconds = 0.0
 
-    def evaluate(self, trainer: Any, writer: Any) -> None:
+    def evaluate(self, trainer: MethodTrainer, writer: Any) -> None:
         """Evaluates the trainer's model at its current step and keeps its parameters if best."""
         dist, step = trainer.dist, trainer.step
         eng = trainer.eng
