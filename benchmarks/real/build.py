@@ -35,13 +35,13 @@ import yaml
 from tokenizers import Tokenizer
 
 from benchmarks.real import paths
-from benchmarks.real.convert import convert, pieces_used
 from benchmarks.real.debian import DebianSourceError, fetch_lists
-from benchmarks.real.e5format import read_e5
-from benchmarks.real.reference import Engine, EngineUnavailable, compile_engine
+from benchmarks.real.encoder.convert import convert, pieces_used
+from benchmarks.real.encoder.e5format import read_e5
+from benchmarks.real.encoder.reference import Engine, EngineUnavailable, compile_engine
+from benchmarks.real.encoder.verify import verify
 from benchmarks.real.shortcuts import format_report, shortcut_report
 from benchmarks.real.task import RealTaskSpec, build_task, read_inputs
-from benchmarks.real.verify import verify
 from fastrobust.fileio import atomic_write_json, atomic_write_text
 
 HERE = Path(__file__).resolve().parent

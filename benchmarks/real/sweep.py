@@ -41,7 +41,7 @@ from pathlib import Path
 
 import yaml
 
-from benchmarks.real.convert import convert
+from benchmarks.real.encoder.convert import convert
 from benchmarks.real.protocol import finished
 from benchmarks.real.sweep_report import write_sweep_report
 from fastrobust.fileio import atomic_write_json

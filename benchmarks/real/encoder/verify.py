@@ -94,7 +94,7 @@ def hf_embeddings(model_dir: str | Path, texts: Sequence[str], prefix: str = "pa
 
 
 def verify(model_dir: str | Path, engine, sentences: Sequence[str] = SENTENCES) -> VerifyResult:
-    """Compare ``model_dir`` with ``engine`` (a :class:`benchmarks.real.reference.Engine`)."""
+    """Compare ``model_dir`` with ``engine`` (a :class:`benchmarks.real.encoder.reference.Engine`)."""
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(str(model_dir))

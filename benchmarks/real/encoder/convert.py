@@ -36,8 +36,8 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 
-from benchmarks.real.charsmap import precompiled_charsmap
-from benchmarks.real.e5format import E5File, E5Tokenizer, read_e5
+from benchmarks.real.encoder.charsmap import precompiled_charsmap
+from benchmarks.real.encoder.e5format import E5File, E5Tokenizer, read_e5
 from fastrobust.fileio import atomic_dir, atomic_write_json
 
 METASPACE = "\u2581"
