@@ -117,7 +117,7 @@ def noise_impl(embeds, sigma, sigma_t, seed, seed_t, seed_drawn, gaussian, mask,
     distribution = "gaussian" if gaussian else "uniform"
     s = _backend_seed(backend, seed, seed_t, seed_drawn, embeds)
     if backend == "triton":
-        from fastrobust.kernels import noise
+        from fastrobust.kernels import noise  # Triton: imported for CUDA tensors only
 
         return noise.noise_forward(embeds, sig, s, distribution, mask, copies)
     return _ref.noise(embeds, sig, s, distribution, mask, copies)
@@ -129,7 +129,7 @@ def init_impl(embeds, epsilon, linf, mask, seed, seed_t, seed_drawn, next_input)
     norm = "linf" if linf else "l2"
     s = _backend_seed(backend, seed, seed_t, seed_drawn, embeds)
     if backend == "triton":
-        from fastrobust.kernels import pgd
+        from fastrobust.kernels import pgd  # Triton: imported for CUDA tensors only
 
         out = pgd.pgd_init_forward(embeds, epsilon, norm, mask, s, next_input)
     else:
@@ -142,7 +142,7 @@ def step_impl(delta, grad, step_size, epsilon, linf, mask, embeds):
     backend = backend_for(grad, delta, embeds)
     norm = "linf" if linf else "l2"
     if backend == "triton":
-        from fastrobust.kernels import pgd
+        from fastrobust.kernels import pgd  # Triton: imported for CUDA tensors only
 
         out = pgd.pgd_step_forward(delta, grad, step_size, epsilon, norm, mask, embeds)
     else:

@@ -45,7 +45,7 @@ def _triton_installed() -> bool:
 def _kernels_interpreted() -> bool:
     """Whether our kernels were decorated in interpreter mode (TRITON_INTERPRET is read by
     @triton.jit at import time, so the environment alone is not enough)."""
-    from fastrobust.kernels import common
+    from fastrobust.kernels import common  # Triton: only asked once a CUDA tensor is dispatched
 
     return common.INTERPRETED
 

@@ -26,6 +26,7 @@ import importlib
 from collections.abc import Mapping
 from typing import Any
 
+from fastrobust.errors import ConfigError
 from fastrobust.methods.base import RobustMethod
 
 _LAZY = {
@@ -68,13 +69,11 @@ def build_method(cfg: Any, *, task_synonyms: Mapping[str, list[str]] | None = No
     table, used by ``rs-da`` when its section names no file. Raises ConfigError for an
     unknown kind or an invalid section.
     """
-    from fastrobust.errors import ConfigError
-
     if isinstance(cfg, Mapping):
         cfg = _validate_section(dict(cfg))
     kind = getattr(cfg, "kind", None)
     if kind == "baseline":
-        from fastrobust.methods.baseline import Baseline
+        from fastrobust.methods.baseline import Baseline  # each method loads on first use (module doc)
 
         return Baseline(cfg)
     if kind in ("pgd", "freelb"):
@@ -93,10 +92,10 @@ def build_method(cfg: Any, *, task_synonyms: Mapping[str, list[str]] | None = No
 
 
 def _validate_section(data: dict[str, Any]) -> Any:
+    # pydantic's schemas load only when a plain dict has to be validated
     from pydantic import TypeAdapter, ValidationError
 
     from fastrobust.config.methods import MethodConfig
-    from fastrobust.errors import ConfigError
 
     kind = data.get("kind")
     if kind not in KINDS:

@@ -29,6 +29,7 @@ import numpy as np
 
 from fastrobust.data.textio import read_text
 from fastrobust.errors import ConfigError, DataError
+from fastrobust.fileio import atomic_write_text
 
 TEXT_COLUMNS = ("sentence1", "sentence2")
 
@@ -109,8 +110,6 @@ def read_jsonl(path: Path) -> list[dict]:
 
 
 def _atomic_write(path: Path, text: str) -> None:
-    from fastrobust.fileio import atomic_write_text
-
     atomic_write_text(path, text)
 
 
@@ -124,7 +123,7 @@ def augment_file(
     out_dir: str | Path | None = None,
 ) -> list[Path]:
     """Writes ``copies`` augmented copies of ``input_path``; returns their paths (see module doc)."""
-    from fastrobust.methods.synonyms import load_synonym_table, substitute_sentence
+    from fastrobust.methods.synonyms import load_synonym_table, substitute_sentence  # torch: not for --help
 
     path = Path(input_path)
     if not path.is_file():

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from torch import Tensor, nn
 
+from fastrobust.errors import FastrobustError
 from fastrobust.timing import NULL_TIMER, SectionTimer
 
 if TYPE_CHECKING:  # only annotations name it; importing datasets costs seconds (pyarrow, fsspec)
@@ -68,7 +69,5 @@ def require_labels(batch: Mapping[str, Tensor]) -> Tensor:
     """``batch["labels"]`` (B,) with a clear error when the collator did not provide it."""
     labels = batch.get("labels")
     if labels is None:
-        from fastrobust.errors import FastrobustError
-
         raise FastrobustError("batch: missing 'labels' (training batches need integer class labels)")
     return labels

@@ -21,7 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from fastrobust.errors import ConfigError, DataError
+from fastrobust.evaluate.cli import resolve, resolve_device
 from fastrobust.fileio import atomic_write_json, atomic_write_text
+from fastrobust.progress import library_bars_off
 
 DEFAULT_RADII = "0,0.25,0.5,1,2"
 
@@ -107,16 +109,12 @@ def format_table(results: dict[str, dict], radii: list[float]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from fastrobust.progress import library_bars_off
-
     with library_bars_off():
         return _run(args)
 
 
 def _run(args: argparse.Namespace) -> int:
     """Checks the arguments, certifies every language, writes and prints the results."""
-    from fastrobust.evaluate.cli import resolve, resolve_device
-
     radii = _check_args(args)
     cfg, max_length, default_out = resolve(args)
     device = resolve_device(args.device)
@@ -178,7 +176,7 @@ def _languages(text: str | None, task: Any) -> list[str]:
 def _load_model(model_dir: str, task: Any, device: Any) -> tuple[Any, Any]:
     """(tokenizer, classifier in eval mode on ``device``) of MODEL_DIR; DataError when the model's
     label count is not the task's."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer  # ~1.3 s: not for --help
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForSequenceClassification.from_pretrained(model_dir).to(device).eval()
@@ -205,6 +203,7 @@ def _certify_language(
     """CERTIFY on the first ``--max-examples`` examples of one language's test set: examples,
     abstention rate, certified accuracy per radius and mean radius of the correct ones (radii in
     the unit of ``--sigma``: ``unit`` embedding units)."""
+    # datasets and torch: loaded once a model is certified, not for --help
     from fastrobust.data import encode_dataset, make_collator
     from fastrobust.methods.smoothing import ABSTAIN, certify, derive_seed
 

@@ -38,6 +38,7 @@ from fastrobust.methods.embeddings import (
     embed_inputs,
     embedding_rms,
     forward_from_embeds,
+    input_embedding_module,
 )
 from fastrobust.timing import NULL_TIMER, SectionTimer
 
@@ -184,8 +185,6 @@ class RandomPerturbation(RobustMethod):
 
 
 def _hidden_size(model: nn.Module) -> int:
-    from fastrobust.methods.embeddings import input_embedding_module
-
     module = input_embedding_module(model)
     dim = getattr(module, "embedding_dim", None)
     if isinstance(dim, int):

@@ -131,7 +131,7 @@ def sample_counts(
 def clopper_pearson_lower(successes: np.ndarray | int, trials: int, alpha: float) -> np.ndarray:
     """One-sided (1 - alpha) Clopper-Pearson lower bound of a binomial proportion:
     the alpha quantile of Beta(k, n - k + 1), and 0 when k = 0."""
-    from scipy.stats import beta
+    from scipy.stats import beta  # scipy.stats (~0.3 s): only when certifying
 
     k = np.asarray(successes, dtype=np.float64)
     with np.errstate(invalid="ignore"):
@@ -154,7 +154,7 @@ def smoothed_predict(
 
     sigma is absolute (embedding units). Shapes: batch as for :func:`sample_counts`.
     """
-    from scipy.stats import binomtest
+    from scipy.stats import binomtest  # scipy.stats (~0.3 s): only when certifying
 
     _check_args(sigma, alpha, batch_size)
     counts = sample_counts(model, batch, n=n, sigma=sigma, batch_size=batch_size, seed=seed).cpu()
@@ -187,7 +187,7 @@ def certify(
     sigma is absolute (embedding units); radii are L2 over the real-token embedding entries.
     Returns a :class:`CertifyResult` of CPU tensors of shape (B,) (counts (B, C)).
     """
-    from scipy.stats import norm
+    from scipy.stats import norm  # scipy.stats (~0.3 s): only when certifying
 
     _check_args(sigma, alpha, batch_size)
     n0 = _check_positive_int("n0", n0)

@@ -31,6 +31,7 @@ import numpy as np
 from torch import Tensor, nn
 
 from fastrobust.config.methods import SynonymConfig
+from fastrobust.data.textio import read_text
 from fastrobust.errors import ConfigError, DataError
 from fastrobust.methods.base import Backward, RobustMethod
 from fastrobust.methods.baseline import Baseline
@@ -91,8 +92,6 @@ def load_synonym_table(path: str | Path) -> SynonymTable:
         raise DataError(f"{path}: synonym file not found")
     if not path.is_file():
         raise DataError(f"{path}: synonym table must be a JSON file, got a directory")
-    from fastrobust.data.textio import read_text
-
     text = read_text(path)  # a byte that is not UTF-8: DataError naming the line and byte offset
     try:
         data = json.loads(text)

@@ -30,7 +30,7 @@ def dev_accuracy(
     autocast: contextlib.AbstractContextManager,
 ) -> float:
     """Accuracy of ``module`` on the training language's dev set; rank 0's number on every rank."""
-    from fastrobust.evaluate import evaluate_dev
+    from fastrobust.evaluate import evaluate_dev  # datasets: not with this module
 
     task = run.task
     dev = task.dev[task.train_language]
@@ -54,7 +54,7 @@ def gather_state(
 ) -> dict[str, torch.Tensor] | None:
     """Full parameters on rank 0's CPU (None elsewhere); a collective under ZeRO-3."""
     if zero_stage == 3:
-        import deepspeed
+        import deepspeed  # optional: only ZeRO-3 runs need it installed
 
         with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None):
             return cpu_state(module) if dist.is_main else None
