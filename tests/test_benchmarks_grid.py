@@ -15,7 +15,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks" / "speed"))
 sys.path.insert(0, str(ROOT / "benchmarks" / "gpu"))
 
-import _ops_grid as grid  # noqa: E402
+import _ops_calls as calls  # noqa: E402
+import _ops_cases as grid  # noqa: E402
 import _ops_summary as summary  # noqa: E402
 import _train_grid as train_grid  # noqa: E402
 
@@ -77,11 +78,11 @@ def test_providers_compute_the_same_step_on_cpu():
     triton provider goes through fastrobust.ops with the torch backend."""
     case = _case("pgd_step_l2+e", mask="padded")
     (inp,) = grid.make_inputs(case, torch.device("cpu"))
-    eager = grid.op_call(case, "eager", FEATURES, "off")(inp)
+    eager = calls.op_call(case, "eager", FEATURES, "off")(inp)
     from fastrobust import ops
 
     with ops.use_backend("torch"):
-        fused = grid.op_call(case, "triton", FEATURES, "off")(inp)
+        fused = calls.op_call(case, "triton", FEATURES, "off")(inp)
     for a, b in zip(eager, fused):
         torch.testing.assert_close(a, b)
 
@@ -218,14 +219,14 @@ def test_ds_check_report_says_when_a_launch_left_nothing(tmp_path: Path) -> None
 
 
 def test_compile_only_where_a_target_needs_it_static_where_it_decides():
-    assert grid.compile_kind("pgd_step_l2+e", "targets") == "static"
-    assert grid.compile_kind("pgd_step_linf", "targets") == "dynamic"
-    assert grid.compile_kind("add_noise", "targets") is None
-    assert grid.compile_kind("add_noise", "all") == "dynamic"
-    assert grid.compile_kind("copy", "static") is None and grid.compile_kind("pgd_init", "off") is None
+    assert calls.compile_kind("pgd_step_l2+e", "targets") == "static"
+    assert calls.compile_kind("pgd_step_linf", "targets") == "dynamic"
+    assert calls.compile_kind("add_noise", "targets") is None
+    assert calls.compile_kind("add_noise", "all") == "dynamic"
+    assert calls.compile_kind("copy", "static") is None and calls.compile_kind("pgd_init", "off") is None
     noise = _case("add_noise")
-    assert grid.providers_for(noise, compile_mode="targets", triton=True) == ["eager", "triton"]
-    assert grid.providers_for(_case("pgd_step_l2"), compile_mode="targets", triton=False) == [
+    assert calls.providers_for(noise, compile_mode="targets", triton=True) == ["eager", "triton"]
+    assert calls.providers_for(_case("pgd_step_l2"), compile_mode="targets", triton=False) == [
         "eager",
         "compile",
     ]

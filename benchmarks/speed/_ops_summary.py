@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from _ops_grid import GPU_OPS, TARGET_NOTE
+from _ops_cases import GPU_OPS, TARGET_NOTE
 
 
 def load_records(path: str | Path) -> list[dict]:

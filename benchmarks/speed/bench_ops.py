@@ -6,9 +6,10 @@
   op ``copy`` is the yardstick. Timer: wall clock, or process CPU time with
   ``FASTROBUST_BENCH_CPU_TIMER=process``. Floors as in BENCHMARKS.md's CPU table.
 * **CUDA**: ``python benchmarks/speed/bench_ops.py --out ops.jsonl`` runs the grid of
-  ``_ops_grid.py`` (ops add_noise, noisy_copies n = 4 / 32, pgd_init, pgd_step L2 / Linf with
-  and without embeds [, from delta = 0]; shapes 8x128x768, 32x128x768, 32x512x1024; fp32, bf16;
-  full and padded masks; providers eager / compile / triton and the same-shape copy), timed with
+  ``_ops_cases.py`` (measured by ``_ops_grid.py`` through ``_ops_calls.py``: ops add_noise,
+  noisy_copies n = 4 / 32, pgd_init, pgd_step L2 / Linf with and without embeds [, from delta =
+  0]; shapes 8x128x768, 32x128x768, 32x512x1024; fp32, bf16; full and padded masks; providers
+  eager / compile / triton and the same-shape copy), timed with
   CUDA events: ``events`` = ``triton.testing.do_bench`` (median, L2 flushed before each call)
   and ``graph`` = ``do_bench_cudagraph`` (~100 calls per CUDA graph, inputs rotating through
   more than L2). Each record is written to the JSONL file as soon as it is measured; a time
@@ -36,20 +37,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))  # `python benchmarks/speed/bench_ops.py` (pytest: conftest)
 
-from _ops_grid import (  # noqa: E402
-    GPU_DTYPES,
-    GPU_OPS,
-    GPU_SHAPES,
-    MASKS,
-    SMOKE_SHAPES,
-    Case,
-    Features,
-    Run,
-    gpu_cases,
-    measure_case,
-    raise_recompile_limits,
-    run_grid,
-)
+from _ops_cases import GPU_DTYPES, GPU_OPS, GPU_SHAPES, MASKS, SMOKE_SHAPES, Case, Features, gpu_cases  # noqa: E402
+from _ops_grid import Run, measure_case, raise_recompile_limits, run_grid  # noqa: E402
 from _ops_summary import summarize_file, summarize_gpu  # noqa: E402
 from _util import (  # noqa: E402
     SMOKE,
