@@ -119,6 +119,25 @@ def test_report_confirms_only_a_real_gain_and_applies_holm(tmp_path):
     assert "incomplete: seeds 1, 2, 3 of 1, 2, 3, 4, 5" in text and "gain (interim)" in text
     assert "confirmed" not in text and "recorded it (1, 2, 3;" in text
     assert (results / "report" / "comparison" / "comparison.json").is_file()
+    assert not (results / "report" / "replication.md").exists()  # no replication seed is whole
+
+
+def test_replication_seeds_get_their_own_table_not_pooled(tmp_path):
+    results = tmp_path / "results"
+    for label in LABELS:
+        _write_run(results / label / "seed-1", label, 1, 0.8, 0.6)
+        _write_run(results / label / "seed-6", label, 6, 0.8, 0.75 if label == "rs-da" else 0.6)
+    t = write_study_report(results)
+    assert t["seeds"] == [1] and t["rows"]["rs-da"]["cells"]["gxlt_cross"]["difference"][
+        "estimate"
+    ] == pytest.approx(0.0, abs=0.06)
+    rep = json.loads((results / "report" / "replication.json").read_text())
+    assert rep["seeds"] == [6] and rep["planned"] == [6, 7, 8, 9, 10] and not rep["complete"]
+    assert rep["rows"]["rs-da"]["cells"]["gxlt_cross"]["difference"]["estimate"] == pytest.approx(
+        0.15, abs=0.06
+    )
+    text = (results / "report" / "replication.md").read_text()
+    assert "incomplete: seeds 6 of 6, 7, 8, 9, 10" in text
 
 
 def test_generated_block_is_replaced_and_the_rest_kept(tmp_path):
@@ -167,3 +186,15 @@ def test_named_blocks_are_replaced_independently(tmp_path):
     doc.write_text("<!-- a:begin -->\n1\n<!-- a:end -->\n<!-- b:begin -->\n2\n<!-- b:end -->\n")
     assert replace_block(doc, "x", "b") and not replace_block(doc, "y")
     assert doc.read_text() == "<!-- a:begin -->\n1\n<!-- a:end -->\n<!-- b:begin -->\nx\n<!-- b:end -->\n"
+
+
+def test_provenance_outside_git_names_the_senders_commit(monkeypatch):
+    import benchmarks.real.study as study_mod
+
+    monkeypatch.setattr(study_mod, "_git", lambda *a, **k: "")  # a tree copied without .git
+    monkeypatch.setenv("FASTROBUST_COMMIT", "abc123")
+    p = study_mod.provenance(precision="fp32", device="cpu", threads=1, workers=2)
+    assert p["commit"] == "abc123" and p["tree_modified"] is None
+    monkeypatch.setattr(study_mod, "_git", lambda *a, **k: "deadbeef" if a[0] == "rev-parse" else "")
+    p = study_mod.provenance(precision="fp32", device="cpu", threads=1, workers=2)
+    assert p["commit"] == "deadbeef" and p["tree_modified"] is False

@@ -83,7 +83,7 @@ def write_data(root: Path, *, n_train: int, n_eval: int, seed: int = 0, n_words:
 
 def write_model(folder: Path, vocab_words: list[str], size: str) -> dict:
     """Random-weight XLM-R classifier of ``size`` + an XLM-R-style WordLevel tokenizer."""
-    import torch
+    import torch  # torch and transformers (~2 s): only to prepare, not for report or --help
     from tokenizers import Tokenizer, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast, XLMRobertaConfig, XLMRobertaForSequenceClassification
 
@@ -193,10 +193,10 @@ def prepare(args: argparse.Namespace) -> int:
 def _step_times(tb_dir: Path) -> list[float]:
     """Per-step seconds (``time/step_s``) from a run's TensorBoard events, in step order."""
     try:
-        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+        from tensorboard.backend.event_processing import event_accumulator  # ~0.3 s: report only
     except ImportError:
         return []
-    acc = EventAccumulator(str(tb_dir), size_guidance={"scalars": 0})
+    acc = event_accumulator.EventAccumulator(str(tb_dir), size_guidance={"scalars": 0})
     acc.Reload()
     if "time/step_s" not in acc.Tags().get("scalars", []):
         return []

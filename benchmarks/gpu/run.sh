@@ -2,6 +2,7 @@
 # The one script to run on the GPU machine: kernel tests, ops and training-step grids, DeepSpeed.
 #
 #   benchmarks/gpu/run.sh [tests] [ops] [train] [ds]     # no argument: all four, in this order
+#   FASTROBUST_COMMIT=<sha> BUDGET_S=560 benchmarks/gpu/run.sh real   # a second call: real study, seeds 6-10
 #
 # Stages (each with its own timeout and log under $OUT; a failing stage does not stop the next):
 #   tests  copy bandwidth, then the kernel and op tests natively on CUDA: every test file with a
@@ -10,6 +11,10 @@
 #   train  benchmarks/speed/bench_train_step.py: XLM-R base/large, bf16/fp32, 8 methods -> train.jsonl
 #   ds     benchmarks/gpu/ds_check.py + `deepspeed` launches of `python -m fastrobust train`, PGD K=2,
 #          XLM-R-large-sized, ZeRO-2 and ZeRO-3 (configs/ds as shipped)          -> ds.json
+#   real   (only when named) the real benchmark's confirmatory study, seeds 6-10 (REAL_SEEDS), on
+#          CUDA with REAL_WORKERS processes (default 8): `.real/` must be carried, made here by
+#          `python -m benchmarks.real.pack pack`; runs already in benchmarks/real/results are skipped,
+#          the finished ones come back as real-results.tar.gz (unpack it into benchmarks/real/results)
 # At the end: $OUT/summary.md (all tables) and a compact summary on stdout.
 #
 # Environment:
@@ -172,13 +177,40 @@ stage_ds() {
   fi
   "$PY" benchmarks/gpu/ds_check.py report --root "$root" --out "$OUT/ds.json" "${runs[@]}"
 }
-export -f stage_tests stage_ops stage_train stage_ds ds_launch
+stage_real() {
+  local root=/tmp/fastrobust_real dev=cuda extra=()
+  [ -n "${FASTROBUST_COMMIT:-}" ] || echo "real: FASTROBUST_COMMIT unset: the runs' provenance will name no commit"
+  if [ ! -f .real/manifest.json ]; then
+    echo "real: no .real/manifest.json: run \`python -m benchmarks.real.pack pack\` here and carry .real"
+    return 2
+  fi
+  rm -rf "$root" && mkdir -p "$root"
+  "$PY" -m benchmarks.real.pack unpack .real --out "$root" || return 1
+  cp -r benchmarks/real/results "$root/results" # what git holds: the precision decision, finished runs
+  if [ "$RUN_CPU" = 1 ]; then # plumbing only: two steps, eight examples a set, one seed
+    dev=cpu
+    extra=(--set optim.max_steps=2 --set eval.every_steps=2 --set task.max_eval_examples=8)
+  fi
+  local left=$((STAGE_END - $(date +%s) - 20)) # 20 s kept to pack what finished
+  timeout -k 10 "$left" "$PY" -m benchmarks.real.study run --config "$root/real.yaml" --results "$root/results" \
+    --scratch "$root/scratch" --device "$dev" --workers "${REAL_WORKERS:-8}" --threads "${REAL_THREADS:-1}" \
+    --seeds "${REAL_SEEDS:-6,7,8,9,10}" "${extra[@]}"
+  local rc=$? runs
+  runs=$(cd "$root/results" && for d in */seed-*; do
+    case ",${REAL_SEEDS:-6,7,8,9,10}," in *",${d##*seed-},"*) [ -f "$d/summary.json" ] && echo "$d" ;; esac
+  done)
+  echo "real: $(echo "$runs" | grep -c .) finished runs of seeds ${REAL_SEEDS:-6,7,8,9,10} -> real-results.tar.gz"
+  [ -n "$runs" ] && (cd "$root/results" && tar czf "$OUT/real-results.tar.gz" $runs)
+  return $rc
+}
+export -f stage_tests stage_ops stage_train stage_ds stage_real ds_launch
 
 # Caps sum to 450 s: with ~15 s of setup, one call of about 7.75 minutes runs everything (see
 # BUDGET_S). Override a cap with TESTS_CAP_S / OPS_CAP_S / TRAIN_CAP_S / DS_CAP_S; inside the
 # stages OPS_BUDGET_S, TRAIN_BUDGET_S (no new case / group after it) and DS_LAUNCH_S apply.
-declare -A CAP=([tests]=${TESTS_CAP_S:-75} [ops]=${OPS_CAP_S:-115} [train]=${TRAIN_CAP_S:-85} [ds]=${DS_CAP_S:-175})
-if [ "$RUN_CPU" = 1 ]; then CAP=([tests]=300 [ops]=300 [train]=300 [ds]=700); fi
+declare -A CAP=([tests]=${TESTS_CAP_S:-75} [ops]=${OPS_CAP_S:-115} [train]=${TRAIN_CAP_S:-85} [ds]=${DS_CAP_S:-175}
+  [real]=${REAL_CAP_S:-540})
+if [ "$RUN_CPU" = 1 ]; then CAP=([tests]=300 [ops]=300 [train]=300 [ds]=700 [real]=900); fi
 
 # Runs "$@" in a new session for at most $1 seconds (log in $2). On expiry every process of
 # that session gets SIGTERM, then SIGKILL 10 s later: this also reaches the process groups that
@@ -211,7 +243,7 @@ run_limited() {
 run_stage() {
   local name=$1 cap=${CAP[$1]:-}
   if [ -z "$cap" ]; then
-    echo "unknown stage '$name' (tests ops train ds)"
+    echo "unknown stage '$name' (tests ops train ds real)"
     printf '%s\tunknown stage\t0\n' "$name" >>"$STAGES_FILE"
     return
   fi

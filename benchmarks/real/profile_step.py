@@ -42,7 +42,7 @@ def profile(config: Path, precision: str, steps: int, method: dict) -> dict[str,
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, get_scheduler
 
-    from fastrobust.data import encode_dataset, load_task, make_collator
+    from fastrobust.data import encode_dataset, load_task, make_collator  # datasets: not for --help
     from fastrobust.evaluate.predict import predict_logits
     from fastrobust.methods import build_method
     from fastrobust.training.engine import autocast_context, param_groups, torch_backward

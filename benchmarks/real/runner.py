@@ -29,6 +29,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from fastrobust.fileio import atomic_write_json
+from fastrobust.training import train  # cheap: torch and transformers load when train() runs
+
 ENGINE = "fastrobust.train"
 
 # What a benchmark run never writes: the model (the predictions are the result), TensorBoard logs;
@@ -40,7 +43,7 @@ def check_device(device: str) -> None:
     """``fastrobust train`` runs on CUDA whenever a GPU is visible, else on the CPU; ``device``
     ("auto", "cpu" or "cuda") states which one the caller expects, and a mismatch is refused
     before anything trains (hide the GPUs with ``CUDA_VISIBLE_DEVICES=`` to train on the CPU)."""
-    import torch
+    import torch  # ~1 s: only to check a device; study and sweep import this module for --help too
 
     if device == "auto":
         return
@@ -52,14 +55,24 @@ def check_device(device: str) -> None:
         raise RuntimeError(f"--device {device}: fastrobust train would run on {have} here{hint}")
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (one of another user counts): the sweep's and the study's
+    test for a stale run claim."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def train_one(
     config: str | Path | None, overrides: Sequence[str], work: Path, *, device: str = "auto"
 ) -> dict[str, Any]:
     """Train, select on English dev and test one run of ``config`` (with ``overrides``, which must
     select exactly one method) in ``work``; returns its summary (module doc). ``device``: see
     :func:`check_device`."""
-    from fastrobust.training import train  # torch and transformers: only where a run trains
-
     check_device(device)
     work.mkdir(parents=True, exist_ok=True)
     overrides = [*overrides, *RUN_OVERRIDES, f"output.dir={work}"]
@@ -102,8 +115,6 @@ def publish(run_dir: Path, dest: Path, extra: dict, summary: dict | None = None)
     """Copy a finished run into ``dest`` (a results folder): ``report/{report.json,
     predictions.npz}``, then ``summary.json`` (``summary``, default the run's own, updated with
     ``extra``) last and atomically, so that a run counts as finished only when it is whole."""
-    from fastrobust.fileio import atomic_write_json
-
     if summary is None:
         summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
     (dest / "report").mkdir(parents=True, exist_ok=True)

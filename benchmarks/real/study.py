@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing as mp
 import os
 import platform
 import shutil
@@ -35,6 +36,8 @@ import sys
 import time
 import traceback
 from pathlib import Path
+
+import numpy as np
 
 from benchmarks.real.protocol import (
     CHECK_DIR,
@@ -47,14 +50,16 @@ from benchmarks.real.protocol import (
     finished,
     study_items,
 )
-from benchmarks.real.runner import publish
+from benchmarks.real.runner import pid_alive, publish, train_one
+from benchmarks.real.study_report import write_study_report
+from benchmarks.real.sweep import families
+from fastrobust.evaluate.runs import read_run
+from fastrobust.evaluate.stats import compare
 from fastrobust.fileio import atomic_write_json
 
 
 def sections() -> dict[str, dict]:
     """label -> method section, from the sweep's plan (the same definitions, not copies)."""
-    from benchmarks.real.sweep import families
-
     return {s.get("label", s["kind"]): s for _, secs in families() for s in secs}
 
 
@@ -83,14 +88,18 @@ def _cpu_model() -> str:
 
 def provenance(*, precision: str, device: str, threads: int, workers: int) -> dict:
     """What produced a run: the code (commit; whether the tree had edits), the machine, the settings."""
-    import torch
+    import torch  # torch and transformers (~1.7 s): only once a run finished, not for report or --help
     import transformers
 
     root = Path(__file__).resolve().parents[2]
-    status = _git("status", "--porcelain", "--untracked-files=no", cwd=root)
+    commit = _git("rev-parse", "HEAD", cwd=root)
+    if commit:
+        modified: bool | None = bool(_git("status", "--porcelain", "--untracked-files=no", cwd=root))
+    else:  # a copy of the tree without .git (the GPU machine's): the commit its sender names
+        commit, modified = os.environ.get("FASTROBUST_COMMIT", ""), None
     info = {
-        "commit": _git("rev-parse", "HEAD", cwd=root),
-        "tree_modified": bool(status),
+        "commit": commit,
+        "tree_modified": modified,
         "precision": precision,
         "device": device,
         "threads": threads,
@@ -127,8 +136,6 @@ def _claim_name(item) -> str:
 
 def release_stale_claims(scratch: Path, results: Path) -> int:
     """Remove claims of unfinished runs whose process is gone (a killed study)."""
-    from benchmarks.real.sweep import _pid_alive
-
     n = 0
     for claim in (scratch / "claims").glob("*"):
         if claim.suffix == ".error":
@@ -139,7 +146,7 @@ def release_stale_claims(scratch: Path, results: Path) -> int:
             pid = int(claim.read_text().split()[0])
         except (OSError, ValueError, IndexError):
             pid = -1
-        if pid <= 0 or not _pid_alive(pid):
+        if pid <= 0 or not pid_alive(pid):
             claim.unlink(missing_ok=True)
             n += 1
     return n
@@ -149,8 +156,6 @@ def run_items(config: Path, results: Path, scratch: Path, items, *, device: str,
               worker: int = 0, extra=()) -> None:  # fmt: skip
     """Claim and train the unfinished items in order (one process). A run killed part-way
     continues from its newest checkpoint in ``scratch`` (:func:`benchmarks.real.runner.train_one`)."""
-    from benchmarks.real.runner import train_one
-
     table = sections()
     for item in items:
         label, seed, precision, rel = item
@@ -181,7 +186,7 @@ def run_items(config: Path, results: Path, scratch: Path, items, *, device: str,
 
 def _worker(args) -> None:
     config, results, scratch, items, device, threads, workers, worker, extra = args
-    import torch
+    import torch  # ~1 s: only in the processes that train
 
     torch.set_num_threads(threads)
     run_items(Path(config), Path(results), Path(scratch), items, device=device, threads=threads,
@@ -191,13 +196,11 @@ def _worker(args) -> None:
 def run_parallel(config: Path, results: Path, scratch: Path, items, *, workers: int, device: str,
                  threads: int, extra=()) -> None:  # fmt: skip
     if workers <= 1:
-        import torch
+        import torch  # ~1 s: only where runs train, not for report or --help
 
         torch.set_num_threads(threads)
         run_items(config, results, scratch, items, device=device, threads=threads, workers=1, extra=extra)
         return
-    import multiprocessing as mp
-
     ctx = mp.get_context("spawn")
     args = (str(config), str(results), str(scratch), items, device, threads, workers)
     procs = [ctx.Process(target=_worker, args=((*args, w, tuple(extra)),)) for w in range(workers)]
@@ -230,11 +233,6 @@ def precision_decision(results: Path) -> dict:
     examples and seeds 0-1 resampled) contains 0 for the XLT average and for the G-XLT
     cross-language average, and (b) the mean English dev difference is at most the larger of the
     seed spread (mean |seed 0 - seed 1| over the two precisions) and 0.5 point."""
-    import numpy as np
-
-    from fastrobust.evaluate.runs import read_run
-    from fastrobust.evaluate.stats import compare
-
     runs, dev = [], {}
     for p in PRECISIONS:
         for s in CHECK_SEEDS:
@@ -341,8 +339,6 @@ def main(argv: list[str] | None = None) -> int:
             extra=args.set,
         )
         return 0
-    from benchmarks.real.study_report import write_study_report
-
     write_study_report(Path(args.results), update_docs=args.update_docs)
     return 0
 

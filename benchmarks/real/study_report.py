@@ -11,11 +11,14 @@ docs/real-benchmark.md, section 5).
 * ``precision.md``: the fp32-vs-bf16 check and the rule's verdict;
 * ``timings.md``: wall time per run (training, dev evaluation, test evaluation);
 * ``comparison.*``: the full comparison (``fastrobust.evaluate.write_comparison``).
+* ``replication.md`` / ``replication.json`` / ``replication-comparison.*``: the same tables over
+  the replication seeds (:data:`~benchmarks.real.protocol.REPLICATION_SEEDS`, trained on a GPU by
+  ``benchmarks/gpu/run.sh real``) once one of them is whole: its own Holm family, never pooled.
 
 With ``update_docs=True`` the generated blocks (between ``<!-- NAME:begin -->`` and
 ``<!-- NAME:end -->``) are rewritten from it: ``real-study`` in README.md (the verdict table) and
-in docs/real-benchmark.md (the study tables), ``real-study-precision`` and ``real-study-timings``
-in docs/real-benchmark.md.
+in docs/real-benchmark.md (the study tables), ``real-study-precision``, ``real-study-timings``
+and ``real-replication`` in docs/real-benchmark.md.
 """
 
 from __future__ import annotations
@@ -26,7 +29,15 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.real.protocol import CHECK_DIR, CHECK_SEEDS, LABELS, PRECISIONS, SEEDS, finished
+from benchmarks.real.protocol import (
+    CHECK_DIR,
+    CHECK_SEEDS,
+    LABELS,
+    PRECISIONS,
+    REPLICATION_SEEDS,
+    SEEDS,
+    finished,
+)
 from fastrobust.evaluate.multiplicity import holm
 from fastrobust.evaluate.report import write_comparison
 from fastrobust.evaluate.runs import read_run
@@ -121,9 +132,10 @@ def verdict(diff: float, rejected: bool, complete: bool) -> str:
 
 
 # ---- the study ---------------------------------------------------------------------------------
-def study_tables(results: Path) -> dict:
-    """Everything ``study.md`` shows, as data (see the module doc)."""
-    seeds = whole_seeds(results)
+def study_tables(results: Path, planned: tuple[int, ...] = SEEDS) -> dict:
+    """Everything ``study.md`` shows, as data (see the module doc), over the whole seeds among
+    ``planned`` (the confirmatory seeds, or :data:`REPLICATION_SEEDS` for the replication)."""
+    seeds = whole_seeds(results, seeds=planned)
     if not seeds:
         raise RuntimeError(f"{results}: no seed is finished for all of {', '.join(LABELS)}")
     runs, summaries = [], {}
@@ -137,7 +149,7 @@ def study_tables(results: Path) -> dict:
     methods = [x for x in LABELS if x != "baseline"]
     p = {m: d[m]["cells"][PRIMARY]["difference"]["p_value"] for m in methods}
     verdicts = holm(p, ALPHA)
-    complete = seeds == list(SEEDS)
+    complete = seeds == list(planned)
     base_runs = [summaries[("baseline", s)] for s in seeds]
     rows = {}
     for label in LABELS:
@@ -163,6 +175,7 @@ def study_tables(results: Path) -> dict:
         rows[label] = row
     return {
         "seeds": seeds,
+        "planned": list(planned),
         "complete": complete,
         "n_boot": N_BOOT,
         "alpha": ALPHA,
@@ -207,7 +220,7 @@ def status_line(t: dict) -> str:
         status = "complete"
     else:
         status = (
-            f"incomplete: seeds {seeds} of {', '.join(map(str, SEEDS))}, so verdicts are interim"
+            f"incomplete: seeds {seeds} of {', '.join(map(str, t['planned']))}, so verdicts are interim"
             + ("; with one seed an interval reflects test-example noise only, not seed-to-seed noise"
                if len(t["seeds"]) == 1 else "")
         )  # fmt: skip
@@ -362,4 +375,14 @@ def write_study_report(results: Path, *, update_docs: bool = False) -> dict:
         replace_block(docs, timings, "real-study-timings")
         if precision is not None:
             replace_block(docs, precision, "real-study-precision")
+    if whole_seeds(results, seeds=REPLICATION_SEEDS):
+        r = study_tables(results, REPLICATION_SEEDS)
+        write_comparison(r.pop("comparison"), rep / "replication-comparison")
+        rtext = "The replication on seeds 6-10 (a separate family: not pooled with the study).\n\n"
+        rtext += study_markdown(r)
+        atomic_write_text(rep / "replication.md", rtext)
+        atomic_write_json(rep / "replication.json", r, indent=1)
+        print("\n" + rtext)
+        if update_docs:
+            replace_block(ROOT / "docs" / "real-benchmark.md", rtext, "real-replication")
     return t

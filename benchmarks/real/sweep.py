@@ -43,6 +43,7 @@ import yaml
 
 from benchmarks.real.encoder.convert import convert
 from benchmarks.real.protocol import finished
+from benchmarks.real.runner import pid_alive, publish, train_one
 from benchmarks.real.sweep_report import write_sweep_report
 from fastrobust.fileio import atomic_write_json
 
@@ -122,16 +123,6 @@ def _claim(path: Path) -> bool:
     return True
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def release_stale_claims(out: Path) -> int:
     """Remove the claims of unfinished runs whose process is gone (a killed sweep), so that a
     resumed sweep runs them; returns how many were removed."""
@@ -146,7 +137,7 @@ def release_stale_claims(out: Path) -> int:
             pid = int(claim.read_text().split()[0])
         except (OSError, ValueError, IndexError):
             pid = -1
-        if pid <= 0 or not _pid_alive(pid):
+        if pid <= 0 or not pid_alive(pid):
             claim.unlink(missing_ok=True)
             n += 1
     return n
@@ -158,9 +149,6 @@ def run_items(
     """Claim and run items in order until none is left (or the deadline passed). Each run trains
     in ``OUT/work/<label>@<seed>/`` (resumed from its checkpoint if a sweep was killed) and is
     published into ``OUT/seed-<seed>/<label>/`` when finished."""
-    # torch loads only where runs train (through the runner), not for plan, pack or report.
-    from benchmarks.real.runner import publish, train_one
-
     claims = out / "claims"
     for item in items:
         label, section, seed = item[:3]
@@ -194,7 +182,7 @@ def run_items(
             print(f"[worker {worker}] {label} seed {seed} FAILED:\n{traceback.format_exc()}", flush=True)
         finally:
             if device.startswith("cuda"):
-                import torch
+                import torch  # ~1 s: only where runs train, not for plan, pack or report
 
                 torch.cuda.empty_cache()
 

@@ -255,11 +255,10 @@ def match_hard_negatives(
     ``hardness(i, j) = tfidf(S_i) . tfidf(P_j) + topic_weight * jaccard(topics_i, topics_j)``
     (topics: the Debian section and debtags of the unit's packages), over j of another group and
     not a near-duplicate of i, nor ``forbid[i, j]``. Being a permutation, every paragraph is
-    exactly one negative.
-    Units that cannot be given an allowed partner are left out (sigma[i] = -1, and nobody's
-    negative either).
+    exactly one negative. Units that cannot be given an allowed partner are left out
+    (sigma[i] = -1, and nobody's negative either).
     """
-    from scipy.optimize import linear_sum_assignment
+    from scipy.optimize import linear_sum_assignment  # ~0.2 s: only when matching; build imports this module
 
     n = len(synopses)
     X, _, _ = tfidf(list(synopses) + list(paragraphs))

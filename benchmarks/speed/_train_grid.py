@@ -86,7 +86,7 @@ class Setup:
 
 def build(model_name: str, device: torch.device, batch: int, seq: int, seed: int = 0) -> Setup:
     """A randomly initialised XLM-R classifier (built directly on ``device``), AdamW, one batch."""
-    from transformers import XLMRobertaConfig, XLMRobertaForSequenceClassification
+    from transformers import XLMRobertaConfig, XLMRobertaForSequenceClassification  # ~2 s: not for summarize
 
     hidden, layers, heads, inter, vocab = MODELS[model_name]
     torch.manual_seed(seed)
@@ -312,7 +312,7 @@ def rsda_epoch_cost(n: int = 2048, seed: int = 0) -> dict:
     from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
-    from fastrobust.data import encode_dataset
+    from fastrobust.data import encode_dataset  # datasets too: only for this case
     from fastrobust.data.xtreme import pairs_dataset
     from fastrobust.methods.synonyms import SynonymTable, augment_dataset
 
@@ -370,7 +370,7 @@ def run_meta(device: torch.device) -> dict:
         **versions(),
     }
     try:
-        import transformers
+        import transformers  # ~0.6 s: only for the version, when a run's metadata is written
 
         meta["transformers"] = transformers.__version__
     except ImportError:

@@ -72,7 +72,7 @@ def device_name(device: torch.device) -> str:
 def versions() -> dict[str, str]:
     out = {"torch": torch.__version__, "python": platform.python_version()}
     try:
-        import triton
+        import triton  # optional (the triton extra): absent on CPU-only installs
 
         out["triton"] = triton.__version__
     except ImportError:
@@ -151,7 +151,7 @@ def cuda_event_times(fn: Callable[[], object], *, warmup_ms: float = 5.0, rep_ms
     memset before the call (~60-80 us): a call that is host-bound beyond that is timed as the
     user experiences it.
     """
-    from triton.testing import do_bench
+    from triton.testing import do_bench  # optional: CUDA machines only
 
     q = do_bench(fn, **_accepted(do_bench, warmup=warmup_ms, rep=rep_ms, quantiles=[0.5, 0.2, 0.8]))
     return {"median_ms": float(q[0]), "p20_ms": float(q[1]), "p80_ms": float(q[2])}
@@ -174,7 +174,7 @@ def cuda_graph_times(fn: Callable[[], object], *, est_ms: float, calls: int = 10
     graph and replayed (``triton.testing.do_bench_cudagraph``): no launch or Python overhead, no
     L2 flush (callers rotate through input sets larger than L2 instead). ``est_ms``: a rough
     per-call time, to size the graph at about ``calls`` calls."""
-    from triton.testing import do_bench_cudagraph
+    from triton.testing import do_bench_cudagraph  # optional: CUDA machines only
 
     rep = min(20.0, max(0.5, calls * est_ms))
     q = do_bench_cudagraph(fn, **_accepted(do_bench_cudagraph, rep=rep, quantiles=[0.5, 0.2, 0.8]))

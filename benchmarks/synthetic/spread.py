@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from fastrobust.fileio import atomic_write_json
+from fastrobust.training import train
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_RESULTS = HERE / "results" / "spread"
@@ -45,8 +46,6 @@ def one_run(
     """Train ``method`` with ``seed`` in a temporary output folder; return the accuracies (and copy
     the run's predictions.npz to ``keep`` when given)."""
     import torch  # torch and the trainer load only to train: --summary needs neither
-
-    from fastrobust.training import train
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     with tempfile.TemporaryDirectory(prefix="spread-") as tmp:

