@@ -9,7 +9,7 @@ import tarfile
 
 import pytest
 
-from benchmarks.real import sweep
+from benchmarks.real import runner, sweep
 from benchmarks.real.sweep_report import select
 
 
@@ -44,8 +44,8 @@ def test_selection_on_english_dev_only():
 
 def test_stale_claims_are_released(tmp_path):
     claims = tmp_path / "claims"
-    assert sweep._claim(claims / "baseline@0")
-    assert not sweep._claim(claims / "baseline@0")  # held
+    assert runner.claim_run(claims / "baseline@0")
+    assert not runner.claim_run(claims / "baseline@0")  # held
     (claims / "gone@1").write_text("999999999 0\n")  # a process that does not exist
     (claims / "x@2.error").write_text("Traceback")
     assert sweep.release_stale_claims(tmp_path) == 1

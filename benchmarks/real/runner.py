@@ -25,6 +25,7 @@ import contextlib
 import json
 import os
 import shutil
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -53,6 +54,19 @@ def check_device(device: str) -> None:
     if have != device:
         hint = " (set CUDA_VISIBLE_DEVICES= to hide the GPUs)" if have == "cuda" else ""
         raise RuntimeError(f"--device {device}: fastrobust train would run on {have} here{hint}")
+
+
+def claim_run(path: Path) -> bool:
+    """Take the run claim ``path`` (created exclusively, holding "<pid> <time>"); False when
+    another process holds it. The sweep's and the study's workers claim runs this way."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        return False
+    os.write(fd, f"{os.getpid()} {time.time()}\n".encode())
+    os.close(fd)
+    return True
 
 
 def pid_alive(pid: int) -> bool:

@@ -50,7 +50,7 @@ from benchmarks.real.protocol import (
     finished,
     study_items,
 )
-from benchmarks.real.runner import pid_alive, publish, train_one
+from benchmarks.real.runner import claim_run, pid_alive, publish, train_one
 from benchmarks.real.study_report import write_study_report
 from benchmarks.real.sweep import families
 from fastrobust.evaluate.runs import read_run
@@ -119,17 +119,6 @@ def provenance(*, precision: str, device: str, threads: int, workers: int) -> di
 # running
 
 
-def _claim(path: Path) -> bool:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-    except FileExistsError:
-        return False
-    os.write(fd, f"{os.getpid()} {time.time()}\n".encode())
-    os.close(fd)
-    return True
-
-
 def _claim_name(item) -> str:
     return str(item[3]).replace(os.sep, "__")
 
@@ -160,7 +149,7 @@ def run_items(config: Path, results: Path, scratch: Path, items, *, device: str,
     for item in items:
         label, seed, precision, rel = item
         dest = results / rel
-        if finished(dest) or not _claim(scratch / "claims" / _claim_name(item)):
+        if finished(dest) or not claim_run(scratch / "claims" / _claim_name(item)):
             continue
         work = scratch / rel
         method = f"methods=[{json.dumps(table[label])}]"

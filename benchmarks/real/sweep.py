@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
-import os
 import shutil
 import sys
 import tarfile
@@ -43,7 +42,7 @@ import yaml
 
 from benchmarks.real.encoder.convert import convert
 from benchmarks.real.protocol import finished
-from benchmarks.real.runner import pid_alive, publish, train_one
+from benchmarks.real.runner import claim_run, pid_alive, publish, train_one
 from benchmarks.real.sweep_report import write_sweep_report
 from fastrobust.fileio import atomic_write_json
 
@@ -112,17 +111,6 @@ def lr_plan() -> list[tuple[str, dict, int, float]]:
 # running
 
 
-def _claim(path: Path) -> bool:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-    except FileExistsError:
-        return False
-    os.write(fd, f"{os.getpid()} {time.time()}\n".encode())
-    os.close(fd)
-    return True
-
-
 def release_stale_claims(out: Path) -> int:
     """Remove the claims of unfinished runs whose process is gone (a killed sweep), so that a
     resumed sweep runs them; returns how many were removed."""
@@ -157,7 +145,7 @@ def run_items(
             print(f"[worker {worker}] deadline reached", flush=True)
             return
         seed_dir = out / f"seed-{seed}"
-        if finished(seed_dir / label) or not _claim(claims / f"{label}@{seed}"):
+        if finished(seed_dir / label) or not claim_run(claims / f"{label}@{seed}"):
             continue
         overrides = [*extra, f"seed={seed}", f"methods=[{json.dumps(section)}]"]
         if lr is None and (out / "lr.json").is_file():
