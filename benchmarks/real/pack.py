@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 import yaml
+from safetensors.numpy import load_file, save_file
 
 from benchmarks.real.encoder.convert import bert_state_dict
 from benchmarks.real.encoder.e5format import E5Tokenizer, read_e5, write_e5
@@ -109,8 +110,6 @@ def _config(path: Path) -> tuple[dict[str, Any], Path, Path]:
 
 def pack(config: Path, out: Path) -> Path:
     """Writes the pack folder ``out`` (module doc) for the built ``config``; returns ``out``."""
-    from safetensors.numpy import load_file
-
     cfg, model, task = _config(config)
     meta = json.loads((model / "e5_conversion.json").read_text(encoding="utf-8"))
     source = Path(meta["source"])
@@ -150,8 +149,6 @@ def _check(expected: dict[str, Any], got: dict[str, Any], what: str) -> None:
 
 def unpack(pack_dir: Path, out: Path) -> Path:
     """Rebuilds the model and task folders under ``out`` and writes ``out/real.yaml``; returns it."""
-    from safetensors.numpy import save_file
-
     if not (pack_dir / MANIFEST).is_file():
         raise PackError(f"{pack_dir / MANIFEST}: not found (make the pack with `pack`)")
     manifest = json.loads((pack_dir / MANIFEST).read_text(encoding="utf-8"))
