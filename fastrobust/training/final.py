@@ -32,6 +32,8 @@ from fastrobust.training.meter import peak_memory_mb
 from fastrobust.training.model_card import command_line, render_model_card, resolved_scales, write_model_card
 
 if TYPE_CHECKING:  # the loop imports this module: a runtime import would be a circle
+    from fastrobust.config import ModelConfig
+    from fastrobust.training.engine import TrainEngine
     from fastrobust.training.loop import MethodTrainer
 
 
@@ -57,21 +59,23 @@ class FinishedRun:
         return run
 
 
-def eval_model(t: MethodTrainer) -> torch.nn.Module:
-    """Rank 0: a plain HF model holding the best parameters of trainer ``t``."""
-    eng = t.eng
+def eval_model(
+    eng: TrainEngine, device: torch.device, best_state: dict[str, torch.Tensor] | None
+) -> torch.nn.Module:
+    """Rank 0: a plain HF model on ``device`` holding ``best_state`` (the selected parameters;
+    None keeps the engine's own) of the training engine ``eng``."""
     if eng.engine is None:
         model = eng.module
     else:
         from transformers import AutoModelForSequenceClassification  # ~1.3 s: not with this module
 
         if is_peft_model(eng.module):
-            model = rebuild(eng.module, t.device)
+            model = rebuild(eng.module, device)
         else:
             model = AutoModelForSequenceClassification.from_config(eng.module.config)
-            model.to(t.device)
-    if t.selection.best_state is not None:
-        model.load_state_dict(t.selection.best_state, strict=True)
+            model.to(device)
+    if best_state is not None:
+        model.load_state_dict(best_state, strict=True)
     model.eval()
     return model
 
@@ -157,7 +161,7 @@ def finish(t: MethodTrainer, wall_seconds: float, eval_seconds: float) -> Finish
     finished: FinishedRun | None = None
     problem = ""
     if dist.is_main:
-        model = eval_model(t)
+        model = eval_model(t.eng, t.device, t.selection.best_state)
         t0, c0 = time.perf_counter(), time.process_time()
         with eng.autocast(), eager(cfg.model.compile):
             predictions = predict_task_with_progress(
@@ -263,7 +267,7 @@ def build_summary(
         "xlt": dict(report.xlt),
         "resumed_from_step": t.resumed_from,
         "lora": lora_summary(eng.module) if is_peft_model(eng.module) else None,
-        "compile": compile_summary(t),
+        "compile": compile_summary(t.cfg.model, t.graphs),
         "wall_seconds": wall_seconds,
         "eval_and_checkpoint_seconds": eval_seconds,
         "test_eval_seconds": test_seconds,
@@ -279,17 +283,17 @@ def build_summary(
     }
 
 
-def compile_summary(t: MethodTrainer) -> dict[str, Any] | None:
+def compile_summary(model_cfg: ModelConfig, graphs: list[int]) -> dict[str, Any] | None:
     """``model.compile``: backend, mode and the graphs Dynamo compiled for the training forward —
     in the first step (``graphs``) and in every later one (``recompiles``; 0 when the dynamic
-    sequence length worked). None when the run was not compiled."""
-    cfg = t.cfg
-    if not cfg.model.compile:
+    sequence length worked). None when the run was not compiled. ``model_cfg``: the config's
+    ``model`` section; ``graphs``: Dynamo's graph count before the first step and after it."""
+    if not model_cfg.compile:
         return None
-    before, warm = (t.graphs + [compiled_graphs()] * 2)[:2]
+    before, warm = (graphs + [compiled_graphs()] * 2)[:2]
     return {
-        "backend": cfg.model.compile_backend,
-        "mode": cfg.model.compile_mode,
+        "backend": model_cfg.compile_backend,
+        "mode": model_cfg.compile_mode,
         "graphs": warm - before,
         "recompiles": compiled_graphs() - warm,
     }
