@@ -3,12 +3,44 @@
 from __future__ import annotations
 
 import os
+import re
 import resource
 import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+
+import pytest
+
+# "path.py:123: FutureWarning: ..." (Python's warning header; its source line follows, indented)
+_WARNING = re.compile(r"^\S+\.py:\d+: \w*Warning: ")
+
+
+def without_warnings(text: str) -> str:
+    """``text`` less Python's warning reports (header and source line): a torchrun child repeats
+    the same deprecation warning per rank and step, which would push the real error out of view."""
+    kept: list[str] = []
+    skip_source = False
+    for line in text.splitlines():
+        if _WARNING.match(line):
+            skip_source = True
+            continue
+        if skip_source and line.startswith((" ", "\t")):
+            skip_source = False
+            continue
+        skip_source = False
+        kept.append(line)
+    return "\n".join(kept)
+
+
+def check_exit(proc: subprocess.CompletedProcess, what: str) -> None:
+    """Fails the test unless ``proc`` exited 0, with its output in full (pytest truncates an
+    assertion message, and the cause of a multi-process failure is often far above its end)."""
+    if proc.returncode != 0:
+        out, err = without_warnings(proc.stdout)[-3000:], without_warnings(proc.stderr)[-12000:]
+        report = f"{what} exited {proc.returncode}\n--- stdout ---\n{out}\n--- stderr ---\n{err}"
+        pytest.fail(report, pytrace=False)
 
 
 def entry_point() -> str:

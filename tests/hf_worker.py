@@ -71,6 +71,10 @@ def main(argv: list[str]) -> None:
     if trainer.args.process_index == 0:
         losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
         Path(out, "losses.json").write_text(json.dumps(losses))
+    if torch.distributed.is_initialized():
+        # every rank leaves together: one that exits while its peer still talks to it can abort the peer
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":

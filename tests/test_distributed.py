@@ -9,6 +9,7 @@ losses and final parameters agree up to floating-point summation order.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from cli_run import distributed_env
+from cli_run import check_exit, distributed_env
 from safetensors.torch import load_file
 
 from fastrobust.training.distributed import free_port
@@ -50,7 +51,7 @@ output: {{log_every: 1, tensorboard: false}}
 
 def _run(cmd: list[str]) -> None:
     proc = subprocess.run(cmd, env=distributed_env(), cwd=ROOT, timeout=600, capture_output=True, text=True)
-    assert proc.returncode == 0, (proc.stdout[-2000:], proc.stderr[-4000:])
+    check_exit(proc, " ".join(cmd[:3]))
 
 
 def _compare(ref: Path, other: Path, init_dir: Path) -> None:
@@ -156,7 +157,7 @@ def test_deepspeed_in_a_plain_process_needs_no_launcher(
         capture_output=True,
         text=True,
     )
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    check_exit(proc, "fastrobust train --deepspeed (one plain process)")
     s = json.loads((out / "baseline" / "summary.json").read_text())
     assert s["world_size"] == 1 and s["deepspeed"]["zero_stage"] == 2 and s["grad_accum"] == 2
 
@@ -198,3 +199,44 @@ def test_zero3_resume_equals_uninterrupted(tiny_pawsx: tuple[Path, Path], tmp_pa
     params = load_file(str(out / "pgd" / "model" / "model.safetensors"))
     for k in full_params:
         torch.testing.assert_close(params[k], full_params[k], rtol=0, atol=1e-6, msg=k)
+
+
+def test_close_leaves_a_callers_group_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A process group made before ``init_distributed`` is the caller's: ``close`` waits at its
+    barrier and leaves it alive; a context that made its own group ends it."""
+    import torch.distributed as dist
+
+    from fastrobust.training.distributed import init_distributed
+
+    for name, value in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1"}.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", str(free_port()))
+    dist.init_process_group("gloo", rank=0, world_size=1)
+    try:
+        ctx = init_distributed(use_deepspeed=False)
+        assert not ctx.owns_group and ctx.distributed
+        ctx.close()
+        assert dist.is_initialized()
+    finally:
+        dist.destroy_process_group()
+    own = dataclasses.replace(ctx, owns_group=True)
+    dist.init_process_group("gloo", rank=0, world_size=1)
+    own.close()
+    assert not dist.is_initialized()
+
+
+def test_failure_report_keeps_the_error_and_drops_warnings() -> None:
+    """What a failed child prints in a test report: Python's warning pairs go, everything else stays."""
+    from cli_run import without_warnings
+
+    err = (
+        "/x/c10d_logger.py:83: FutureWarning: `all_gather_into_tensor` is deprecated.\n"
+        "  return func(*args, **kwargs)\n"
+        "terminate called after throwing an instance of 'gloo::IoException'\n"
+        "  what():  Connection closed by peer\n"
+    )
+    assert without_warnings(err).splitlines() == [
+        "terminate called after throwing an instance of 'gloo::IoException'",
+        "  what():  Connection closed by peer",
+    ]

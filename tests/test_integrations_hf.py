@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from cli_run import distributed_env
+from cli_run import check_exit, distributed_env
 
 from fastrobust.errors import ConfigError, DataError
 from fastrobust.integrations.hf import (
@@ -324,7 +324,7 @@ def _worker(
     if procs > 1:
         launch = [str(BIN / "torchrun"), "--nproc_per_node", str(procs), "--master_port", str(free_port())]
     proc = subprocess.run([*launch, *args], env=_env(), cwd=ROOT, timeout=600, capture_output=True, text=True)
-    assert proc.returncode == 0, (proc.stdout[-2000:], proc.stderr[-4000:])
+    check_exit(proc, f"hf_worker.py on {procs} process(es), ZeRO stage {stage}")
     return json.loads((out / "losses.json").read_text())
 
 

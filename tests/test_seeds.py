@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from cli_run import check_exit
 
 from fastrobust.errors import ConfigError
 
@@ -159,7 +160,7 @@ def test_seeds_under_torchrun_match_single_process_and_resume(tiny_pawsx, tmp_pa
 
     def run(cmd: list[str]) -> str:
         proc = subprocess.run(cmd, env=env, cwd=root, timeout=900, capture_output=True, text=True)
-        assert proc.returncode == 0, (proc.stdout[-2000:], proc.stderr[-4000:])
+        check_exit(proc, " ".join(cmd[:4]))
         return proc.stdout
 
     single, dist = tmp_path / "single", tmp_path / "dist"

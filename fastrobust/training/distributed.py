@@ -31,6 +31,9 @@ class DistContext:
     local_rank: int
     device: torch.device
     deepspeed: bool
+    # True when init_distributed created the process group (so close() destroys it); a group the
+    # caller made before is the caller's to close.
+    owns_group: bool = False
 
     @property
     def is_main(self) -> bool:
@@ -43,6 +46,15 @@ class DistContext:
     def barrier(self) -> None:
         if dist.is_available() and dist.is_initialized():
             dist.barrier()
+
+    def close(self) -> None:
+        """Waits for every rank, then ends the process group if this context created it (a group
+        the caller made is the caller's to end). Every rank thus leaves with no collective in
+        flight: a rank that exits while its peer still talks to it can abort the peer in gloo's
+        or NCCL's teardown."""
+        self.barrier()
+        if self.owns_group and dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
 
     def all_reduce_mean(self, tensor: torch.Tensor) -> torch.Tensor:
         """Mean over ranks of ``tensor`` (any shape); the identity with one process."""
@@ -104,7 +116,8 @@ def init_distributed(use_deepspeed: bool) -> DistContext:
         torch.cuda.set_device(device)
     else:
         device = torch.device("cpu")
-    if (world > 1 or use_deepspeed) and not (dist.is_available() and dist.is_initialized()):
+    owns_group = (world > 1 or use_deepspeed) and not (dist.is_available() and dist.is_initialized())
+    if owns_group:
         if world == 1 and "MASTER_ADDR" not in env:
             # A one-rank world for DeepSpeed without a launcher; keeps it away from MPI discovery.
             env.setdefault("RANK", "0")
@@ -123,5 +136,10 @@ def init_distributed(use_deepspeed: bool) -> DistContext:
         world = dist.get_world_size()
         rank = dist.get_rank()
     return DistContext(
-        rank=rank, world_size=world, local_rank=local_rank, device=device, deepspeed=use_deepspeed
+        rank=rank,
+        world_size=world,
+        local_rank=local_rank,
+        device=device,
+        deepspeed=use_deepspeed,
+        owns_group=owns_group,
     )

@@ -183,7 +183,7 @@ def _train(
     result.update(comparison="", statistics=None)
     if dist.is_main and finished:
         result.update(_compare_and_report(cfg, finished, out_dir))
-    dist.barrier()
+    dist.close()  # the other ranks waited here for rank 0's report
     if diverged:
         done = sorted({r.label for r in finished})
         kept = f"; the results of {', '.join(done)} were written" if done else ""
