@@ -75,3 +75,17 @@ def test_cli_errors_are_one_line_with_exit_code_2(tmp_path, capsys):
     assert "nope.yaml: config not found" in capsys.readouterr().err
     assert pack.main(["unpack", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
     assert "manifest.json: not found" in capsys.readouterr().err
+
+
+def test_cli_names_a_truncated_or_missing_encoder_file_with_exit_code_2(built, tmp_path, capsys):
+    config, _, _ = built
+    packed = pack.pack(config, tmp_path / "packed")
+    encoder = packed / "encoder-q4.e5"
+    encoder.write_bytes(encoder.read_bytes()[:1000])
+    assert pack.main(["unpack", str(packed), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "encoder-q4.e5: tensor emb.word runs past the end of the file" in err
+    encoder.unlink()
+    assert pack.main(["unpack", str(packed), "--out", str(tmp_path / "o2")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "encoder-q4.e5: model file not found" in err

@@ -38,7 +38,7 @@ import yaml
 from safetensors.numpy import load_file, save_file
 
 from benchmarks.real.encoder.convert import bert_state_dict
-from benchmarks.real.encoder.e5format import E5Tokenizer, read_e5, write_e5
+from benchmarks.real.encoder.e5format import E5FormatError, E5Tokenizer, read_e5, write_e5
 from fastrobust.fileio import atomic_dir, atomic_write_json, atomic_write_text
 
 ENCODER = "encoder-q4.e5"
@@ -193,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"pack: {out} ({size / 2**20:.1f} MiB)")
         else:
             print(f"unpack: {unpack(Path(args.pack_dir), Path(args.out))} (every tensor as in the manifest)")
-    except PackError as exc:
+    except (PackError, E5FormatError) as exc:  # a missing, truncated or foreign encoder-q4.e5 too
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0

@@ -378,7 +378,8 @@ def write_study_report(results: Path, *, update_docs: bool = False) -> dict:
     if whole_seeds(results, seeds=REPLICATION_SEEDS):
         r = study_tables(results, REPLICATION_SEEDS)
         write_comparison(r.pop("comparison"), rep / "replication-comparison")
-        rtext = "The replication on seeds 6-10 (a separate family: not pooled with the study).\n\n"
+        first, last = REPLICATION_SEEDS[0], REPLICATION_SEEDS[-1]
+        rtext = f"The replication on seeds {first}-{last} (a separate family: not pooled with the study).\n\n"
         rtext += study_markdown(r)
         atomic_write_text(rep / "replication.md", rtext)
         atomic_write_json(rep / "replication.json", r, indent=1)
