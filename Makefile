@@ -25,8 +25,9 @@ $(STAMP): setup.py $(CONSTRAINTS)
 	$(BIN)/python -m pip install -c $(CONSTRAINTS) -e '.[triton,deepspeed,dev,peft]'
 	touch $(STAMP)
 
+# --resume: a second demo skips the finished runs and prints their tables again
 demo: venv
-	$(BIN)/fastrobust train
+	$(BIN)/fastrobust train --resume
 
 test: venv
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
