@@ -118,6 +118,8 @@ def test_report_confirms_only_a_real_gain_and_applies_holm(tmp_path):
     text = (results / "report" / "study.md").read_text()
     assert "incomplete: seeds 1, 2, 3 of 1, 2, 3, 4, 5" in text and "gain (interim)" in text
     assert "confirmed" not in text and "recorded it (1, 2, 3;" in text
+    # a 15-point gain: no bootstrap draw at or below 0, shown as p < 1/draws next to its threshold
+    assert f"| < {1 / t['n_boot']:.4f} (0.0083) | gain (interim) |" in text
     assert (results / "report" / "comparison" / "comparison.json").is_file()
     assert not (results / "report" / "replication.md").exists()  # no replication seed is whole
 

@@ -25,9 +25,10 @@ method's checkpoint on English dev accuracy, then evaluate it on every language 
 ordered language pair (G-XLT). Without --config: the synthetic demo (nothing is downloaded)."""
 
 EPILOG = """\
-one method on your own data (a packaged recipe by name, overridden with --set):
-  fastrobust train --config pawsx_xlmr_base --method pgd \\
-      --set model.name_or_path=xlm-roberta-base \\
+the baseline and RS-DA on your own data (a packaged recipe by name, overridden with --set):
+  fastrobust synonyms -o synonyms.json          # English synonyms from WordNet, for RS-DA
+  fastrobust train --config pawsx_xlmr_base --method baseline --method rs-da \\
+      --set model.name_or_path=xlm-roberta-base --set task.synonyms=synonyms.json \\
       --set task.path=/data/my_pawsx --set output.dir=runs/mine
 
   model.name_or_path  a Hugging Face hub name or a local folder (config, weights, tokenizer files)
@@ -83,7 +84,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="append",
         default=None,
         metavar="LABEL",
-        help="train only the method section with this label (repeatable; default: all)",
+        help="train only the method section with this label (repeatable; default: all), e.g. "
+        "-m baseline -m rs-da: RS-DA is the method docs/methods.md recommends",
     )
     parser.add_argument(
         "--deepspeed",
