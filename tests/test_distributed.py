@@ -17,10 +17,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from cli_run import check_exit, distributed_env
+import torch.distributed as dist
+from cli_run import check_exit, distributed_env, without_warnings
 from safetensors.torch import load_file
 
-from fastrobust.training.distributed import free_port
+from fastrobust.training.distributed import free_port, init_distributed
 
 METHODS = ["baseline", "rs-rp", "pgd", "freelb"]
 ROOT = Path(__file__).resolve().parents[1]
@@ -204,10 +205,6 @@ def test_zero3_resume_equals_uninterrupted(tiny_pawsx: tuple[Path, Path], tmp_pa
 def test_close_leaves_a_callers_group_alone(monkeypatch: pytest.MonkeyPatch) -> None:
     """A process group made before ``init_distributed`` is the caller's: ``close`` waits at its
     barrier and leaves it alive; a context that made its own group ends it."""
-    import torch.distributed as dist
-
-    from fastrobust.training.distributed import init_distributed
-
     for name, value in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1"}.items():
         monkeypatch.setenv(name, value)
     monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
@@ -228,8 +225,6 @@ def test_close_leaves_a_callers_group_alone(monkeypatch: pytest.MonkeyPatch) -> 
 
 def test_failure_report_keeps_the_error_and_drops_warnings() -> None:
     """What a failed child prints in a test report: Python's warning pairs go, everything else stays."""
-    from cli_run import without_warnings
-
     err = (
         "/x/c10d_logger.py:83: FutureWarning: `all_gather_into_tensor` is deprecated.\n"
         "  return func(*args, **kwargs)\n"
