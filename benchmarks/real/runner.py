@@ -104,7 +104,8 @@ def train_one(
             os.environ.pop("TQDM_DISABLE", None)
         else:
             os.environ["TQDM_DISABLE"] = previous
-    labels = list(result["methods"])
+    # a run with ``average:`` also reports its averaged evaluation, ``<label>+avg``
+    labels = [label for label in result["methods"] if not label.endswith("+avg")]
     if len(labels) != 1:
         raise ValueError(f"overrides must select one method, got {labels}")
     return run_summary(work / labels[0])
@@ -116,6 +117,7 @@ def run_summary(run_dir: Path) -> dict[str, Any]:
     folder, which does not travel)."""
     s = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
     top = json.loads((run_dir.parent / "summary.json").read_text(encoding="utf-8"))
+
     tp = s["throughput"]
     s.pop("files", None)
     s["engine"] = ENGINE

@@ -40,12 +40,16 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.real.protocol import (
+    AVERAGING_OVERRIDES,
+    AVERAGING_SEEDS,
     CHECK_DIR,
     CHECK_SEEDS,
     LABELS,
     PRECISIONS,
     RESULTS,
     SEEDS,
+    averaged_folder,
+    averaging_items,
     check_items,
     finished,
     study_items,
@@ -159,6 +163,12 @@ def run_items(config: Path, results: Path, scratch: Path, items, *, device: str,
             s = train_one(config, overrides, work, device=device)
             prov = provenance(precision=precision, device=s["device"], threads=threads, workers=workers)
             prov["wall_seconds"] = time.time() - t0
+            averaged = work / f"{label}+avg"
+            if (averaged / "summary.json").is_file():  # average: its evaluation first, the run last
+                avg = json.loads((averaged / "summary.json").read_text(encoding="utf-8"))
+                avg.pop("files", None)
+                avg["config"] = s["config"]
+                publish(averaged, results / averaged_folder(rel), {"provenance": prov}, summary=avg)
             publish(work / label, dest, {"provenance": prov}, summary=s)
             shutil.rmtree(work)  # its checkpoints (GBs for a real model) served their purpose
             print(
@@ -289,6 +299,22 @@ def study(config: Path, results: Path, scratch: Path, *, workers: int, device: s
     print(f"study: {done}/{len(items)} runs finished ({time.time() - t0:.0f} s)", flush=True)
 
 
+def averaging_study(config: Path, results: Path, scratch: Path, *, workers: int, device: str,
+                    threads: int, seeds=AVERAGING_SEEDS, extra=()) -> None:  # fmt: skip
+    """The averaging study (docs/real-benchmark.md, section 6): baseline and rs-da on fresh seeds,
+    each run evaluated as trained and weight-averaged, in ``results/averaging/``."""
+    t0 = time.time()
+    results.mkdir(parents=True, exist_ok=True)
+    stale = release_stale_claims(scratch, results)
+    if stale:
+        print(f"study: released {stale} claim(s) of runs whose process is gone", flush=True)
+    items = averaging_items(seeds)
+    kw = dict(workers=workers, device=device, threads=threads)
+    run_parallel(config, results, scratch, items, extra=(*AVERAGING_OVERRIDES, *extra), **kw)
+    done = sum(finished(results / it[3]) for it in items)
+    print(f"averaging study: {done}/{len(items)} runs finished ({time.time() - t0:.0f} s)", flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.real.study", description=__doc__.split("\n")[0]
@@ -306,7 +332,14 @@ def main(argv: list[str] | None = None) -> int:
         choices=("auto", "cpu", "cuda"),
         help="fastrobust train takes CUDA when visible; cpu / cuda refuse the other",
     )
-    r.add_argument("--seeds", default=",".join(map(str, SEEDS)))
+    r.add_argument(
+        "--study",
+        default="confirmatory",
+        choices=("confirmatory", "averaging"),
+        help="confirmatory: seven configurations, seeds 1-5 (section 5); averaging: baseline and "
+        "rs-da, trained and averaged, seeds 6-10 (section 6)",
+    )
+    r.add_argument("--seeds", default=None, help="default: the study's own seeds")
     r.add_argument("--set", action="append", default=[], help="config override for every run (key=value)")
     rep = sub.add_parser("report", help="the confirmatory tables, from the results folder alone")
     rep.add_argument("--results", default=str(RESULTS))
@@ -316,6 +349,18 @@ def main(argv: list[str] | None = None) -> int:
         help="rewrite the generated blocks of README.md and docs/real-benchmark.md",
     )
     args = parser.parse_args(argv)
+    if args.cmd == "run" and args.study == "averaging":
+        averaging_study(
+            Path(args.config),
+            Path(args.results),
+            Path(args.scratch),
+            workers=args.workers,
+            device=args.device,
+            threads=args.threads,
+            seeds=tuple(int(x) for x in (args.seeds or ",".join(map(str, AVERAGING_SEEDS))).split(",")),
+            extra=args.set,
+        )
+        return 0
     if args.cmd == "run":
         study(
             Path(args.config),
@@ -324,7 +369,7 @@ def main(argv: list[str] | None = None) -> int:
             workers=args.workers,
             device=args.device,
             threads=args.threads,
-            seeds=tuple(int(x) for x in args.seeds.split(",")),
+            seeds=tuple(int(x) for x in (args.seeds or ",".join(map(str, SEEDS))).split(",")),
             extra=args.set,
         )
         return 0

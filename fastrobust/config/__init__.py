@@ -17,6 +17,7 @@ from fastrobust.config.methods import (
     method_label,
 )
 from fastrobust.config.schema import (
+    AverageConfig,
     Config,
     DeepSpeedSection,
     EvalConfig,
@@ -30,6 +31,7 @@ from fastrobust.config.schema import (
 
 __all__ = [
     "AdversarialConfig",
+    "AverageConfig",
     "BaselineConfig",
     "Config",
     "DeepSpeedSection",

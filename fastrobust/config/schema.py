@@ -266,6 +266,21 @@ class OutputConfig(StrictModel):
     tensorboard: bool = True
 
 
+class AverageConfig(StrictModel):
+    """Weight averaging (SWA-style, uniform): snapshots of the trainable weights taken at steps
+    ``s0, s0 + every_steps, ...`` up to the last step, with ``s0 = max(1, ceil(start * total_steps))``,
+    are averaged with equal weight. The run is evaluated both as trained (the best English-dev
+    checkpoint) and averaged; the averaged run is written as ``<label>+avg``."""
+
+    start: float = Field(
+        0.5,
+        ge=0,
+        lt=1,
+        description="fraction of the optimizer steps after which snapshots begin (0 = from step 1)",
+    )
+    every_steps: int = Field(1, ge=1, description="optimizer steps between two snapshots")
+
+
 class DeepSpeedSection(StrictModel):
     config: str | None = Field(None, description="DeepSpeed JSON; its 'auto' fields are filled from optim")
 
@@ -292,6 +307,11 @@ class Config(StrictModel):
     optim: OptimConfig = Field(default_factory=OptimConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
+    average: AverageConfig | None = Field(
+        None,
+        description="weight averaging of snapshots taken during training (null = off); every run is "
+        "then also evaluated and written averaged, as <label>+avg",
+    )
     deepspeed: DeepSpeedSection = Field(default_factory=DeepSpeedSection)
 
     @model_validator(mode="after")

@@ -26,10 +26,12 @@ from fastrobust.evaluate.predictions import FILE_NAME, TaskPredictions
 from fastrobust.evaluate.report import EvalReport
 from fastrobust.fileio import atomic_dir, atomic_write_json, describe_os_error, json_text
 from fastrobust.training import checkpoint as ckpt
+from fastrobust.training.averaging import averaged_label
 from fastrobust.training.compiled import compiled_graphs, eager
 from fastrobust.training.lora import is_peft_model, lora_summary, rebuild
 from fastrobust.training.meter import peak_memory_mb
 from fastrobust.training.model_card import command_line, render_model_card, resolved_scales, write_model_card
+from fastrobust.training.run import cpu_state
 
 if TYPE_CHECKING:  # the loop imports this module: a runtime import would be a circle
     from fastrobust.config import ModelConfig
@@ -47,6 +49,11 @@ class FinishedRun:
     summary: dict[str, Any]
     report: EvalReport
     predictions: TaskPredictions | None = None
+    averaged: FinishedRun | None = None  # the same run's weight-averaged model (``average:``)
+
+    def with_averaged(self) -> list[FinishedRun]:
+        """This run and, when it was averaged, its averaged evaluation (``<label>+avg``)."""
+        return [self] if self.averaged is None else [self, self.averaged]
 
     @property
     def label(self) -> str:
@@ -80,7 +87,13 @@ def eval_model(
     return model
 
 
-def save_model_folder(t: MethodTrainer, model: torch.nn.Module, model_dir: Path, report: EvalReport) -> None:
+def save_model_folder(
+    t: MethodTrainer,
+    model: torch.nn.Module,
+    model_dir: Path,
+    report: EvalReport,
+    averaged: dict[str, Any] | None = None,
+) -> None:
     """The model folder: HF weights + config, the tokenizer, ``fastrobust.json`` and the model card,
     written into a temporary folder that replaces ``model_dir`` only once complete (a full disk
     leaves no half-written model)."""
@@ -92,13 +105,15 @@ def save_model_folder(t: MethodTrainer, model: torch.nn.Module, model_dir: Path,
     }
     if is_peft_model(model):
         info["lora"] = lora_summary(model)
+    if averaged is not None:
+        info["averaged"] = averaged
     try:
         with atomic_dir(model_dir) as tmp:
             # a PeftModel writes its adapter (adapter_model.safetensors + adapter_config.json) only
             model.save_pretrained(str(tmp))
             t.run.tokenizer.save_pretrained(str(tmp))
             atomic_write_json(tmp / "fastrobust.json", info)
-            write_model_card(tmp, model_card(t, report))
+            write_model_card(tmp, model_card(t, report, averaged))
     except OSError as exc:  # name the folder the user will look for, not the removed temporary one
         raise OSError(exc.errno, exc.strerror or str(exc), str(model_dir)) from exc
 
@@ -114,7 +129,7 @@ def rescue(payload: dict[str, Any], places: list[Path]) -> Path | None:
     return None
 
 
-def model_card(t: MethodTrainer, report: EvalReport) -> str:
+def model_card(t: MethodTrainer, report: EvalReport, averaged: dict[str, Any] | None = None) -> str:
     """The README.md of trainer ``t``'s model folder (see :mod:`.model_card`)."""
     cfg, run, sel = t.cfg, t.run, t.selection
     training = {
@@ -129,6 +144,17 @@ def model_card(t: MethodTrainer, report: EvalReport) -> str:
         "seed": cfg.seed,
         "best dev accuracy (%)": f"{100 * sel.best_acc:.2f} at step {sel.best_step}",
     }
+    if averaged is not None:
+        training["weights"] = (
+            f"uniform average of {averaged['snapshots']} snapshots of the trainable weights "
+            f"(steps {averaged['first_step']}-{averaged['last_step']}, every {averaged['every_steps']}); "
+            f"English dev accuracy {100 * averaged['dev_accuracy']:.2f}%"
+        )
+        del training["best dev accuracy (%)"]
+    elif t.averager is not None:
+        training["weights"] = (
+            f"the best English-dev checkpoint, not averaged (the averaged model is {averaged_label(t.label)})"
+        )
     if cfg.model.compile:
         training["compiled"] = f"torch.compile ({cfg.model.compile_backend}, mode {cfg.model.compile_mode})"
     return render_model_card(
@@ -155,25 +181,14 @@ def finish(t: MethodTrainer, wall_seconds: float, eval_seconds: float) -> Finish
     the summary and the report are rescued as JSON to the first place they fit (the method folder,
     ``output.dir``, the working directory, the temporary folder) and OutputError names the path.
     """
-    from fastrobust.evaluate.predict import predict_task_with_progress  # datasets: not with this module
-
     cfg, dist, run, eng = t.cfg, t.dist, t.run, t.eng
     finished: FinishedRun | None = None
     problem = ""
     if dist.is_main:
+        final_state = cpu_state(eng.module) if t.averager is not None else None
         model = eval_model(t.eng, t.device, t.selection.best_state)
         t0, c0 = time.perf_counter(), time.process_time()
-        with eng.autocast(), eager(cfg.model.compile):
-            predictions = predict_task_with_progress(
-                model,
-                run.tokenizer,
-                run.task,
-                max_length=cfg.model.max_length,
-                batch_size=cfg.eval.batch_size,
-                device=t.device,
-                gxlt=cfg.eval.gxlt and cfg.task.gxlt,
-                progress=f"{t.label} test" if run.progress_bar else None,
-            )
+        predictions = test_predictions(t, model, t.label)
         test_seconds = time.perf_counter() - t0
         test_cpu = time.process_time() - c0
         report = predictions.report()
@@ -187,6 +202,10 @@ def finish(t: MethodTrainer, wall_seconds: float, eval_seconds: float) -> Finish
             predictions.save(report_dir / FILE_NAME)
             if cfg.output.save_model:
                 save_model_folder(t, model, model_dir, report)
+            averaged = None
+            if final_state is not None:  # before the summary: a complete summary means both are there
+                averaged = finish_averaged(t, final_state, summary)
+                summary["averaged"] = averaged.summary["averaged"]
             atomic_write_json(t.dir / "summary.json", summary)
         except OSError as exc:
             payload = {
@@ -210,12 +229,83 @@ def finish(t: MethodTrainer, wall_seconds: float, eval_seconds: float) -> Finish
             if where is None:
                 print(json_text(payload), flush=True)
             problem = f"method {t.label}: {describe_os_error(exc)}; {kept}"
-        finished = FinishedRun(summary, report, predictions)
+        finished = FinishedRun(summary, report, predictions, averaged if not problem else None)
     failed = dist.broadcast_float(1.0 if problem else 0.0)
     dist.barrier()
     if failed:
         raise OutputError(problem or f"method {t.label}: rank 0 could not write the results")
     return finished
+
+
+def test_predictions(t: MethodTrainer, model: torch.nn.Module, name: str) -> TaskPredictions:
+    """Rank 0: ``model``'s predictions on every XLT and G-XLT test set of the run's task."""
+    from fastrobust.evaluate.predict import predict_task_with_progress  # datasets: not with this module
+
+    cfg, run = t.cfg, t.run
+    with t.eng.autocast(), eager(cfg.model.compile):
+        return predict_task_with_progress(
+            model,
+            run.tokenizer,
+            run.task,
+            max_length=cfg.model.max_length,
+            batch_size=cfg.eval.batch_size,
+            device=t.device,
+            gxlt=cfg.eval.gxlt and cfg.task.gxlt,
+            progress=f"{name} test" if run.progress_bar else None,
+        )
+
+
+def finish_averaged(
+    t: MethodTrainer, final_state: dict[str, torch.Tensor], summary: dict[str, Any]
+) -> FinishedRun:
+    """Rank 0: the weight-averaged model of trainer ``t`` (the final weights ``final_state`` with
+    the trainable ones averaged) evaluated on English dev and every test set, and written as the run
+    ``<label>+avg`` beside the trained one (report, predictions, model when saved, summary).
+    ``summary``: the trained run's summary, which the averaged one copies and updates."""
+    from fastrobust.evaluate import evaluate_dev  # datasets: not with this module
+
+    cfg, run, avg = t.cfg, t.run, t.averager
+    label = averaged_label(t.label)
+    folder = t.averaged_dir()
+    model = eval_model(t.eng, t.device, avg.averaged_state(final_state))
+    t0 = time.perf_counter()
+    with t.eng.autocast(), eager(cfg.model.compile):
+        dev = evaluate_dev(
+            model,
+            run.tokenizer,
+            run.task.dev[run.task.train_language],
+            max_length=cfg.model.max_length,
+            batch_size=cfg.eval.batch_size,
+            device=t.device,
+        )
+    dev_seconds = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    predictions = test_predictions(t, model, label)
+    report = predictions.report()
+    described = {**avg.describe(), "label": label, "of": t.label, "dev_accuracy": dev}
+    out = {
+        **summary,
+        "label": label,
+        "best_dev_accuracy": dev,
+        "best_step": None,
+        "averaged": described,
+        "averages": report.averages(),
+        "xlt": dict(report.xlt),
+        "test_eval_seconds": time.perf_counter() - t0,
+        "averaged_dev_eval_seconds": dev_seconds,
+    }
+    out["files"] = {
+        "model": str(folder / "model") if cfg.output.save_model else None,
+        "report": str(folder / "report"),
+        "predictions": str(folder / "report" / FILE_NAME),
+    }
+    seed_part = f" / seed {t.seed}" if cfg.seeds is not None else ""
+    write_report(report, folder / "report", title=f"{cfg.name} / {label}{seed_part}")
+    predictions.save(folder / "report" / FILE_NAME)
+    if cfg.output.save_model:
+        save_model_folder(t, model, folder / "model", report, averaged=described)
+    atomic_write_json(folder / "summary.json", out)
+    return FinishedRun(out, report, predictions)
 
 
 def build_summary(

@@ -15,6 +15,7 @@ import shutil
 import signal
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -26,6 +27,7 @@ from fastrobust.progress import bar as progress_bar
 from fastrobust.timing import SectionTimer
 from fastrobust.training import checkpoint as ckpt
 from fastrobust.training import preflight
+from fastrobust.training.averaging import WeightAverage, averaged_label, check_supported, trainable_names
 from fastrobust.training.batches import GlobalBatchSampler, micro_seed
 from fastrobust.training.compiled import compiled_graphs
 from fastrobust.training.console import log_step_scalars
@@ -79,6 +81,7 @@ class MethodTrainer:
         self.truncated: int | None = None  # training pairs cut to model.max_length (first epoch)
         # model.compile: graphs compiled in this process before training / after its first step
         self.graphs: list[int] = []
+        self.averager: WeightAverage | None = None  # average: the running weight average
 
     def finished_run(self) -> FinishedRun | None:
         """Rank 0: the run already finished on disk for this run (summary, report, predictions),
@@ -103,7 +106,19 @@ class MethodTrainer:
         done = read_run(self.dir)
         if done is None:
             return None
-        return FinishedRun(summary, done.report, done.predictions)
+        averaged = None
+        if isinstance(summary.get("averaged"), dict):
+            avg_dir = self.averaged_dir()
+            avg_run = read_run(avg_dir)
+            if avg_run is not None:
+                avg_summary = json.loads((avg_dir / "summary.json").read_text(encoding="utf-8"))
+                averaged = FinishedRun(avg_summary, avg_run.report, avg_run.predictions)
+        return FinishedRun(summary, done.report, done.predictions, averaged)
+
+    def averaged_dir(self) -> Path:
+        """The folder of this run's weight-averaged evaluation (``<label>+avg``)."""
+        base = self.run.out_dir / averaged_label(self.label)
+        return base / seed_dir_name(self.seed) if self.run.cfg.seeds is not None else base
 
     # ---- building -------------------------------------------------------------------------
 
@@ -130,6 +145,10 @@ class MethodTrainer:
         # Relative scales are resolved on the full embedding table, before ZeRO-3 partitions it.
         self.method.setup(model)
         self.eng = TrainEngine(model, self.run, backward_calls=backward_calls(self.mcfg))
+        if self.cfg.average is not None:
+            check_supported(self.eng.zero_stage)
+            names = trainable_names(self.eng.module, set(self.eng.module.state_dict()))
+            self.averager = WeightAverage(self.cfg.average, self.run.total_steps, names)
 
     # ---- data -----------------------------------------------------------------------------
 
@@ -331,6 +350,8 @@ class MethodTrainer:
                     self._log_step(writer, bar, timer, grad_norm, seconds)
                 bar.update(1)
                 t_eval = time.perf_counter()
+                if self.averager is not None and self.averager.due(self.step):
+                    self._snapshot()
                 if self._due(cfg.eval.every_steps or spe) or self.step == total:
                     self._check_divergence()  # never evaluate (or keep) a diverged model
                     self.selection.evaluate(self, writer)
@@ -354,6 +375,18 @@ class MethodTrainer:
                     raise self._interrupted(int(stop.signum or signal.SIGTERM), saved, checkpoints_on)
                 eval_seconds += time.perf_counter() - t_eval
         return eval_seconds
+
+    def _snapshot(self) -> None:
+        """Adds the current trainable weights to the running average (rank 0 copies them)."""
+        state = None
+        if self.dist.is_main:
+            wanted = set(self.averager.names)
+            state = {
+                n: p.detach().to("cpu", copy=True)
+                for n, p in self.eng.module.named_parameters()
+                if n in wanted
+            }
+        self.averager.add(self.step, state)
 
     def _timed_step(
         self, it: Iterator[dict[str, torch.Tensor]], logged: bool

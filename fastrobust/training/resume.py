@@ -42,6 +42,8 @@ def trainer_state(t: MethodTrainer) -> dict[str, Any]:
         "losses": t.losses,
         "meter": t.meter.state_dict(),
     }
+    if t.averager is not None:
+        state["average"] = t.averager.state_dict()
     state.update(t.eng.state_dict())
     return state
 
@@ -76,6 +78,8 @@ def save_checkpoint(t: MethodTrainer) -> Path | None:
                     save_model(eng.module, str(tmp / ckpt.MODEL_FILE))
                 if t.selection.best_state is not None:
                     save_file(t.selection.best_state, str(tmp / ckpt.BEST_FILE))
+                if t.averager is not None:
+                    t.averager.save(tmp)
                 ckpt.save_state(tmp / ckpt.STATE_FILE, trainer_state(t))
             except OSError as exc:
                 error = describe_os_error(exc)
@@ -123,5 +127,7 @@ def load_checkpoint(t: MethodTrainer, path: Path) -> None:
     t.meter.load_state_dict(state["meter"])
     if t.dist.is_main and (path / ckpt.BEST_FILE).is_file():
         t.selection.best_state = load_file(str(path / ckpt.BEST_FILE), device="cpu")
+    if t.averager is not None:
+        t.averager.load(path, state["average"], t.dist.is_main)
     ckpt.set_rng_state(state["rng"])
     t.resumed_from = t.step

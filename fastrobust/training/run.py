@@ -103,6 +103,8 @@ def fingerprint(cfg: Config, mcfg: Any, world_size: int) -> dict[str, str]:
         "method": mcfg.model_dump(mode="json"),
         "world_size": world_size,
     }
+    if cfg.average is not None:  # only when set: a checkpoint written before the key existed still resumes
+        parts["average"] = cfg.average.model_dump(mode="json")
     return {
         k: hashlib.sha256(json.dumps(v, sort_keys=True).encode()).hexdigest()[:16] for k, v in parts.items()
     }

@@ -204,6 +204,7 @@ def _compare_and_report(cfg: Config, finished: list[FinishedRun], out_dir: Path)
     """Rank 0: the comparison over this call's runs merged with the finished runs already in
     ``out_dir``, its files, the console summary, and the top-level summary.json."""
     multi = cfg.seeds is not None
+    finished = [x for r in finished for x in r.with_averaged()]
     summaries = [r.summary for r in finished]
     runs = [r.result() for r in finished]
     mine = {(r.label, r.seed) for r in runs}
