@@ -8,7 +8,10 @@ Public API::
     evaluate_predictions(task, predict_fn, gxlt=True) -> EvalReport   # any predictor
     EvalReport (to_dict / from_dict, averages), accuracy(predictions, labels)
     TaskPredictions / SetPredictions (per-example probabilities and labels; save / load .npz)
-    RunResult, compare(runs, baseline=...) -> Comparison   # mean ± sd over seeds, bootstrap CIs
+    RunResult, compare(runs, baseline=..., metric=...) -> Comparison   # mean ± sd over seeds, CIs
+    compare_metrics(runs) -> Comparison with views "calibrated" and "auc"
+    roc_auc(probs, labels), expected_calibration_error(probs, labels)   # threshold-free quality
+    fit_offsets(logits, reference_rates) -> OffsetFit, apply_offsets(logits, offsets)  # label-free
     write_report(report, out_dir), write_comparison(comparison or {label: report}, out_dir) -> markdown
 
 Names are imported on first use, so that the statistics and reports (numpy only) load without
@@ -31,6 +34,11 @@ _LAZY = {
     "Interval": "fastrobust.evaluate.stats",
     "RunResult": "fastrobust.evaluate.stats",
     "compare": "fastrobust.evaluate.stats",
+    "compare_metrics": "fastrobust.evaluate.stats",
+    "fit_offsets": "fastrobust.evaluate.calibration",
+    "apply_offsets": "fastrobust.evaluate.calibration",
+    "roc_auc": "fastrobust.evaluate.threshold_free",
+    "expected_calibration_error": "fastrobust.evaluate.threshold_free",
     "evaluate_dev": "fastrobust.evaluate.predict",
     "evaluate_predictions": "fastrobust.evaluate.predict",
     "evaluate_task": "fastrobust.evaluate.predict",

@@ -4,6 +4,14 @@ Over seeds: for a method with seeds s = 1..S, ``mean = (1/S) sum_s cell_s`` and 
 standard deviation (ddof = 1; undefined for one seed). The cells are
 :mod:`fastrobust.evaluate.cells`; the intervals of the differences are the paired bootstrap of
 :mod:`fastrobust.evaluate.bootstrap`.
+
+A comparison is of one per-set *metric* (:data:`METRICS`): ``accuracy`` (at the model's own
+decision rule), ``calibrated`` (accuracy after the label-free correction of every set,
+:meth:`fastrobust.evaluate.predictions.TaskPredictions.calibrated`; its offsets are fitted once on
+each whole set and kept fixed across bootstrap draws, as a deployment fit would be) or ``auc``
+(ROC-AUC; each draw recomputes the AUC of the resampled examples,
+:func:`fastrobust.evaluate.threshold_free.bootstrap_auc`). :func:`compare_metrics` gives the
+accuracy comparison with the others attached as ``views``.
 """
 
 from __future__ import annotations
@@ -18,7 +26,7 @@ import numpy as np
 from fastrobust.errors import DataError
 from fastrobust.evaluate.bootstrap import (
     Interval,
-    boot_accuracies,
+    bootstrap_accuracies,
     cell_boot,
     interval_scope,
     make_interval,
@@ -27,6 +35,10 @@ from fastrobust.evaluate.bootstrap import (
 from fastrobust.evaluate.cells import Cell, SetKey, define_cells, report_accuracies, set_predictions
 from fastrobust.evaluate.metrics import EvalReport
 from fastrobust.evaluate.predictions import TaskPredictions
+from fastrobust.evaluate.threshold_free import bootstrap_auc
+
+METRICS = ("accuracy", "calibrated", "auc")
+METRIC_TITLES = {"accuracy": "accuracy", "calibrated": "calibrated accuracy", "auc": "ROC-AUC"}
 
 
 @dataclass
@@ -84,6 +96,8 @@ class Comparison:
     confidence: float
     n_boot: int
     runs: dict[str, list[RunResult]]
+    metric: str = "accuracy"
+    views: dict[str, Comparison] = field(default_factory=dict)  # other metrics of the same runs
 
     @property
     def reports(self) -> dict[str, EvalReport]:
@@ -94,8 +108,9 @@ class Comparison:
         return next(c for c in self.cells if c.key == key)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             "task": self.task,
+            "metric": self.metric,
             "languages": list(self.languages),
             "train_language": self.train_language,
             "baseline": self.baseline,
@@ -109,6 +124,9 @@ class Comparison:
             "cells": [{"key": c.key, "title": c.title, "group": c.group} for c in self.cells],
             "methods": {label: self._method_dict(label, m) for label, m in self.methods.items()},
         }
+        if self.views:
+            out["views"] = {name: v.to_dict() for name, v in self.views.items()}
+        return out
 
     def _method_dict(self, label: str, m: MethodStats) -> dict[str, Any]:
         return {
@@ -123,7 +141,11 @@ class Comparison:
                 }
                 for key, stat in m.stats.items()
             },
-            "reports": {str(r.seed): r.report.to_dict() for r in self.runs[label]},
+            **(
+                {"reports": {str(r.seed): r.report.to_dict() for r in self.runs[label]}}
+                if self.metric == "accuracy"
+                else {}
+            ),
         }
 
 
@@ -177,11 +199,25 @@ def _pick_baseline(runs: Mapping[str, list[RunResult]], baseline: str | None) ->
     return next((label for label, rs in runs.items() if rs[0].kind == "baseline"), next(iter(runs)))
 
 
-def _method_stats(label: str, rs: Sequence[RunResult], cells: Sequence[Cell]) -> MethodStats:
+def metric_report(run: RunResult, metric: str) -> EvalReport | None:
+    """The per-set values of ``metric`` of one run, as an EvalReport: the run's report itself for
+    accuracy; else the report's ``metrics`` entry, computed from the predictions when the report
+    predates it; None when neither is there."""
+    if metric == "accuracy":
+        return run.report
+    if metric in run.report.metrics:
+        return run.report.metrics[metric]
+    if run.predictions is None:
+        return None
+    return run.predictions.report().metrics.get(metric)
+
+
+def _method_stats(label: str, rs: Sequence[RunResult], cells: Sequence[Cell], metric: str) -> MethodStats:
     """The cells of one method over its seeds (cells some seed cannot compute are left out)."""
     stats = {}
+    reports = [metric_report(r, metric) for r in rs]
     for c in cells:
-        vals = [c.value(report_accuracies(r.report)) for r in rs]
+        vals = [None if rep is None else c.value(report_accuracies(rep)) for rep in reports]
         if all(v is not None for v in vals):
             stats[c.key] = CellStat([float(v) for v in vals])
     return MethodStats(
@@ -193,14 +229,34 @@ def _method_stats(label: str, rs: Sequence[RunResult], cells: Sequence[Cell]) ->
     )
 
 
-def _correctness(rs: Sequence[RunResult], cells: Sequence[Cell]) -> dict[SetKey, np.ndarray]:
-    """{set: (S, N) bool correctness over the seeds of one method} for the sets the cells use."""
+def _set_sizes(rs: Sequence[RunResult], cells: Sequence[Cell]) -> list[int]:
+    """The sizes of the sets the cells use (one example draw is made per size)."""
     keys = {k for c in cells for k, _ in c.weights}
+    sizes = {len(p) for r in rs for k in keys if (p := set_predictions(r.predictions, k)) is not None}
+    return sorted(sizes)
+
+
+def _set_boot(
+    rs: Sequence[RunResult], cells: Sequence[Cell], counts: Mapping[int, np.ndarray], metric: str
+) -> dict[SetKey, np.ndarray]:
+    """{set: (S, B) value of ``metric`` in every example draw, per seed of one method} for the
+    sets the cells use and every seed has."""
+    keys = {k for c in cells for k, _ in c.weights}
+    preds = [r.predictions for r in rs]
+    if metric == "calibrated":
+        preds = [p.calibrated()[0] for p in preds]  # type: ignore[union-attr]
     out: dict[SetKey, np.ndarray] = {}
     for key in keys:
-        per_seed = [set_predictions(r.predictions, key) for r in rs]  # type: ignore[arg-type]
-        if all(p is not None for p in per_seed):
-            out[key] = np.stack([p.correct for p in per_seed])  # type: ignore[union-attr]
+        per_seed = [set_predictions(p, key) for p in preds]  # type: ignore[arg-type]
+        if any(p is None for p in per_seed):
+            continue
+        w = counts[len(per_seed[0])]
+        if metric == "auc":
+            if any(len(np.unique(p.labels)) < 2 for p in per_seed):  # type: ignore[union-attr]
+                continue
+            out[key] = np.stack([bootstrap_auc(p.probs, p.labels, w) for p in per_seed])  # type: ignore[union-attr]
+        else:
+            out[key] = bootstrap_accuracies(np.stack([p.correct for p in per_seed]), w)  # type: ignore[union-attr]
     return out
 
 
@@ -213,6 +269,7 @@ def _add_intervals(
     n_boot: int,
     confidence: float,
     seed: int,
+    metric: str = "accuracy",
 ) -> None:
     """Fill every method's ``diffs`` (or ``note``) with its paired bootstrap intervals vs the baseline.
 
@@ -221,25 +278,24 @@ def _add_intervals(
     """
     rng = np.random.default_rng(seed)
     base = methods[base_label]
-    base_corr = _correctness(grouped[base_label], cells)
-    sizes = sorted({arr.shape[1] for arr in base_corr.values()})
+    sizes = _set_sizes(grouped[base_label], cells)
     counts = {n: resample_counts(n, n_boot, rng) for n in sizes}  # one draw for every method (paired)
     u_base = resample_counts(len(base.seeds), n_boot, rng)
-    base_boot = boot_accuracies(base_corr, counts)
+    base_boot = _set_boot(grouped[base_label], cells, counts, metric)
     for label, m in methods.items():
         if label == base_label:
             continue
         if not m.has_predictions:
             m.note = "no per-example predictions: no intervals"
             continue
-        corr = _correctness(grouped[label], cells)
-        boot = boot_accuracies({k: v for k, v in corr.items() if k in base_corr}, counts)
+        boot = _set_boot(grouped[label], cells, counts, metric)
         paired = m.seeds == base.seeds
         u_m = u_base if paired else resample_counts(len(m.seeds), n_boot, rng)
         scope = interval_scope(len(m.seeds), len(base.seeds))
         for c in cells:
             keys = [k for k, _ in c.weights]
-            if c.key not in m.stats or c.key not in base.stats or any(k not in boot for k in keys):
+            missing = any(k not in boot or k not in base_boot for k in keys)
+            if c.key not in m.stats or c.key not in base.stats or missing:
                 m.diffs[c.key] = None
                 continue
             weights = dict(c.weights)
@@ -256,6 +312,7 @@ def compare(
     n_boot: int = 2000,
     confidence: float = 0.95,
     seed: int = 0,
+    metric: str = "accuracy",
 ) -> Comparison:
     """Mean ± sd over seeds of every cell of every method, and bootstrap intervals vs the baseline.
 
@@ -273,6 +330,8 @@ def compare(
         raise ValueError(f"confidence must be in (0, 1), got {confidence}")
     if n_boot < 100:
         raise ValueError(f"n_boot must be >= 100, got {n_boot}")
+    if metric not in METRICS:
+        raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
     items = [r for rs in runs.values() for r in rs] if isinstance(runs, Mapping) else list(runs)
     if not items:
         raise DataError("compare: no runs given")
@@ -284,9 +343,10 @@ def compare(
     tasks = {r.report.task for r in items}
     if len(tasks) > 1:
         raise DataError(f"compare: the runs are of different tasks {sorted(tasks)}")
-    methods = {label: _method_stats(label, rs, cells) for label, rs in grouped.items()}
+    methods = {label: _method_stats(label, rs, cells, metric) for label, rs in grouped.items()}
     if methods[base_label].has_predictions:
-        _add_intervals(grouped, methods, base_label, cells, n_boot=n_boot, confidence=confidence, seed=seed)
+        kw = dict(n_boot=n_boot, confidence=confidence, seed=seed, metric=metric)
+        _add_intervals(grouped, methods, base_label, cells, **kw)
     else:
         for m in methods.values():
             if m.label != base_label:
@@ -301,7 +361,31 @@ def compare(
         confidence,
         n_boot,
         grouped,
+        metric,
     )
+
+
+def compare_metrics(
+    runs: Iterable[RunResult] | Mapping[str, Sequence[RunResult]],
+    *,
+    metrics: Sequence[str] = ("calibrated", "auc"),
+    **kwargs: Any,
+) -> Comparison:
+    """The accuracy comparison of :func:`compare`, with the comparisons of ``metrics`` of the same
+    runs (same baseline, draws and seed) as its ``views``; a metric no run can compute (no
+    predictions, or no training-language set to calibrate against) is left out."""
+    items = [r for rs in runs.values() for r in rs] if isinstance(runs, Mapping) else list(runs)
+    main = compare(items, **kwargs)
+    if not any(r.predictions is not None for r in items):
+        return main
+    for metric in metrics:
+        try:
+            view = compare(items, metric=metric, **kwargs)
+        except DataError:  # e.g. calibration without the training language's set
+            continue
+        if any(m.stats for m in view.methods.values()):
+            main.views[metric] = view
+    return main
 
 
 def as_comparison(reports: Comparison | Mapping[str, EvalReport]) -> Comparison:

@@ -14,6 +14,12 @@ Definitions (n languages; acc(x) in [0, 1]; |D| = number of examples):
   ``xlt_pred_rates[l][c]`` = fraction of test[l] predicted as class c; for a two-class task
   ``[c=1]`` is the positive-prediction rate. A rate that moves while accuracy stays tells a
   calibration (threshold) shift from a change in what the model knows.
+- Other per-set metrics of the same predictions (``metrics``, when the report was built from
+  per-example predictions), each an EvalReport of the same shape with the same averages:
+  ``"auc"`` (ROC-AUC, :mod:`fastrobust.evaluate.threshold_free`), ``"calibrated"`` (accuracy and
+  predicted-class rates after the label-free correction, :mod:`fastrobust.evaluate.calibration`,
+  reference = the model's own rates on the training language's set) and ``"ece"`` (expected
+  calibration error). A set whose labels hold one class only has no AUC.
 """
 
 from __future__ import annotations
@@ -70,6 +76,7 @@ class EvalReport:
     label_names: list[str] = field(default_factory=list)
     xlt_pred_rates: dict[str, list[float]] = field(default_factory=dict)
     gxlt_pred_rates: dict[tuple[str, str], list[float]] = field(default_factory=dict)
+    metrics: dict[str, EvalReport] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.languages:  # default order: XLT languages, then any language seen only in G-XLT
@@ -165,6 +172,8 @@ class EvalReport:
             out["label_names"] = list(self.label_names)
         if self.xlt_pred_rates or self.gxlt_pred_rates:
             out["predicted_rates"] = {"xlt": dict(self.xlt_pred_rates), "gxlt": nest(self.gxlt_pred_rates)}
+        if self.metrics:
+            out["metrics"] = {name: m.to_dict() for name, m in self.metrics.items()}
         return out
 
     @classmethod
@@ -187,6 +196,7 @@ class EvalReport:
                 label_names=[str(x) for x in data.get("label_names", [])],
                 xlt_pred_rates={k: [float(x) for x in v] for k, v in rates.get("xlt", {}).items()},
                 gxlt_pred_rates={k: [float(x) for x in v] for k, v in flat(rates.get("gxlt", {})).items()},
+                metrics={name: cls.from_dict(m) for name, m in (data.get("metrics") or {}).items()},
             )
         except (KeyError, TypeError, AttributeError, ValueError) as exc:
             raise FastrobustError(

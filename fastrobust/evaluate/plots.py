@@ -14,28 +14,47 @@ from fastrobust.evaluate.metrics import EvalReport  # noqa: E402
 from fastrobust.evaluate.stats import Comparison, as_comparison  # noqa: E402
 
 
+def _heatmap(ax, fig, report: EvalReport, values: EvalReport, name: str) -> None:
+    mat = 100 * values.gxlt_matrix()
+    n = len(report.languages)
+    im = ax.imshow(np.ma.masked_invalid(mat), cmap="viridis", vmin=np.nanmin(mat), vmax=np.nanmax(mat))
+    ax.set_xticks(range(n), report.languages)
+    ax.set_yticks(range(n), report.languages)
+    ax.set_xlabel("language of sentence 2")
+    ax.set_ylabel("language of sentence 1")
+    ax.set_title(name)
+    if n <= 16:  # numbers stay readable up to XNLI's 15 languages
+        mid = np.nanmean(mat)
+        for i in range(n):
+            for j in range(n):
+                if not np.isnan(mat[i, j]):
+                    color = "black" if mat[i, j] > mid else "white"
+                    ax.text(j, i, f"{mat[i, j]:.0f}", ha="center", va="center", fontsize=8, color=color)
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+
+
+HEATMAP_PANELS = (
+    ("accuracy", "accuracy (%)"),
+    ("calibrated", "calibrated accuracy (%)"),
+    ("auc", "ROC-AUC (%)"),
+)
+
+
 def gxlt_heatmap(report: EvalReport, path: str, title: str | None = None) -> None:
-    """PNG heatmap of the G-XLT matrix (accuracy %), row = language of sentence1, column = sentence2."""
-    mat = 100 * report.gxlt_matrix()
+    """PNG heatmaps of the G-XLT matrix, row = language of sentence1, column = sentence2: accuracy
+    and, when the report has them, accuracy after the label-free correction and ROC-AUC (%)."""
+    panels = [
+        (report if key == "accuracy" else report.metrics[key], name)
+        for key, name in HEATMAP_PANELS
+        if key == "accuracy" or (key in report.metrics and report.metrics[key].gxlt)
+    ]
     n = len(report.languages)
     size = max(4.0, 0.55 * n + 2.0)
-    fig, ax = plt.subplots(figsize=(size + 1.0, size))
+    fig, axes = plt.subplots(1, len(panels), figsize=((size + 1.0) * len(panels), size), squeeze=False)
     try:
-        im = ax.imshow(np.ma.masked_invalid(mat), cmap="viridis", vmin=np.nanmin(mat), vmax=np.nanmax(mat))
-        ax.set_xticks(range(n), report.languages)
-        ax.set_yticks(range(n), report.languages)
-        ax.set_xlabel("language of sentence 2")
-        ax.set_ylabel("language of sentence 1")
-        ax.set_title(title or f"G-XLT accuracy (%) - {report.task}")
-        if n <= 16:  # numbers stay readable up to XNLI's 15 languages
-            mid = np.nanmean(mat)
-            for i in range(n):
-                for j in range(n):
-                    if not np.isnan(mat[i, j]):
-                        color = "black" if mat[i, j] > mid else "white"
-                        ax.text(j, i, f"{mat[i, j]:.0f}", ha="center", va="center", fontsize=8, color=color)
-        cbar = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
-        cbar.set_label("accuracy (%)")
+        for ax, (values, name) in zip(axes[0], panels, strict=True):
+            _heatmap(ax, fig, report, values, name)
+        fig.suptitle(title or f"G-XLT - {report.task}")
         fig.tight_layout()
         fig.savefig(path, format="png", dpi=110)
     finally:

@@ -17,14 +17,16 @@ Set names never become array names, so any language code is safe.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from fastrobust.errors import DataError
+from fastrobust.evaluate.calibration import apply_offsets, fit_offsets, log_probs
 from fastrobust.evaluate.metrics import EvalReport
+from fastrobust.evaluate.threshold_free import expected_calibration_error, roc_auc
 from fastrobust.fileio import atomic_write
 
 FORMAT_VERSION = 1
@@ -87,6 +89,13 @@ class SetPredictions:
         return (np.bincount(self.labels, minlength=c)[:c] / max(1, len(self))).tolist()
 
 
+def _auc_or_none(p: SetPredictions) -> float | None:
+    """ROC-AUC of one set; None when its labels hold fewer than two classes."""
+    if len(np.unique(p.labels)) < 2:
+        return None
+    return roc_auc(p.probs, p.labels)
+
+
 @dataclass
 class TaskPredictions:
     """Predictions of one model on every XLT test set and every G-XLT pair set of a task."""
@@ -109,8 +118,20 @@ class TaskPredictions:
         for pair, p in self.gxlt.items():
             yield ("gxlt", pair), p
 
-    def report(self) -> EvalReport:
-        """The EvalReport (accuracies, sizes, predicted-class rates) these predictions give."""
+    def report(self, reference_rates: Sequence[float] | None = None) -> EvalReport:
+        """The EvalReport these predictions give: accuracies, sizes, predicted-class rates, and the
+        ``metrics`` ROC-AUC, ECE and accuracy after the label-free correction (reference rates:
+        ``reference_rates``, default the model's own on the training language's set; no calibrated
+        entry when neither is there)."""
+        report = self._accuracy_report()
+        report.metrics["auc"] = self._metric_report(_auc_or_none)
+        report.metrics["ece"] = self._metric_report(lambda p: expected_calibration_error(p.probs, p.labels))
+        if reference_rates is not None or self.train_language in self.xlt:
+            calibrated, _ = self.calibrated(reference_rates)
+            report.metrics["calibrated"] = calibrated._accuracy_report()
+        return report
+
+    def _accuracy_report(self) -> EvalReport:
         c = len(self.label_names) or None
         return EvalReport(
             task=self.task,
@@ -124,6 +145,62 @@ class TaskPredictions:
             xlt_pred_rates={k: p.predicted_rates(c) for k, p in self.xlt.items()},
             gxlt_pred_rates={k: p.predicted_rates(c) for k, p in self.gxlt.items()},
         )
+
+    def _metric_report(self, metric) -> EvalReport:
+        """An EvalReport whose per-set values are ``metric(set predictions)`` (None: left out)."""
+        xlt = {k: metric(p) for k, p in self.xlt.items()}
+        gxlt = {k: metric(p) for k, p in self.gxlt.items()}
+        return EvalReport(
+            task=self.task,
+            languages=list(self.languages),
+            train_language=self.train_language,
+            xlt={k: v for k, v in xlt.items() if v is not None},
+            xlt_sizes={k: len(self.xlt[k]) for k, v in xlt.items() if v is not None},
+            gxlt={k: v for k, v in gxlt.items() if v is not None},
+            gxlt_sizes={k: len(self.gxlt[k]) for k, v in gxlt.items() if v is not None},
+            label_names=list(self.label_names),
+        )
+
+    def source_rates(self) -> list[float]:
+        """The model's predicted-class rates on the training language's set (the default reference
+        of the label-free correction); DataError when that set is not there."""
+        if self.train_language not in self.xlt:
+            raise DataError(
+                f"calibration: no {self.train_language or 'training-language'} set among the predictions "
+                f"({sorted(self.xlt)}) to take the reference class rates from; pass reference rates"
+            )
+        return self.xlt[self.train_language].predicted_rates(len(self.label_names) or None)
+
+    def calibrated(
+        self, reference_rates: Sequence[float] | None = None
+    ) -> tuple[TaskPredictions, dict[tuple[str, object], list[float]]]:
+        """These predictions after the label-free correction of every set, and its offsets.
+
+        Each set's logits ``log p`` get the offsets (:func:`fastrobust.evaluate.calibration.
+        fit_offsets`, fitted on that set's inputs only, no label read) that give it the reference
+        class rates (default :meth:`source_rates`); the probabilities become ``softmax(log p + b)``.
+        Returns (new predictions, ``{(kind, lang or pair): offsets}``).
+        """
+        ref = self.source_rates() if reference_rates is None else list(reference_rates)
+        done: dict[int, tuple[SetPredictions, list[float]]] = {}
+
+        def fix(p: SetPredictions) -> tuple[SetPredictions, list[float]]:
+            if id(p) not in done:  # the G-XLT diagonal shares its XLT set: calibrated once
+                z = log_probs(p.probs)
+                b = fit_offsets(z, ref).offsets
+                done[id(p)] = (SetPredictions.from_logits(apply_offsets(z, b), p.labels), b.tolist())
+            return done[id(p)]
+
+        offsets: dict[tuple[str, object], list[float]] = {}
+        xlt, gxlt = {}, {}
+        for k, p in self.xlt.items():
+            xlt[k], offsets[("xlt", k)] = fix(p)
+        for k, p in self.gxlt.items():
+            gxlt[k], offsets[("gxlt", k)] = fix(p)
+        out = TaskPredictions(
+            xlt, gxlt, self.task, list(self.languages), self.train_language, list(self.label_names)
+        )
+        return out, offsets
 
     # ---- files ---------------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:

@@ -11,6 +11,7 @@ import io
 from collections.abc import Mapping
 from pathlib import Path
 
+from fastrobust.evaluate.comparison import METRIC_TITLES
 from fastrobust.evaluate.metrics import EvalReport
 from fastrobust.evaluate.stats import SCOPE_EXAMPLES, CellStat, Comparison, Interval, as_comparison
 from fastrobust.fileio import atomic_write, atomic_write_json, atomic_write_text
@@ -38,43 +39,67 @@ def _rate_classes(report: EvalReport) -> list[tuple[int, str]]:
     return [(1, names[1])] if len(names) == 2 else list(enumerate(names))
 
 
+METRIC_ROWS = (("calibrated", "calibrated accuracy"), ("auc", "ROC-AUC"), ("ece", "ECE"))
+
+
+def _metric_views(report: EvalReport) -> list[tuple[str, EvalReport]]:
+    """(row title, per-set values) of the report's other metrics, in a fixed order."""
+    return [(title, report.metrics[key]) for key, title in METRIC_ROWS if key in report.metrics]
+
+
 def xlt_markdown(report: EvalReport) -> str:
-    """Markdown table: a column per language (accuracy %), then macro and weighted averages; and,
-    when known, rows with the share of each set predicted as a class (the positive class for two)."""
+    """Markdown table: a column per language, then macro and weighted averages; rows: accuracy,
+    and when known the accuracy after the label-free correction, ROC-AUC, ECE (all %) and the
+    share of each set predicted as a class (the positive class for two; after the correction too)."""
     header = ["", *report.languages, "avg", "weighted avg"]
-    row = ["accuracy", *(_fmt(report.xlt.get(lang)) for lang in report.languages)]
-    row += [_fmt(report.xlt_avg), _fmt(report.xlt_weighted)]
-    rows = [row]
+    rows = []
+    for title, values in [("accuracy", report), *_metric_views(report)]:
+        row = [title, *(_fmt(values.xlt.get(lang)) for lang in report.languages)]
+        rows.append(row + [_fmt(values.xlt_avg), _fmt(values.xlt_weighted)])
+    calibrated = report.metrics.get("calibrated")
     for c, name in _rate_classes(report):
-        rates = [report.xlt_pred_rates.get(lang) for lang in report.languages]
-        rows.append([f"predicted {name}", *(_fmt(r[c] if r else None) for r in rates), "", ""])
+        for what, source in (("", report), (" after correction", calibrated)):
+            if source is None:
+                continue
+            rates = [source.xlt_pred_rates.get(lang) for lang in report.languages]
+            rows.append([f"predicted {name}{what}", *(_fmt(r[c] if r else None) for r in rates), "", ""])
+    return _md_table(header, rows)
+
+
+def _gxlt_summary(report: EvalReport) -> str:
+    """One row per metric: the G-XLT averages (all pairs, weighted, same-language, cross, gap)."""
+    rows = []
+    for title, v in [("accuracy", report), *_metric_views(report)]:
+        if v.gxlt:
+            rows.append(
+                [title, *(_fmt(x) for x in (v.gxlt_avg, v.gxlt_weighted, v.gxlt_same_lang_avg))]
+                + [_fmt(v.gxlt_cross_lang_avg), _fmt(v.gap)]
+            )
+    header = ["", "avg", "weighted avg", "same-language avg", "cross-language avg", "gap (same - cross)"]
+    return _md_table(header, rows)
+
+
+def _gxlt_grid(report: EvalReport, values: EvalReport) -> str:
+    header = ["sentence1 \\ sentence2", *report.languages, "row avg"]
+    rows = []
+    for a in report.languages:
+        vals = [values.gxlt.get((a, b)) for b in report.languages]
+        present = [v for v in vals if v is not None]
+        rows.append([a, *(_fmt(v) for v in vals), _fmt(sum(present) / len(present) if present else None)])
     return _md_table(header, rows)
 
 
 def gxlt_markdown(report: EvalReport) -> str:
-    """Markdown G-XLT matrix: row = language of sentence1, column = language of sentence2 (accuracy %)."""
+    """Markdown G-XLT matrices: row = language of sentence1, column = language of sentence2
+    (accuracy %; then, when known, calibrated accuracy and ROC-AUC), the averages of every metric,
+    and the share of each pair set predicted as a class."""
     if not report.gxlt:
         return "G-XLT not evaluated."
-    header = ["sentence1 \\ sentence2", *report.languages, "row avg"]
-    rows = []
-    for a in report.languages:
-        vals = [report.gxlt.get((a, b)) for b in report.languages]
-        present = [v for v in vals if v is not None]
-        rows.append([a, *(_fmt(v) for v in vals), _fmt(sum(present) / len(present) if present else None)])
-    table = _md_table(header, rows)
-    summary = _md_table(
-        ["avg", "weighted avg", "same-language avg", "cross-language avg", "gap (same - cross)"],
-        [
-            [
-                _fmt(report.gxlt_avg),
-                _fmt(report.gxlt_weighted),
-                _fmt(report.gxlt_same_lang_avg),
-                _fmt(report.gxlt_cross_lang_avg),
-                _fmt(report.gap),
-            ]
-        ],
-    )
-    parts = [table, summary]
+    parts = [_gxlt_grid(report, report), _gxlt_summary(report)]
+    for key, title in METRIC_ROWS[:2]:
+        if key in report.metrics and report.metrics[key].gxlt:
+            parts.append(f"{title[0].upper() + title[1:]} (%):\n\n" + _gxlt_grid(report, report.metrics[key]))
+    header = ["sentence1 \\ sentence2", *report.languages]
     for c, name in _rate_classes(report):
         if not report.gxlt_pred_rates:
             break
@@ -82,7 +107,7 @@ def gxlt_markdown(report: EvalReport) -> str:
         for a in report.languages:
             vals = [report.gxlt_pred_rates.get((a, b)) for b in report.languages]
             grid.append([a, *(_fmt(v[c] if v else None) for v in vals)])
-        parts.append(f"Predicted {name} (%):\n\n" + _md_table(header[:-1], grid))
+        parts.append(f"Predicted {name} (%):\n\n" + _md_table(header, grid))
     return "\n\n".join(parts)
 
 
@@ -93,7 +118,14 @@ def report_markdown(report: EvalReport, title: str | None = None) -> str:
     parts = [
         f"# {title}",
         "",
-        f"Accuracy in %. Train language: {report.train_language or '-'}. Test examples: {sizes}.",
+        f"Accuracy in %. Train language: {report.train_language or '-'}. Test examples: {sizes}."
+        + (
+            " Calibrated accuracy: after the label-free correction (each set's decision rule moved so "
+            "that its predicted-class rates equal the model's own on the training language; no target "
+            "label read). ROC-AUC and ECE (expected calibration error) do not depend on a threshold."
+            if report.metrics
+            else ""
+        ),
         "",
         "## Zero-shot cross-lingual transfer (XLT)",
         "",
@@ -127,9 +159,11 @@ def write_report(report: EvalReport, out_dir: str | Path, title: str | None = No
     out.mkdir(parents=True, exist_ok=True)
     written = {}
     written["report.json"] = atomic_write_json(out / "report.json", report.to_dict())
-    rows: list[list] = [["language", "accuracy", "examples"]]
+    extra = [key for key, _ in METRIC_ROWS if key in report.metrics]
+    rows: list[list] = [["language", "accuracy", "examples", *(_CSV_NAMES[k] for k in extra)]]
     rows += [
         [lang, report.xlt[lang], report.xlt_sizes.get(lang, "")]
+        + [report.metrics[k].xlt.get(lang, "") for k in extra]
         for lang in report.languages
         if lang in report.xlt
     ]
@@ -150,16 +184,42 @@ def write_report(report: EvalReport, out_dir: str | Path, title: str | None = No
     return written
 
 
+_CSV_NAMES = {"calibrated": "calibrated_accuracy", "auc": "roc_auc", "ece": "ece"}
+
+
 def _sets_csv(report: EvalReport) -> str:
     some = next(iter({**report.xlt_pred_rates, **report.gxlt_pred_rates}.values()))
     names = report.label_names or [str(c) for c in range(len(some))]
+    extra = [key for key, _ in METRIC_ROWS if key in report.metrics]
+    cal = report.metrics.get("calibrated")
     rows: list[list] = [
         ["kind", "language1", "language2", "examples", "accuracy", *(f"predicted_{n}" for n in names)]
+        + [_CSV_NAMES[k] for k in extra]
+        + ([f"calibrated_predicted_{n}" for n in names] if cal is not None else [])
     ]
+
+    def tail(table: str, key: object) -> list:
+        vals = [getattr(report.metrics[k], table).get(key, "") for k in extra]
+        if cal is not None:
+            vals += list(getattr(cal, f"{table}_pred_rates").get(key, [""] * len(names)))
+        return vals
+
     for lang, rates in report.xlt_pred_rates.items():
-        rows.append(["xlt", lang, lang, report.xlt_sizes.get(lang, ""), report.xlt.get(lang, ""), *rates])
+        rows.append(
+            [
+                "xlt",
+                lang,
+                lang,
+                report.xlt_sizes.get(lang, ""),
+                report.xlt.get(lang, ""),
+                *rates,
+                *tail("xlt", lang),
+            ]
+        )
     for (a, b), rates in report.gxlt_pred_rates.items():
-        rows.append(["gxlt", a, b, report.gxlt_sizes.get((a, b), ""), report.gxlt.get((a, b), ""), *rates])
+        key = (a, b)
+        row = ["gxlt", a, b, report.gxlt_sizes.get(key, ""), report.gxlt.get(key, ""), *rates]
+        rows.append(row + tail("gxlt", key))
     return _csv_text(rows)
 
 
@@ -179,11 +239,16 @@ def _delta(iv: Interval | None) -> str:
     return f"{100 * iv.estimate:+.1f} [{100 * iv.low:+.1f}, {100 * iv.high:+.1f}]{mark}"
 
 
+def _level(comp: Comparison) -> str:
+    return f"{100 * comp.confidence:.0f}%"
+
+
 def comparison_tables(comp: Comparison) -> list[tuple[str, list[str], list[list[str]]]]:
     """(title, header, rows) of the comparison: per group (XLT, G-XLT) one table of mean ± sd over
     seeds and one of differences to the baseline with their intervals. Shared by the markdown and
     console renderings, so both always show the same numbers."""
     tables = []
+    what = METRIC_TITLES[comp.metric]
     for group, name in (("xlt", "XLT"), ("gxlt", "G-XLT")):
         cells = [c for c in comp.cells if c.group == group]
         if not cells:
@@ -193,7 +258,7 @@ def comparison_tables(comp: Comparison) -> list[tuple[str, list[str], list[list[
             [label, str(len(m.seeds)), *(_pm(m.stats.get(c.key)) for c in cells)]
             for label, m in comp.methods.items()
         ]
-        tables.append((f"{name} accuracy (%), mean ± sd over seeds", ["method", "seeds", *titles], rows))
+        tables.append((f"{name} {what} (%), mean ± sd over seeds", ["method", "seeds", *titles], rows))
         diff_rows = [
             [label, *(_delta(m.diffs.get(c.key)) for c in cells)]
             for label, m in comp.methods.items()
@@ -202,7 +267,7 @@ def comparison_tables(comp: Comparison) -> list[tuple[str, list[str], list[list[
         if diff_rows:
             tables.append(
                 (
-                    f"{name}: difference to {comp.baseline} (points) [{100 * comp.confidence:.0f}% CI]",
+                    f"{name} {what}: difference to {comp.baseline} (points) [{_level(comp)} CI]",
                     ["method", *titles],
                     diff_rows,
                 )
@@ -232,13 +297,57 @@ def comparison_notes(comp: Comparison) -> list[str]:
     return notes
 
 
+VIEW_NOTE = (
+    "Calibrated accuracy: accuracy after the label-free correction (each test set's decision rule "
+    "moved so that its predicted-class rates equal the model's own on the training language; no "
+    "target label read; docs/statistics.md). ROC-AUC: threshold-free. Both use the same paired "
+    "bootstrap as accuracy."
+)
+
+
 def comparison_markdown(reports: Comparison | Mapping[str, EvalReport]) -> str:
-    """Markdown of a comparison (see :func:`comparison_tables`); accepts bare reports (one seed each)."""
+    """Markdown of a comparison (see :func:`comparison_tables`) and of its views (calibrated
+    accuracy, ROC-AUC); accepts bare reports (one seed each)."""
     comp = as_comparison(reports)
     parts = [f"# Comparison ({comp.task})", "", *(n + "\n" for n in comparison_notes(comp))]
-    for title, header, rows in comparison_tables(comp):
-        parts += [f"## {title}", "", _md_table(header, rows), ""]
+    if comp.views:
+        parts += [VIEW_NOTE, ""]
+    for c in [comp, *comp.views.values()]:
+        for title, header, rows in comparison_tables(c):
+            parts += [f"## {title}", "", _md_table(header, rows), ""]
     return "\n".join(parts)
+
+
+COMPACT_CELLS = (("xlt_zero_shot_avg", "XLT zero-shot"), ("gxlt_cross", "G-XLT cross"))
+COMPACT_NAMES = {"calibrated": "calibrated", "auc": "AUC"}
+
+
+def compact_views(comp: Comparison) -> str | None:
+    """One console table of the views: per method, the seed mean (and the difference to the
+    baseline with its interval) of calibrated accuracy and ROC-AUC on the zero-shot XLT average and
+    the G-XLT cross-language average (the markdown has every cell). None without views."""
+    cols = [
+        (name, key, title)
+        for name, view in comp.views.items()
+        for key, title in COMPACT_CELLS
+        if any(key in m.stats for m in view.methods.values())
+    ]
+    if not cols:
+        return None
+    rows = []
+    for label in comp.methods:
+        row = [label]
+        for name, key, _ in cols:
+            m = comp.views[name].methods.get(label)
+            stat = m.stats.get(key) if m else None
+            iv = m.diffs.get(key) if m else None
+            row.append(_fmt(stat.mean) if iv is None else f"{_fmt(stat.mean)} {_delta(iv)}")
+        rows.append(row)
+    header = ["method", *(f"{COMPACT_NAMES.get(n, n)} {t}" for n, _, t in cols)]
+    return (
+        f"Calibrated accuracy and ROC-AUC (%; difference to {comp.baseline} [{_level(comp)} CI]):\n"
+        + text_table(header, rows)
+    )
 
 
 def text_table(header: list[str], rows: list[list[str]]) -> str:
@@ -252,9 +361,13 @@ def text_table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def comparison_text(reports: Comparison | Mapping[str, EvalReport]) -> str:
-    """The console rendering of a comparison: the same tables and notes as the markdown."""
+    """The console rendering of a comparison: the accuracy tables and notes of the markdown, and
+    the views (calibrated accuracy, ROC-AUC) as one compact table."""
     comp = as_comparison(reports)
     parts = [f"{title}:\n{text_table(header, rows)}" for title, header, rows in comparison_tables(comp)]
+    compact = compact_views(comp)
+    if compact:
+        parts.append(compact)
     return "\n\n".join([*parts, "\n".join(comparison_notes(comp))])
 
 
@@ -262,24 +375,25 @@ def comparison_csv(comp: Comparison) -> str:
     """One row per (method, cell): accuracies and differences as fractions in [0, 1] / [-1, 1]."""
     rows: list[list] = [
         [
-            "method", "kind", "cell", "title", "group", "seeds", "n_seeds", "mean", "sd", "values",
+            "metric", "method", "kind", "cell", "title", "group", "seeds", "n_seeds", "mean", "sd", "values",
             "difference", "ci_low", "ci_high", "excludes_zero", "interval_scope",
         ]
     ]  # fmt: skip
-    for label, m in comp.methods.items():
-        for c in comp.cells:
-            stat = m.stats.get(c.key)
-            if stat is None:
-                continue
-            iv = m.diffs.get(c.key)
-            ci = ("",) * 5 if iv is None else (iv.estimate, iv.low, iv.high, iv.excludes_zero, iv.scope)
-            rows.append(
-                [
-                    label, m.kind or "", c.key, c.title, c.group, " ".join(map(str, m.seeds)), len(m.seeds),
-                    stat.mean, "" if stat.sd is None else stat.sd, " ".join(repr(v) for v in stat.values),
-                    *ci,
-                ]
-            )  # fmt: skip
+    for view in [comp, *comp.views.values()]:
+        for label, m in view.methods.items():
+            for c in view.cells:
+                stat = m.stats.get(c.key)
+                if stat is None:
+                    continue
+                iv = m.diffs.get(c.key)
+                ci = ("",) * 5 if iv is None else (iv.estimate, iv.low, iv.high, iv.excludes_zero, iv.scope)
+                rows.append(
+                    [
+                        view.metric, label, m.kind or "", c.key, c.title, c.group,
+                        " ".join(map(str, m.seeds)), len(m.seeds), stat.mean,
+                        "" if stat.sd is None else stat.sd, " ".join(repr(v) for v in stat.values), *ci,
+                    ]
+                )  # fmt: skip
     return _csv_text(rows)
 
 

@@ -34,6 +34,7 @@ from fastrobust.evaluate.comparison import (
     RunResult,
     as_comparison,
     compare,
+    compare_metrics,
     group_runs,
 )
 
@@ -50,6 +51,7 @@ __all__ = [
     "as_comparison",
     "bootstrap_accuracies",
     "compare",
+    "compare_metrics",
     "define_cells",
     "group_runs",
     "paired_bootstrap",

@@ -89,25 +89,29 @@ def _bootstrap_binary_auc(scores: np.ndarray, positive: np.ndarray, counts: np.n
 
     Sorted by score, a positive at tie group g beats the negative weight below g and ties with the
     negative weight inside g: ``AUC_b = sum_i pos_i w_bi (Wneg_b(< g_i) + Wneg_b(g_i) / 2) /
-    (Wpos_b Wneg_b)``; a draw without both classes gives NaN.
+    (Wpos_b Wneg_b)``; a draw without both classes gives NaN. Weights are integer counts, so
+    float32 sums are exact up to 2^24.
     """
     order = np.argsort(scores, kind="stable")
     s, pos = scores[order], positive[order]
-    w = counts[:, order]
-    # tie groups of the sorted scores: start/end positions of each example's group
-    new = np.r_[True, s[1:] != s[:-1]]
+    new = np.r_[True, s[1:] != s[:-1]]  # tie groups of the sorted scores
     group = np.cumsum(new) - 1
     starts = np.flatnonzero(new)
     ends = np.r_[starts[1:], s.size]
-    neg_cum = np.zeros((w.shape[0], s.size + 1), dtype=np.float64)
-    np.cumsum(w * (~pos), axis=1, out=neg_cum[:, 1:])
-    below = neg_cum[:, starts[group]]
-    tied = neg_cum[:, ends[group]] - below
-    wins = ((below + 0.5 * tied) * w)[:, pos].sum(axis=1)
-    w_pos = w[:, pos].sum(axis=1)
-    w_neg = neg_cum[:, -1]
+    p_idx, n_idx = order[pos], order[~pos]
+    # cumulative negative weight along the sorted order, with a leading 0 column
+    neg_sorted = np.where(pos, 0.0, 1.0).astype(np.float32)
+    neg_cum = np.zeros((counts.shape[0], s.size + 1), dtype=np.float32)
+    np.cumsum(counts[:, order] * neg_sorted, axis=1, out=neg_cum[:, 1:])
+    g = group[pos]
+    below = neg_cum[:, starts[g]]
+    tied = neg_cum[:, ends[g]] - below
+    w_pos = counts[:, p_idx]
+    wins = ((below + 0.5 * tied) * w_pos).sum(axis=1, dtype=np.float64)
+    total_pos = w_pos.sum(axis=1, dtype=np.float64)
+    total_neg = counts[:, n_idx].sum(axis=1, dtype=np.float64)
     with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where((w_pos > 0) & (w_neg > 0), wins / (w_pos * w_neg), np.nan)
+        return np.where((total_pos > 0) & (total_neg > 0), wins / (total_pos * total_neg), np.nan)
 
 
 def bootstrap_auc(probs: np.ndarray, labels: np.ndarray, counts: np.ndarray) -> np.ndarray:
@@ -115,7 +119,7 @@ def bootstrap_auc(probs: np.ndarray, labels: np.ndarray, counts: np.ndarray) -> 
     (B, N): row b holds how often each of the N examples occurs in bootstrap draw b."""
     p = np.asarray(probs, dtype=np.float64)
     y = np.asarray(labels).reshape(-1)
-    w = np.asarray(counts, dtype=np.float64)
+    w = np.asarray(counts, dtype=np.float32)
     if p.shape[1] == 2:
         return _bootstrap_binary_auc(p[:, 1], y == 1, w)
     present = [c for c in range(p.shape[1]) if np.any(y == c)]
