@@ -118,7 +118,7 @@ def test_comparison_with_seeds_markdown_csv_and_marks(tmp_path):
     from fastrobust.evaluate.report import comparison_text
 
     text = comparison_text(comp)
-    assert "XLT: difference to baseline" in text and "zero-shot avg" in text
+    assert "XLT accuracy: difference to baseline" in text and "zero-shot avg" in text
 
 
 def test_comparison_png_legend_covers_no_bar_and_bars_carry_values():

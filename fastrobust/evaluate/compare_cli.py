@@ -3,7 +3,8 @@
 Reads every finished run under the given training output folders (see
 :mod:`fastrobust.evaluate.runs`), pools the seeds of each method label, and writes
 comparison.md / .json / .csv / .png (mean ± sd over seeds, differences to the baseline with paired
-bootstrap intervals; docs/statistics.md) to ``--out`` (default: the RUN_DIR when there is one).
+bootstrap intervals, for accuracy, accuracy after the label-free correction and ROC-AUC;
+docs/statistics.md) to ``--out`` (default: the RUN_DIR when there is one).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     # numpy loads when the command runs, not for ``fastrobust compare --help``
-    from fastrobust.evaluate import compare, write_comparison
+    from fastrobust.evaluate import compare_metrics, write_comparison
     from fastrobust.evaluate.report import comparison_text
     from fastrobust.evaluate.runs import merge_runs
 
@@ -44,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
     if args.n_boot < 100:
         raise ConfigError(f"--n-boot: must be >= 100, got {args.n_boot}")
     runs = merge_runs(args.run_dirs)
-    comparison = compare(runs, baseline=args.baseline, n_boot=args.n_boot, confidence=args.confidence)
+    comparison = compare_metrics(runs, baseline=args.baseline, n_boot=args.n_boot, confidence=args.confidence)
     out = Path(args.out or args.run_dirs[0])
     write_comparison(comparison, out)
     print(comparison_text(comparison))

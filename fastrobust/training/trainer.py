@@ -38,7 +38,7 @@ from typing import Any
 
 from fastrobust.config import Config, method_label
 from fastrobust.errors import ConfigError, DivergenceError, FastrobustError
-from fastrobust.evaluate import compare, write_comparison
+from fastrobust.evaluate import compare_metrics, write_comparison
 from fastrobust.evaluate.runs import load_runs, seed_dir_name
 from fastrobust.fileio import atomic_write_json
 from fastrobust.progress import library_bars_off
@@ -224,10 +224,10 @@ def _compare_and_report(cfg: Config, finished: list[FinishedRun], out_dir: Path)
                 "trained with another config; left out of the comparison",
                 flush=True,
             )
-        comparison = compare([*runs, *earlier])
+        comparison = compare_metrics([*runs, *earlier])
     except FastrobustError as exc:
         print(f"note: earlier runs in {out_dir} left out of the comparison ({exc})", flush=True)
-        comparison = compare(runs)
+        comparison = compare_metrics(runs)
     markdown = write_comparison(comparison, out_dir)
     print("\n" + console_summary(summaries, comparison, out_dir, cfg), flush=True)
 
