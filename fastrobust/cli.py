@@ -1,5 +1,5 @@
-"""The ``fastrobust`` command: ``train``, ``evaluate``, ``compare``, ``certify``, ``augment``,
-``synonyms``.
+"""The ``fastrobust`` command: ``train``, ``evaluate``, ``compare``, ``calibrate``, ``certify``,
+``augment``, ``synonyms``.
 
 Each subcommand lives next to the code it drives and exposes ``add_arguments(parser)``
 and ``run(args) -> int``. Errors print one line ``fastrobust <cmd>: error: ...`` without a
@@ -24,6 +24,10 @@ SUBCOMMANDS = {
     "compare": (
         "fastrobust.evaluate.compare_cli",
         "merge finished runs into one comparison (mean ± sd over seeds, bootstrap intervals)",
+    ),
+    "calibrate": (
+        "fastrobust.evaluate.calibrate_cli",
+        "fit label-free logit offsets for a target language on unlabeled inputs, saved beside the model",
     ),
     "certify": ("fastrobust.methods.certify_cli", "certified accuracy of the smoothed classifier"),
     "augment": (

@@ -12,6 +12,7 @@ Public API::
     compare_metrics(runs) -> Comparison with views "calibrated" and "auc"
     roc_auc(probs, labels), expected_calibration_error(probs, labels)   # threshold-free quality
     fit_offsets(logits, reference_rates) -> OffsetFit, apply_offsets(logits, offsets)  # label-free
+    classification_metrics(logits, labels, reference_rates=None) -> dict   # all of one set
     write_report(report, out_dir), write_comparison(comparison or {label: report}, out_dir) -> markdown
 
 Names are imported on first use, so that the statistics and reports (numpy only) load without
@@ -36,6 +37,7 @@ _LAZY = {
     "compare": "fastrobust.evaluate.stats",
     "compare_metrics": "fastrobust.evaluate.stats",
     "fit_offsets": "fastrobust.evaluate.calibration",
+    "classification_metrics": "fastrobust.evaluate.calibration",
     "apply_offsets": "fastrobust.evaluate.calibration",
     "roc_auc": "fastrobust.evaluate.threshold_free",
     "expected_calibration_error": "fastrobust.evaluate.threshold_free",

@@ -143,3 +143,31 @@ def calibrated_predictions(
     z = log_probs(probs)
     fit = fit_offsets(z, reference_rates)
     return apply_offsets(z, fit.offsets).argmax(axis=1), fit
+
+
+def classification_metrics(
+    logits: np.ndarray, labels: np.ndarray, reference_rates: Sequence[float] | None = None
+) -> dict[str, float | list[float] | None]:
+    """Every number of one evaluation set, for users' own evaluation code: ``accuracy``,
+    ``roc_auc`` (None with one class), ``ece``, ``predicted_rates`` (C,), and with
+    ``reference_rates`` the ``calibrated_accuracy`` after the label-free correction, its
+    ``offsets`` and ``calibrated_rates``. ``logits`` (N, C), ``labels`` (N,)."""
+    from fastrobust.evaluate.threshold_free import expected_calibration_error, roc_auc
+
+    z = np.asarray(logits, dtype=np.float64)
+    y = np.asarray(labels).reshape(-1)
+    if z.ndim != 2 or z.shape[0] != y.shape[0] or y.size == 0:
+        raise DataError(f"classification_metrics: logits of shape {z.shape} for {y.shape[0]} labels")
+    probs = softmax(z, axis=1)
+    out: dict[str, float | list[float] | None] = {
+        "accuracy": float((z.argmax(axis=1) == y).mean()),
+        "roc_auc": roc_auc(probs, y) if len(np.unique(y)) > 1 else None,
+        "ece": expected_calibration_error(probs, y),
+        "predicted_rates": predicted_rates(z).tolist(),
+    }
+    if reference_rates is not None:
+        fit = fit_offsets(z, reference_rates)
+        out["calibrated_accuracy"] = float((apply_offsets(z, fit.offsets).argmax(axis=1) == y).mean())
+        out["offsets"] = fit.offsets.tolist()
+        out["calibrated_rates"] = fit.predicted_rates.tolist()
+    return out

@@ -38,6 +38,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--device", default=None, help="torch device (default: cuda when available, else cpu)"
     )
     parser.add_argument(
+        "--calibration-reference",
+        choices=("source", "prior"),
+        default="source",
+        help="reference class rates of the label-free correction in the report's calibrated accuracy: the "
+        "model's own on the training language's test set (default), or the training labels' prior",
+    )
+    parser.add_argument(
+        "--offsets",
+        default=None,
+        metavar="FILE",
+        help="apply saved label-free offsets (a calibration.json, e.g. MODEL_DIR/calibration.json from "
+        "`fastrobust calibrate`) to every test set named by one of its targets (a language, or a pair "
+        "a-b) before anything is scored",
+    )
+    parser.add_argument(
         "--no-gxlt",
         action="store_true",
         help="skip the G-XLT pairs (or fewer: --set task.gxlt_pairs=with_train_language or [en-de,de-en], "
@@ -175,6 +190,39 @@ def load_classifier(model_dir: Path, num_labels: int):
     )
 
 
+def apply_saved_offsets(predictions, path: str, task):
+    """``predictions`` with the saved offsets of ``path`` applied to each set named by a target
+    (an XLT language, or a G-XLT pair ``a-b``); DataError for a file of another task or labels."""
+    from fastrobust.evaluate.calibration import apply_offsets, log_probs
+    from fastrobust.evaluate.offsets import read_calibration
+    from fastrobust.evaluate.predictions import SetPredictions, TaskPredictions
+
+    cal = read_calibration(path, task=task.name, label_names=task.label_names)
+    done: dict[int, SetPredictions] = {}
+
+    def shifted(p: SetPredictions, target: str | None) -> SetPredictions:
+        if target is None:
+            return p
+        if id(p) not in done:
+            done[id(p)] = SetPredictions.from_logits(
+                apply_offsets(log_probs(p.probs), cal.offsets(target)), p.labels
+            )
+        return done[id(p)]
+
+    def target(*names: str) -> str | None:
+        return next((n for n in names if n in cal.targets), None)
+
+    xlt = {k: shifted(p, target(k)) for k, p in predictions.xlt.items()}
+    gxlt = {
+        (a, b): shifted(p, target(f"{a}-{b}", a) if a == b else target(f"{a}-{b}"))
+        for (a, b), p in predictions.gxlt.items()
+    }
+    return TaskPredictions(
+        xlt, gxlt, predictions.task, list(predictions.languages), predictions.train_language,
+        list(predictions.label_names),
+    )  # fmt: skip
+
+
 def run(args: argparse.Namespace) -> int:
     with library_bars_off():
         return _run(args)
@@ -211,7 +259,17 @@ def _run(args: argparse.Namespace) -> int:
         gxlt=gxlt,
         progress="test",
     )
-    report = predictions.report()
+    if args.offsets is not None:
+        predictions = apply_saved_offsets(predictions, args.offsets, task)
+    reference = None
+    if args.calibration_reference == "prior":
+        import numpy as np
+
+        from fastrobust.data.xtreme import column
+
+        labels = np.asarray(column(task.train, "label"))
+        reference = (np.bincount(labels, minlength=task.num_labels) / max(1, labels.size)).tolist()
+    report = predictions.report(reference_rates=reference)
     write_report(report, out, title=f"{task.name}: {Path(args.model_dir).name}")
     predictions.save(out / FILE_NAME)
     print("XLT accuracy (%)\n" + xlt_markdown(report))

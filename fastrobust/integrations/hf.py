@@ -197,6 +197,13 @@ class RobustTrainer(Trainer):
     ``"fastrobust"``), ``reseed`` (default True) and ``task`` (a fastrobust task section, written
     to ``fastrobust.json`` so that ``fastrobust evaluate MODEL_DIR`` knows what to test on).
     ``evaluate``/``predict`` also accept text datasets.
+
+    Metrics: without a ``compute_metrics`` of the caller's, every evaluation reports ``accuracy``,
+    ``roc_auc``, ``ece`` and the predicted-class rates (``rate_<class id>``); with
+    ``calibration_reference`` (C rates, or ``"first"``, the default: the predicted rates of the
+    first set of a dict ``eval_dataset`` — put the training language first) also
+    ``calibrated_accuracy`` after the label-free correction
+    (:func:`fastrobust.evaluate.calibration.classification_metrics`).
     """
 
     def __init__(
@@ -208,6 +215,7 @@ class RobustTrainer(Trainer):
         data_order: str = "trainer",
         reseed: bool = True,
         task: Any = None,
+        calibration_reference: Any = "first",
         **kwargs: Any,
     ) -> None:
         accepted = _trainer_kwargs()
@@ -231,6 +239,11 @@ class RobustTrainer(Trainer):
             tokenizer = args[5]
         if kwargs.get("data_collator") is None and len(args) <= 2 and tokenizer is not None:
             kwargs["data_collator"] = RightPadding(tokenizer)
+        self._reference = None if isinstance(calibration_reference, str) else list(calibration_reference)
+        self._reference_from_first = calibration_reference == "first"
+        self._last_rates: list[float] | None = None
+        if kwargs.get("compute_metrics") is None and len(args) <= 7:
+            kwargs["compute_metrics"] = self._robust_metrics
         super().__init__(*args, **kwargs)
         self.train_dataset = self._prepare_text(self.train_dataset, train=True)
         if isinstance(self.eval_dataset, Mapping):
@@ -277,7 +290,30 @@ class RobustTrainer(Trainer):
     def evaluate(self, eval_dataset: Any = None, *args: Any, **kwargs: Any) -> dict[str, float]:
         if eval_dataset is not None and not isinstance(eval_dataset, str):
             eval_dataset = self._prepare_text(eval_dataset, train=False)
-        return super().evaluate(eval_dataset, *args, **kwargs)
+        first = (
+            isinstance(eval_dataset, str)
+            and isinstance(self.eval_dataset, Mapping)
+            and eval_dataset == next(iter(self.eval_dataset), None)
+        )
+        if first and self._reference_from_first:
+            self._reference = None  # the first set's own rates become the reference (below)
+        metrics = super().evaluate(eval_dataset, *args, **kwargs)
+        if first and self._reference_from_first:
+            self._reference = self._last_rates
+        return metrics
+
+    def _robust_metrics(self, eval_pred: Any) -> dict[str, float]:
+        """accuracy, roc_auc, ece, rate_<c> and (with a reference) calibrated_accuracy."""
+        from fastrobust.evaluate.calibration import classification_metrics
+
+        logits = (
+            eval_pred.predictions[0] if isinstance(eval_pred.predictions, tuple) else eval_pred.predictions
+        )
+        m = classification_metrics(logits, eval_pred.label_ids, self._reference)
+        self._last_rates = m["predicted_rates"]
+        out = {k: v for k, v in m.items() if isinstance(v, float)}
+        out.update({f"rate_{c}": r for c, r in enumerate(m["predicted_rates"])})
+        return out
 
     def predict(self, test_dataset: Any, *args: Any, **kwargs: Any) -> Any:
         return super().predict(self._prepare_text(test_dataset, train=False), *args, **kwargs)

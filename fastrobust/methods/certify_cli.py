@@ -59,6 +59,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--examples-per-batch", type=int, default=8, help="examples certified together")
     parser.add_argument("--seed", type=int, default=0, help="seed of the noise draws")
     parser.add_argument(
+        "--offsets",
+        default=None,
+        metavar="FILE",
+        help="saved label-free offsets (calibration.json of `fastrobust calibrate`): the base classifier's "
+        "logits of each language named by a target get them before every vote",
+    )
+    parser.add_argument(
         "--device", default=None, help="torch device (default: cuda when available, else cpu)"
     )
     parser.add_argument("--out", default=None, help="output folder (default: MODEL_DIR/../certify)")
@@ -128,6 +135,7 @@ def _run(args: argparse.Namespace) -> int:
     languages = _languages(args.languages, task)
     tokenizer, model = _load_model(args.model_dir, task, device)
     unit = embedding_rms(model) if args.sigma_mode == "relative" else 1.0
+    offsets = _offsets(args.offsets, task, languages)
     results = {
         lang: _certify_language(
             model,
@@ -139,6 +147,7 @@ def _run(args: argparse.Namespace) -> int:
             unit=unit,
             radii=radii,
             max_length=max_length,
+            offsets=offsets.get(lang),
         )
         for lang_index, lang in enumerate(languages)
     }
@@ -156,9 +165,26 @@ def _run(args: argparse.Namespace) -> int:
         "radius_unit": "embedding-table RMS" if args.sigma_mode == "relative" else "embedding units",
         "max_length": max_length,
         "languages": results,
+        "offsets": {lang: b.tolist() for lang, b in offsets.items()},
     }
     _write_results(out, payload, args)
     return 0
+
+
+def _offsets(path: str | None, task: Any, languages: list[str]) -> dict[str, Any]:
+    """{language: offsets tensor (C,)} of the languages ``path``'s calibration file names."""
+    if path is None:
+        return {}
+    import torch  # loaded with the model anyway
+
+    from fastrobust.evaluate.offsets import read_calibration
+
+    cal = read_calibration(path, task=task.name, label_names=task.label_names)
+    return {
+        lang: torch.tensor(cal.offsets(lang), dtype=torch.float32)
+        for lang in languages
+        if lang in cal.targets
+    }
 
 
 def _languages(text: str | None, task: Any) -> list[str]:
@@ -199,6 +225,7 @@ def _certify_language(
     unit: float,
     radii: list[float],
     max_length: int,
+    offsets: Any = None,
 ) -> dict[str, Any]:
     """CERTIFY on the first ``--max-examples`` examples of one language's test set: examples,
     abstention rate, certified accuracy per radius and mean radius of the correct ones (radii in
@@ -231,6 +258,7 @@ def _certify_language(
             batch_size=args.batch_size,
             # one independent stream per (seed, language, batch): no two batches share noise
             seed=derive_seed(args.seed, lang_index, start),
+            offsets=offsets,
         )
         abstained += int((res.prediction == ABSTAIN).sum())
         correct += (res.prediction == labels.cpu()).tolist()

@@ -88,6 +88,7 @@ def sample_counts(
     batch_size: int = 256,
     seed: int | None = None,
     embeds: Tensor | None = None,
+    offsets: Tensor | None = None,
 ) -> Tensor:
     """Class counts of the base classifier over n noisy copies of each example.
 
@@ -96,7 +97,9 @@ def sample_counts(
     ``max(1, batch_size // B)`` at a time with ``noisy_copies`` and flattened to one forward
     of (copies * B) sequences. ``seed`` makes the draw reproducible (chunk k uses
     ``derive_seed(seed, k)``); None draws from torch's default generator. The model is put in
-    eval mode (no dropout) for the duration and restored afterwards.
+    eval mode (no dropout) for the duration and restored afterwards. ``offsets`` (C,): label-free
+    calibration offsets added to the base classifier's logits before each vote
+    (:mod:`fastrobust.evaluate.offsets`).
     """
     n = _check_positive_int("n", n)
     _check_args(sigma, 0.5, batch_size)
@@ -117,6 +120,8 @@ def sample_counts(
             chunk_seed = None if seed is None else derive_seed(seed, chunk)
             noisy = ops.noisy_copies(embeds, m, sigma, seed=chunk_seed, mask=mask)  # (m, B, L, H)
             logits = forward_from_embeds(model, batch, noisy.reshape(m * rows, *embeds.shape[1:]))
+            if offsets is not None:
+                logits = logits + offsets.to(device=logits.device, dtype=logits.dtype)
             votes = logits.argmax(dim=-1).view(m, rows)
             if counts is None:
                 counts = torch.zeros(rows, logits.shape[-1], dtype=torch.long, device=logits.device)
@@ -148,16 +153,20 @@ def smoothed_predict(
     alpha: float = 0.001,
     batch_size: int = 256,
     seed: int | None = None,
+    offsets: Tensor | None = None,
 ) -> Tensor:
     """Cohen's PREDICT for each example of the batch: (B,) int64 class ids, ABSTAIN (-1) where
     the top class does not beat the runner-up in a two-sided binomial test at level alpha.
 
-    sigma is absolute (embedding units). Shapes: batch as for :func:`sample_counts`.
+    sigma is absolute (embedding units). Shapes: batch as for :func:`sample_counts`; ``offsets``
+    (C,): calibration offsets of the base classifier's logits, as there.
     """
     from scipy.stats import binomtest  # scipy.stats (~0.3 s): only when certifying
 
     _check_args(sigma, alpha, batch_size)
-    counts = sample_counts(model, batch, n=n, sigma=sigma, batch_size=batch_size, seed=seed).cpu()
+    counts = sample_counts(
+        model, batch, n=n, sigma=sigma, batch_size=batch_size, seed=seed, offsets=offsets
+    ).cpu()
     top2 = counts.topk(min(2, counts.shape[1]), dim=1)
     out = torch.full((counts.shape[0],), ABSTAIN, dtype=torch.long)
     for b in range(counts.shape[0]):
@@ -178,6 +187,7 @@ def certify(
     alpha: float = 0.001,
     batch_size: int = 256,
     seed: int | None = None,
+    offsets: Tensor | None = None,
 ) -> CertifyResult:
     """Cohen's CERTIFY for each example of the batch.
 
@@ -185,7 +195,8 @@ def certify(
     estimation samples; p_lower = Clopper-Pearson one-sided (1 - alpha) lower bound of n_A / n;
     radius = sigma * Phi^-1(p_lower) when p_lower > 1/2, else ABSTAIN with radius 0.
     sigma is absolute (embedding units); radii are L2 over the real-token embedding entries.
-    Returns a :class:`CertifyResult` of CPU tensors of shape (B,) (counts (B, C)).
+    Returns a :class:`CertifyResult` of CPU tensors of shape (B,) (counts (B, C)). ``offsets``
+    (C,): calibration offsets of the base classifier's logits (:func:`sample_counts`).
     """
     from scipy.stats import norm  # scipy.stats (~0.3 s): only when certifying
 
@@ -198,11 +209,11 @@ def certify(
     sel_seed = None if seed is None else derive_seed(seed, 0)
     est_seed = None if seed is None else derive_seed(seed, 1)
     counts0 = sample_counts(
-        model, batch, n=n0, sigma=sigma, batch_size=batch_size, seed=sel_seed, embeds=embeds
+        model, batch, n=n0, sigma=sigma, batch_size=batch_size, seed=sel_seed, embeds=embeds, offsets=offsets
     )
     guess = counts0.argmax(dim=1)
     counts = sample_counts(
-        model, batch, n=n, sigma=sigma, batch_size=batch_size, seed=est_seed, embeds=embeds
+        model, batch, n=n, sigma=sigma, batch_size=batch_size, seed=est_seed, embeds=embeds, offsets=offsets
     )
     n_a = counts.gather(1, guess.unsqueeze(1)).squeeze(1).cpu().numpy()
     p_lower = clopper_pearson_lower(n_a, n, alpha)
