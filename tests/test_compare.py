@@ -94,7 +94,10 @@ def test_compare_command_end_to_end(tmp_path, labels):
     fake_run(b / "old" / "seed-0", "old", 0, 0.6, labels, preds=False)
     proc = run_cli(str(a), str(b), "--out", str(tmp_path / "cmp"), "--n-boot", "500")
     assert proc.returncode == 0, proc.stderr
-    assert "XLT accuracy: difference to baseline" in proc.stdout and "old: no per-example predictions" in proc.stdout
+    assert (
+        "XLT accuracy: difference to baseline" in proc.stdout
+        and "old: no per-example predictions" in proc.stdout
+    )
     data = json.loads((tmp_path / "cmp" / "comparison.json").read_text())
     assert set(data["methods"]) == {"baseline", "better", "old"} and data["n_boot"] == 500
     diff = data["methods"]["better"]["cells"]["xlt_zero_shot_avg"]["difference"]

@@ -48,7 +48,10 @@ def test_seeds_train_every_method_per_seed_and_compare(fixture_model: Path, tmp_
     result = train(None, overrides(fixture_model, out, "seeds=[0, 1]"))
     printed = capsys.readouterr().out
     assert "seeds 0, 1;" in printed  # the banner
-    assert "XLT accuracy: difference to baseline (points) [95% CI]" in printed and "mean ± sd over seeds" in printed
+    assert (
+        "XLT accuracy: difference to baseline (points) [95% CI]" in printed
+        and "mean ± sd over seeds" in printed
+    )
     assert "Throughput" in printed and "/<method>/seed-<k>/" in printed and "model/" not in printed
     for label in ("baseline", "rs-rp"):
         for seed in (0, 1):
