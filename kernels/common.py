@@ -81,7 +81,24 @@ DEFAULT_TUNING = Tuning()
 
 @lru_cache(maxsize=4)
 def _tuning_file(path: str) -> Tuning:
-    return Tuning.from_dict(json.loads(Path(path).read_text()))
+    """A JSON object of Tuning fields (or holding them under "winner"), or the ops benchmark's
+    JSONL records, whose last "sweep_winner" record is taken."""
+    text = Path(path).read_text()
+    try:
+        return Tuning.from_dict(json.loads(text))
+    except json.JSONDecodeError:
+        pass
+    winners = []
+    for line in text.splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:  # a line cut by a timeout
+            continue
+        if isinstance(rec, dict) and rec.get("kind") == "sweep_winner":
+            winners.append(rec)
+    if not winners:
+        raise ValueError(f"{path}: neither a JSON object of tuning fields nor records with a sweep_winner")
+    return Tuning.from_dict(winners[-1])
 
 
 def active_tuning() -> Tuning:

@@ -1,7 +1,8 @@
 """Lower every kernel variant the launch plans pick for an H100 to an sm_90 cubin, and check it.
 
 ``python tests/kernel_lowering.py [--arch 90] [--tuning FILE] [--expect-triton 3.6.0]`` prints
-one line per variant and a verdict; exit status 0 when every check passes. It runs with
+one line per variant and a verdict; exit status 0 when every check passes (``--dry-run``: the
+variants are listed, not compiled: the CPU dry run of ``benchmarks/gpu/run.sh``). It runs with
 whatever Triton the interpreter has: the project's (tests/test_kernels_compile.py), the GPU
 image's 3.6 in a throwaway environment here (``make lower-device-triton``), or the GPU
 machine's own (first thing ``benchmarks/gpu/run.sh`` does). No GPU is needed and nothing is
@@ -177,6 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--arch", type=int, default=90)
     p.add_argument("--tuning", default=None, help="a kernel tuning JSON file (the tile sweep's winner)")
     p.add_argument("--expect-triton", default=None, help="fail unless this Triton version is imported")
+    p.add_argument("--dry-run", action="store_true", help="list the variants, compile nothing")
     args = p.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET") == "1":
         p.error("TRITON_INTERPRET=1 is set: the kernels would be interpreted, not lowered")
@@ -189,6 +191,12 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     tuning = common.Tuning.from_dict(json.loads(Path(args.tuning).read_text())) if args.tuning else None
     t0 = time.perf_counter()
+    if args.dry_run:
+        names = [name for name, _ in variants(tuning)]
+        print("\n".join(f"sm_{args.arch} {name}: not compiled (dry run)" for name in names))
+        print(f"triton {triton.__version__}: {len(names)} variants listed, none lowered (dry run)")
+        print("lowering: dry run")
+        return 0
     lines = compile_all(args.arch, tuning)
     print("\n".join(lines))
     verdict = summary(lines)
