@@ -55,12 +55,12 @@ class Tuning:
 
     pgd_reduce_tile: int = GPU_TILE  # elements per loop trip of the L2 reduction (pass 1)
     pgd_max_split: int = 64  # programs per example in pass 1, at most
-    pgd_update_vectors: int = 1  # 16-byte vectors per thread and tile row of pass 2
+    pgd_warps: int = 4  # warps per PGD program (the update's tile: one 16-byte vector per thread)
     pgd_l2_chunks: bool = False  # L2 steps in L2-sized chunks of examples (two launches each)
     noise_warps: int = 4  # warps per noise program (one element per thread and quarter tile)
 
     def __post_init__(self) -> None:
-        for name in ("pgd_reduce_tile", "pgd_max_split", "pgd_update_vectors", "noise_warps"):
+        for name in ("pgd_reduce_tile", "pgd_max_split", "pgd_warps", "noise_warps"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1 or value & (value - 1):
                 raise ValueError(f"Tuning.{name} must be a power of two >= 1, got {value!r}")
@@ -79,8 +79,7 @@ class Tuning:
 DEFAULT_TUNING = Tuning()
 
 
-@lru_cache(maxsize=4)
-def _tuning_file(path: str) -> Tuning:
+def load_tuning(path: str | Path) -> Tuning:
     """A JSON object of Tuning fields (or holding them under "winner"), or the ops benchmark's
     JSONL records, whose last "sweep_winner" record is taken."""
     text = Path(path).read_text()
@@ -99,6 +98,11 @@ def _tuning_file(path: str) -> Tuning:
     if not winners:
         raise ValueError(f"{path}: neither a JSON object of tuning fields nor records with a sweep_winner")
     return Tuning.from_dict(winners[-1])
+
+
+@lru_cache(maxsize=4)
+def _tuning_file(path: str) -> Tuning:
+    return load_tuning(path)
 
 
 def active_tuning() -> Tuning:

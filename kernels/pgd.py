@@ -61,7 +61,6 @@ from fastrobust.validation import step_dtype
 FLT_MAX = tl.constexpr(3.4028234663852886e38)
 SPLIT_BLOCK = 16  # partials summed per loop trip in pass 2
 L2_SHARE = 3  # d and g of one chunk (Tuning.pgd_l2_chunks) take up to 1/L2_SHARE of the L2 cache
-PGD_WARPS = 4
 MAX_GRID_Y = 65535  # CUDA's limit on the second grid axis (examples per reduce launch)
 
 
@@ -272,7 +271,7 @@ def _chunk_examples(target: Target, delta: Tensor | None, grad: Tensor, linf: bo
 
 def _step_blocks(
     tensors: tuple[Tensor | None, ...], n_rows: int, hidden: int, target: Target, block_r, block_h,
-    vectors: int = 1,
+    warps: int = 4,
 ) -> tuple[int, int]:  # fmt: skip
     """(BLOCK_R, BLOCK_H) of the update kernel: the given ones, else picked for ``target``."""
     if block_h is None:
@@ -280,11 +279,12 @@ def _step_blocks(
     if block_r is None:
         block_r = pick_rows(n_rows, block_h, target)
         if not target.interpreted:
-            # ``vectors`` x 16 bytes of the widest tensor per thread: every load and store gets a
-            # 128-bit (or narrower) vector in one common register layout, so the tile never goes
-            # through shared memory for a layout conversion (fp32 d' with bf16 g and e: 4 per thread).
+            # 16 bytes of the widest tensor per thread: every load and store gets a 128-bit (or
+            # narrower) vector in one common register layout, so the tile never goes through
+            # shared memory for a layout conversion (fp32 d' with bf16 g and e: 4 per thread; two
+            # vectors per thread would bring conversions back: tests/kernel_lowering.py).
             widest = max(t.element_size() for t in tensors if t is not None)
-            block_r = max(1, (32 * PGD_WARPS * (16 // widest) * vectors) // block_h)
+            block_r = max(1, (32 * warps * (16 // widest)) // block_h)
     return block_r, block_h
 
 
@@ -332,9 +332,7 @@ def step_launches(
         return []
     linf = norm == "linf"
     tensors = (delta, grad, embeds, new_delta, nxt)
-    block_r, block_h = _step_blocks(
-        tensors, n_rows, hidden, target, block_r, block_h, tuning.pgd_update_vectors
-    )
+    block_r, block_h = _step_blocks(tensors, n_rows, hidden, target, block_r, block_h, tuning.pgd_warps)
     if chunk_examples is None:
         chunk_examples = _chunk_examples(target, delta, grad, linf, tuning)
     chunk_examples = max(1, min(chunk_examples, MAX_GRID_Y))
@@ -347,7 +345,7 @@ def step_launches(
             target, chunk_examples, seq_len, block_h, n_split, tuning
         )
         p_arg = torch.empty((batch, 3, splits), device=grad.device, dtype=torch.float32)
-    warps = 1 if target.interpreted else PGD_WARPS
+    warps = 1 if target.interpreted else tuning.pgd_warps
     strides = (d_arg.stride(0), d_arg.stride(1), grad.stride(0), grad.stride(1))
     launches = []
     for b0 in range(0, batch, chunk_examples):

@@ -31,7 +31,6 @@ Checked per variant, from ``ptxas -v``:
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import sys
@@ -176,7 +175,7 @@ def summary(lines: list[str]) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--arch", type=int, default=90)
-    p.add_argument("--tuning", default=None, help="a kernel tuning JSON file (the tile sweep's winner)")
+    p.add_argument("--tuning", default=None, help="a tuning JSON file, or an ops.jsonl with a sweep winner")
     p.add_argument("--expect-triton", default=None, help="fail unless this Triton version is imported")
     p.add_argument("--dry-run", action="store_true", help="list the variants, compile nothing")
     args = p.parse_args(argv)
@@ -189,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.expect_triton and triton.__version__ != args.expect_triton:
         print(f"lowering: FAILED: triton {triton.__version__} imported, {args.expect_triton} expected")
         return 1
-    tuning = common.Tuning.from_dict(json.loads(Path(args.tuning).read_text())) if args.tuning else None
+    tuning = common.load_tuning(args.tuning) if args.tuning else None
     t0 = time.perf_counter()
     if args.dry_run:
         names = [name for name, _ in variants(tuning)]

@@ -124,7 +124,7 @@ def test_tuning_reaches_the_plan(tmp_path, monkeypatch):
     base, base_small = l2_plan((32, 512, 1024)), l2_plan((8, 128, 768))
     assert base_small[0].grid[0] == 32  # splits: ~4 programs per SM over 8 examples
     path = tmp_path / "tuning.json"
-    path.write_text('{"winner": {"pgd_reduce_tile": 2048, "pgd_max_split": 16, "pgd_update_vectors": 2}}')
+    path.write_text('{"winner": {"pgd_reduce_tile": 2048, "pgd_max_split": 16, "pgd_warps": 8}}')
     monkeypatch.setenv(common.TUNING_ENV, str(path))
     tuned, tuned_small = l2_plan((32, 512, 1024)), l2_plan((8, 128, 768))
     assert tuned[0].constexprs["BLOCK_R"] == 2 * base[0].constexprs["BLOCK_R"]

@@ -4,7 +4,7 @@ timed like the grid (events timer), and the winner as a Tuning the planner adopt
 
 A small, one-at-a-time sweep around the defaults (interactions are not explored): the L2 PGD
 step with embeds for the reduction's tile (``pgd_reduce_tile``), its programs per example
-(``pgd_max_split``, the old ``MAX_SPLIT``), the update's vectors per thread and the L2-sized
+(``pgd_max_split``), the warps per program (and so the update's tile) and the L2-sized
 chunking; ``add_noise`` for the noise kernel's warps. A value is adopted when it is faster than
 the default by more than ``MARGIN`` in the geometric mean over the dtypes and slower in none;
 the adopted values of an op together are timed once more against the defaults
@@ -12,7 +12,10 @@ the adopted values of an op together are timed once more against the defaults
 only its best single value.
 
 Adoption: ``FASTROBUST_KERNEL_TUNING=<the run's ops.jsonl>`` makes the planners use the last
-"sweep_winner" record of that file; to make it the default, copy its fields into ``Tuning``.
+"sweep_winner" record of that file; to make it the default, copy its fields into ``Tuning``
+after ``python tests/kernel_lowering.py --tuning ops.jsonl`` passes (every alternative here
+lowers without spills or layout conversions on Triton 3.6, except ``noise_warps = 8``, which
+spills 8 bytes in the opt-in precise Gaussian path).
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from fastrobust.kernels import common, noise, pgd
 AXES: dict[str, list] = {
     "pgd_reduce_tile": [512, 2048, 4096],
     "pgd_max_split": [16, 32, 128],
-    "pgd_update_vectors": [2, 4],
+    "pgd_warps": [2, 8],
     "pgd_l2_chunks": [True],
     "noise_warps": [2, 8],
 }
