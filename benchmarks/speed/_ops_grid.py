@@ -211,13 +211,14 @@ def plan_passes(cases: list[Case], timers: list[str]) -> list[Pass | str]:
     for timer in timers:
         if timer == "graph":
             steps = [c for c in primary if c.spec["kind"] not in random_kinds]
-            passes += [(primary, "graph", ("torch", "triton", "compile")), (steps, "graph", ("eager",))]
+            passes += [(primary, "graph", ("torch", "triton")), (steps, "graph", ("eager", "compile"))]
         else:
             passes.append((primary, timer, None))
     passes.append(INTERLUDE)
     passes += [(rest, timer, None) for timer in timers if timer != "graph"]
-    if "graph" in timers:
-        passes.append(([c for c in primary if c.spec["kind"] in random_kinds], "graph", ("eager",)))
+    if "graph" in timers:  # eager's private generator and inductor's RNG: capture may be refused
+        random = [c for c in primary if c.spec["kind"] in random_kinds]
+        passes.append((random, "graph", ("eager", "compile")))
     return passes
 
 
@@ -258,9 +259,10 @@ def run_grid(
     """Measures ``cases`` and emits one dict per record; returns the number of error records.
 
     Passes in the order of :func:`plan_passes`; ``interlude(emit)`` runs between the primary
-    cases and the others (it keeps its own time budget). The graph timer runs eager's random ops
-    (noise, init) last of all: they draw from a private torch.Generator, which CUDA-graph capture
-    may refuse (recorded as ``unsupported``), and a refused capture must not cost any other row.
+    cases and the others. The graph timer runs the eager and compiled random ops (noise, init)
+    last of all: they draw from a private torch.Generator or inductor's RNG, whose CUDA-graph
+    capture may be refused (recorded as ``unsupported``), and a refused capture must not cost
+    any other row.
     No new case starts after ``budget_s`` seconds: a "budget" record lists what was not run. The
     last records: "compile" (graphs expected, graphs dynamo built, their first-call seconds) and
     "end".
