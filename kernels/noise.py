@@ -42,6 +42,8 @@ from fastrobust.dispatch import env_true
 from fastrobust.kernels.common import (
     Launch,
     Target,
+    Tuning,
+    active_tuning,
     pick_column_block,
     pick_rows,
     rows_view,
@@ -50,7 +52,6 @@ from fastrobust.kernels.common import (
 )
 
 PRECISE_ENV = "FASTROBUST_PRECISE_NOISE"
-NOISE_WARPS = 4
 
 
 @triton.jit
@@ -254,20 +255,20 @@ def fast_math_default(target: Target) -> bool:
 
 
 def _noise_blocks(
-    n_rows: int, quarter: int, target: Target, block_r: int | None, block_q: int | None
+    n_rows: int, quarter: int, target: Target, block_r: int | None, block_q: int | None, warps: int
 ) -> tuple[int, int]:
     """(BLOCK_R, BLOCK_Q) of ``_noise_kernel``: the given ones, else picked for ``target``."""
     if block_q is None:
         block_q = pick_column_block(quarter, target, cap=64)
     if block_r is None:
         # One program: BLOCK_R rows x 4 * BLOCK_Q columns per loop trip. On a GPU each quarter
-        # tile holds one element per thread (BLOCK_R * BLOCK_Q = 32 * NOISE_WARPS): then the
+        # tile holds one element per thread (BLOCK_R * BLOCK_Q = 32 * warps): then the
         # loads, the Philox/Box-Muller arithmetic and the stores share one register layout and
         # the compiler inserts no layout conversion (a wider tile gets vectorised loads in one
         # layout and the random-number arithmetic in another, converted through shared memory).
         block_r = pick_rows(n_rows, 4 * block_q, target)
         if not target.interpreted:
-            block_r = max(1, 32 * NOISE_WARPS // block_q)
+            block_r = max(1, 32 * warps // block_q)
     return block_r, block_q
 
 
@@ -284,6 +285,7 @@ def noise_launches(
     noise_out: Tensor | None = None,
     counts: Tensor | None = None,
     target: Target | None = None,
+    tuning: Tuning | None = None,
     block_r: int | None = None,
     block_q: int | None = None,
     copies_per_program: int | None = None,
@@ -292,6 +294,7 @@ def noise_launches(
 ) -> list[Launch]:
     """The launch of ``_noise_kernel`` for these tensors (see :func:`launch_noise`)."""
     target = target_for(out) if target is None else target
+    warps = 1 if target.interpreted else (active_tuning() if tuning is None else tuning).noise_warps
     batch, seq_len, hidden = shape
     n_rows = batch * seq_len
     if n_rows == 0 or hidden == 0 or copies == 0:
@@ -305,7 +308,7 @@ def noise_launches(
     per_example = isinstance(sigma, Tensor)
     over_count = counts is not None
     from_ptr = isinstance(seed, Tensor)
-    block_r, block_q = _noise_blocks(n_rows, quarter, target, block_r, block_q)
+    block_r, block_q = _noise_blocks(n_rows, quarter, target, block_r, block_q, warps)
     wide = force_wide or copies * n_rows * quarter >= 2**31 - 1
     n_row_blocks = triton.cdiv(n_rows, block_r)
     if copies_per_program is None:
@@ -343,7 +346,6 @@ def noise_launches(
         BLOCK_R=block_r,
         BLOCK_Q=block_q,
     )
-    warps = 1 if target.interpreted else NOISE_WARPS
     return [Launch(_noise_kernel, (n_row_blocks * n_groups,), args, constexprs, warps)]
 
 
@@ -365,8 +367,8 @@ def launch_noise(
     with a float sigma: the scale of example b is sigma / sqrt(max(counts[b], 1) * H).
     ``noise_out`` (same size
     as out, copies == 1) also receives sigma * z * mask, and then out = x + noise_out
-    exactly. block_r / block_q / copies_per_program / force_wide / fast_math (and target)
-    override the tuning so that tests can drive
+    exactly. block_r / block_q / copies_per_program / force_wide / fast_math (and target, and a
+    ``Tuning``) override the plan so that tests can drive
     the GPU's tiling (several column trips, copy groups, int64 counters) through the
     interpreter; the stream does not depend on them.
     """

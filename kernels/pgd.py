@@ -16,15 +16,19 @@ batch still fills the GPU; the partials are summed by pass 2, deterministically,
 atomics). Pass 2 (``_pgd_update_kernel``) reads d, g and embeds once and writes d' and
 embeds + d'. Eager PyTorch needs ~10 passes for the same step. Linf needs no reduction:
 pass 2 alone computes clamp(d + a sign(g), -eps, eps). A zero start (delta=None) reads no d.
+Launches: two for L2 (one per pass), one for Linf, whatever the batch size.
 
 Bytes (element sizes s_d, s_g, s_e; N = B*L*H). The floor of the L2 step is 5N-sized
 transfers: N*(s_d + s_g + s_e) read + N*(s_d + s_e) written (Linf: the same). What the two
 passes request is 7N (pass 1 reads d and g, pass 2 reads them again). When d and g of the
-whole batch fit in a third of the L2 cache, pass 2's re-reads are L2 hits and DRAM sees the
-floor. When they do not (e.g. 32 x 512 x 1024 fp32: 128 MiB), the batch is processed in
-chunks of examples whose d and g fit (one reduce + one update launch per chunk; pass 1 loads
-with ``evict_last``, pass 2 with ``evict_first``), so pass 2 again re-reads from L2 and DRAM
-traffic is the 5N floor, at the price of two launches per chunk.
+whole batch fit in the L2 cache, pass 2's re-reads are L2 hits and DRAM sees the floor. When
+they do not (e.g. 32 x 512 x 1024 fp32: 128 MiB), pass 1 reads the examples in order (its
+grid is (splits, examples), loads with ``evict_last``) and pass 2 walks the rows from the last
+(loads with ``evict_first``), so it starts on the d and g still in L2 and DRAM sees between 5N
+and 7N. ``Tuning.pgd_l2_chunks`` instead runs the batch in chunks of examples whose d and g
+take a third of the L2 (two launches per chunk, each given its chunk's example offset, no
+tensor slicing): DRAM at the 5N floor, at the price of two launches and their host overhead
+per chunk. Which one wins is a GPU measurement (``benchmarks/speed/bench_ops.py --sweep``).
 
 Lengths are runtime arguments (``do_not_specialize``) and every constexpr is a
 power-of-two tile size or a feature flag, so padded batches of any length reuse the same
@@ -43,6 +47,8 @@ from torch import Tensor
 from fastrobust.kernels.common import (
     Launch,
     Target,
+    Tuning,
+    active_tuning,
     pick_column_block,
     pick_rows,
     rows_view,
@@ -53,14 +59,13 @@ from fastrobust.kernels.noise import noise_launches
 from fastrobust.validation import step_dtype
 
 FLT_MAX = tl.constexpr(3.4028234663852886e38)
-MAX_SPLIT = 64  # programs per example in pass 1
 SPLIT_BLOCK = 16  # partials summed per loop trip in pass 2
-L2_SHARE = 3  # d and g of one chunk may take up to 1/L2_SHARE of the L2 cache
-PGD_WARPS = 4
+L2_SHARE = 3  # d and g of one chunk (Tuning.pgd_l2_chunks) take up to 1/L2_SHARE of the L2 cache
+MAX_GRID_Y = 65535  # CUDA's limit on the second grid axis (examples per reduce launch)
 
 
 @triton.jit(
-    do_not_specialize=["seq_len", "rows_per_split", "n_split"],
+    do_not_specialize=["b_start", "seq_len", "rows_per_split", "n_split"],
     do_not_specialize_on_alignment=["mask_ptr", "partial_ptr"],
 )
 def _pgd_reduce_kernel(
@@ -68,6 +73,7 @@ def _pgd_reduce_kernel(
     grad_ptr,
     mask_ptr,
     partial_ptr,
+    b_start,
     seq_len,
     hidden,
     rows_per_split,
@@ -81,9 +87,13 @@ def _pgd_reduce_kernel(
     BLOCK_R: tl.constexpr,
     BLOCK_H: tl.constexpr,
 ):
-    """partial[b, :, s] = (sum g^2, sum d*g, sum d^2) over split s of example b's real rows."""
-    b = tl.program_id(0)
-    split = tl.program_id(1)
+    """partial[b, :, s] = (sum g^2, sum d*g, sum d^2) over split s of example b's real rows.
+
+    Program (s, j) takes split s of example b = b_start + j: the grid is (splits, examples), and
+    a GPU starts programs x-fastest, so the examples are read in order (pass 2 walks them back).
+    """
+    split = tl.program_id(0)
+    b = b_start + tl.program_id(1)
     start = split * rows_per_split
     stop = tl.minimum(start + rows_per_split, seq_len)
     acc_gg = tl.zeros([BLOCK_R, BLOCK_H], dtype=tl.float32)
@@ -120,7 +130,7 @@ def _pgd_reduce_kernel(
 
 
 @triton.jit(
-    do_not_specialize=["n_rows", "seq_len", "n_split"],
+    do_not_specialize=["row_start", "row_stop", "seq_len", "n_split"],
     do_not_specialize_on_alignment=["mask_ptr", "partial_ptr"],
 )
 def _pgd_update_kernel(
@@ -133,7 +143,8 @@ def _pgd_update_kernel(
     next_ptr,
     step_size,
     epsilon,
-    n_rows,
+    row_start,
+    row_stop,
     seq_len,
     n_split,
     hidden,
@@ -152,9 +163,14 @@ def _pgd_update_kernel(
     BLOCK_R: tl.constexpr,
     BLOCK_H: tl.constexpr,
 ):
-    """d' (and embeds + d') for BLOCK_R rows; L2 scales come from the reduce kernel's partials."""
-    rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
-    row_ok = rows < n_rows
+    """d' (and embeds + d') for BLOCK_R of the rows [row_start, row_stop) of the (B * L) rows;
+    L2 scales come from the reduce kernel's partials.
+
+    Program 0 takes the last row block: pass 1 read the last examples last, so pass 2 starts on
+    the d and g still in L2."""
+    block = tl.num_programs(0) - 1 - tl.program_id(0)
+    rows = row_start + block * BLOCK_R + tl.arange(0, BLOCK_R)
+    row_ok = rows < row_stop
     b = rows // seq_len
     pos = rows - b * seq_len
     keep = row_ok
@@ -226,24 +242,25 @@ def _pgd_update_kernel(
             )
 
 
-def _split_rows(target: Target, batch: int, seq_len: int, block_r: int) -> tuple[int, int]:
+def _split_rows(target: Target, batch: int, seq_len: int, block_r: int, max_split: int) -> tuple[int, int]:
     """How many programs share one example's reduction, and the rows each one takes.
 
-    Enough programs to fill the GPU (~4 per SM) but never fewer than BLOCK_R rows each; the
-    interpreter gets one program per example (its cost is per program)."""
+    Enough programs to fill the GPU (~4 per SM) but never fewer than BLOCK_R rows each nor more
+    than ``max_split``; the interpreter gets one program per example (its cost is per program)."""
     if target.interpreted:
         return 1, max(seq_len, 1)
     want = max(1, (4 * target.sm_count) // max(batch, 1))
-    n_split = max(1, min(want, triton.cdiv(seq_len, block_r), MAX_SPLIT))
+    n_split = max(1, min(want, triton.cdiv(seq_len, block_r), max_split))
     rows = triton.cdiv(seq_len, n_split)
     rows = triton.cdiv(rows, block_r) * block_r
     return triton.cdiv(seq_len, rows), rows
 
 
-def _chunk_examples(target: Target, delta: Tensor | None, grad: Tensor, linf: bool) -> int:
-    """Examples per (reduce, update) pair: all of them, unless d and g overflow the L2 budget."""
+def _chunk_examples(target: Target, delta: Tensor | None, grad: Tensor, linf: bool, tuning: Tuning) -> int:
+    """Examples per (reduce, update) pair: all of them (one launch per pass), unless
+    ``tuning.pgd_l2_chunks`` and d and g overflow a third of the L2 cache."""
     batch, seq_len, hidden = grad.shape
-    if linf or target.interpreted or batch <= 1:
+    if linf or target.interpreted or batch <= 1 or not tuning.pgd_l2_chunks:
         return max(batch, 1)
     per_example = seq_len * hidden * (grad.element_size() + (0 if delta is None else delta.element_size()))
     budget = target.l2_bytes // L2_SHARE
@@ -253,8 +270,9 @@ def _chunk_examples(target: Target, delta: Tensor | None, grad: Tensor, linf: bo
 
 
 def _step_blocks(
-    tensors: tuple[Tensor | None, ...], n_rows: int, hidden: int, target: Target, block_r, block_h
-) -> tuple[int, int]:
+    tensors: tuple[Tensor | None, ...], n_rows: int, hidden: int, target: Target, block_r, block_h,
+    warps: int = 4,
+) -> tuple[int, int]:  # fmt: skip
     """(BLOCK_R, BLOCK_H) of the update kernel: the given ones, else picked for ``target``."""
     if block_h is None:
         block_h = pick_column_block(hidden, target, cap=256)
@@ -263,56 +281,25 @@ def _step_blocks(
         if not target.interpreted:
             # 16 bytes of the widest tensor per thread: every load and store gets a 128-bit (or
             # narrower) vector in one common register layout, so the tile never goes through
-            # shared memory for a layout conversion (fp32 d' with bf16 g and e: 4 per thread).
+            # shared memory for a layout conversion (fp32 d' with bf16 g and e: 4 per thread; two
+            # vectors per thread would bring conversions back: tests/kernel_lowering.py).
             widest = max(t.element_size() for t in tensors if t is not None)
-            block_r = max(1, (32 * PGD_WARPS * (16 // widest)) // block_h)
+            block_r = max(1, (32 * warps * (16 // widest)) // block_h)
     return block_r, block_h
 
 
-def _reduce_launch(
-    d_arg: Tensor,
-    c_grad: Tensor,
-    mask_arg: Tensor,
-    has_delta: bool,
-    has_mask: bool,
-    seq_len: int,
-    hidden: int,
-    block_h: int,
-    n_split: int | None,
-    target: Target,
-) -> tuple[Launch, Tensor, int]:
-    """The L2 step's pass 1 over ``nb`` examples: (its launch, the (nb, 3, splits) partial sums it
-    writes, splits)."""
-    nb = c_grad.shape[0]
-    red_block_r = pick_rows(seq_len, block_h, target)
+def _reduce_tiling(
+    target: Target, chunk: int, seq_len: int, block_h: int, n_split: int | None, tuning: Tuning
+) -> tuple[int, int, int]:
+    """(BLOCK_R, splits, rows per split) of pass 1 for chunks of ``chunk`` examples."""
+    block_r = pick_rows(seq_len, block_h, target, tuning.pgd_reduce_tile)
     if n_split is None:
-        splits, rows_per_split = _split_rows(target, nb, seq_len, red_block_r)
+        splits, rows_per_split = _split_rows(target, chunk, seq_len, block_r, tuning.pgd_max_split)
     else:
         rows_per_split = triton.cdiv(seq_len, n_split)
-        red_block_r = min(red_block_r, pick_rows(rows_per_split, block_h, target))
+        block_r = min(block_r, pick_rows(rows_per_split, block_h, target, tuning.pgd_reduce_tile))
         splits = triton.cdiv(seq_len, rows_per_split)
-    p_arg = torch.empty((nb, 3, splits), device=c_grad.device, dtype=torch.float32)
-    launch = Launch(
-        _pgd_reduce_kernel,
-        (nb, splits),
-        (
-            d_arg,
-            c_grad,
-            mask_arg,
-            p_arg,
-            seq_len,
-            hidden,
-            rows_per_split,
-            splits,
-            d_arg.stride(0),
-            d_arg.stride(1),
-            c_grad.stride(0),
-            c_grad.stride(1),
-        ),
-        dict(HAS_DELTA=has_delta, HAS_MASK=has_mask, BLOCK_R=red_block_r, BLOCK_H=block_h),
-        1 if target.interpreted else PGD_WARPS,
-    )
-    return launch, p_arg, splits
+    return block_r, splits, rows_per_split
 
 
 def step_launches(
@@ -327,69 +314,67 @@ def step_launches(
     nxt: Tensor | None,
     *,
     target: Target | None = None,
+    tuning: Tuning | None = None,
     n_split: int | None = None,
     block_r: int | None = None,
     block_h: int | None = None,
     chunk_examples: int | None = None,
 ) -> list[Launch]:
-    """The launches of one PGD step for these (already allocated) tensors: per chunk of examples,
-    the L2 step's reduction (pass 1, :func:`_reduce_launch`) and the update (pass 2)."""
+    """The launches of one PGD step for these (already allocated) tensors: the L2 step's reduction
+    (pass 1) and the update (pass 2), once for the whole batch, or once per chunk of examples
+    (``chunk_examples`` or ``tuning.pgd_l2_chunks``), each chunk named by its example offset.
+    Every launch gets the op's own tensors (no slices); mask, when given, is contiguous."""
     target = target_for(grad) if target is None else target
+    tuning = active_tuning() if tuning is None else tuning
     batch, seq_len, hidden = grad.shape
     n_rows = batch * seq_len
     if n_rows == 0 or hidden == 0:
         return []
     linf = norm == "linf"
     tensors = (delta, grad, embeds, new_delta, nxt)
-    block_r, block_h = _step_blocks(tensors, n_rows, hidden, target, block_r, block_h)
+    block_r, block_h = _step_blocks(tensors, n_rows, hidden, target, block_r, block_h, tuning.pgd_warps)
     if chunk_examples is None:
-        chunk_examples = _chunk_examples(target, delta, grad, linf)
+        chunk_examples = _chunk_examples(target, delta, grad, linf, tuning)
+    chunk_examples = max(1, min(chunk_examples, MAX_GRID_Y))
+    d_arg = delta if delta is not None else grad  # a valid pointer that is never read
+    mask_arg = mask if mask is not None else grad
+    e_arg = embeds if embeds is not None else grad
+    splits, p_arg = 1, grad
+    if not linf:
+        red_block_r, splits, rows_per_split = _reduce_tiling(
+            target, chunk_examples, seq_len, block_h, n_split, tuning
+        )
+        p_arg = torch.empty((batch, 3, splits), device=grad.device, dtype=torch.float32)
+    warps = 1 if target.interpreted else tuning.pgd_warps
+    strides = (d_arg.stride(0), d_arg.stride(1), grad.stride(0), grad.stride(1))
     launches = []
     for b0 in range(0, batch, chunk_examples):
-        b1 = min(batch, b0 + chunk_examples)
-        part = [None if t is None else t[b0:b1] for t in (delta, grad, mask, embeds, new_delta, nxt)]
-        c_delta, c_grad, c_mask, c_embeds, c_new, c_next = part
-        nb = b1 - b0
-        d_arg = c_delta if c_delta is not None else c_grad  # a valid pointer that is never read
-        mask_arg = c_mask if c_mask is not None else c_grad
-        splits = 1
-        p_arg = c_grad
+        nb = min(chunk_examples, batch - b0)
         if not linf:
-            reduce, p_arg, splits = _reduce_launch(
-                d_arg, c_grad, mask_arg, c_delta is not None, c_mask is not None, seq_len, hidden, block_h,
-                n_split, target,
+            launches.append(
+                Launch(
+                    _pgd_reduce_kernel,
+                    (splits, nb),
+                    (d_arg, grad, mask_arg, p_arg, b0, seq_len, hidden, rows_per_split, splits, *strides),
+                    dict(HAS_DELTA=delta is not None, HAS_MASK=mask is not None, BLOCK_R=red_block_r,
+                         BLOCK_H=block_h),
+                    warps,
+                )
             )  # fmt: skip
-            launches.append(reduce)
-        e_arg = c_embeds if c_embeds is not None else c_grad
         launches.append(
             Launch(
                 _pgd_update_kernel,
                 (triton.cdiv(nb * seq_len, block_r),),
                 (
-                    d_arg,
-                    c_grad,
-                    e_arg,
-                    mask_arg,
-                    p_arg,
-                    c_new,
-                    c_next if c_next is not None else c_new,
-                    float(step_size),
-                    0.0 if epsilon is None else float(epsilon),
-                    nb * seq_len,
-                    seq_len,
-                    splits,
-                    hidden,
-                    d_arg.stride(0),
-                    d_arg.stride(1),
-                    c_grad.stride(0),
-                    c_grad.stride(1),
-                    e_arg.stride(0),
-                    e_arg.stride(1),
+                    d_arg, grad, e_arg, mask_arg, p_arg, new_delta, nxt if nxt is not None else new_delta,
+                    float(step_size), 0.0 if epsilon is None else float(epsilon),
+                    b0 * seq_len, (b0 + nb) * seq_len, seq_len, splits, hidden,
+                    *strides, e_arg.stride(0), e_arg.stride(1),
                 ),
-                dict(LINF=linf, HAS_EPS=epsilon is not None, HAS_MASK=c_mask is not None,
-                     HAS_DELTA=c_delta is not None, HAS_EMBEDS=c_embeds is not None, SPLIT_BLOCK=SPLIT_BLOCK,
+                dict(LINF=linf, HAS_EPS=epsilon is not None, HAS_MASK=mask is not None,
+                     HAS_DELTA=delta is not None, HAS_EMBEDS=embeds is not None, SPLIT_BLOCK=SPLIT_BLOCK,
                      BLOCK_R=block_r, BLOCK_H=block_h),
-                1 if target.interpreted else PGD_WARPS,
+                warps,
             )
         )  # fmt: skip
     return launches
@@ -409,9 +394,9 @@ def pgd_step_forward(
 
     Returns d' (contiguous; delta's dtype, or for delta=None embeds' dtype if embeds is given,
     else grad's) or (d', embeds + d') (the second in embeds' dtype). ``tuning`` (n_split,
-    block_r, block_h, chunk_examples, target) overrides the plan: tests use it to run the
-    GPU's tiling — several programs per example, several column trips, chunks — through the
-    interpreter.
+    block_r, block_h, chunk_examples, target, and a :class:`Tuning`) overrides the plan: tests
+    use it to run the GPU's tiling — several programs per example, several column trips,
+    chunks — through the interpreter, the tile sweep to time alternatives.
     """
     grad = rows_view(grad)
     delta = None if delta is None else rows_view(delta)

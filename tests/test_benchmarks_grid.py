@@ -87,6 +87,59 @@ def test_providers_compute_the_same_step_on_cpu():
         torch.testing.assert_close(a, b)
 
 
+def test_compile_formulation_is_the_reference_step_on_cpu():
+    """The compile provider's PGD step (elementwise ops and per-example sums, what inductor fuses)
+    equals the reference: masks, zero and non-finite gradients, zero start, both norms, dtypes."""
+    from fastrobust import reference
+
+    gen = torch.Generator().manual_seed(0)
+    for dtype in (torch.float32, torch.bfloat16):
+        d = (0.05 * torch.randn(4, 6, 8, generator=gen)).to(dtype)
+        g = torch.randn(4, 6, 8, generator=gen).to(dtype)
+        e = torch.randn(4, 6, 8, generator=gen).to(dtype)
+        g[0] = 0.0
+        g[1, 2, 2], g[2, 1, 1], g[3, 5, 0] = float("nan"), float("inf"), float("nan")  # [3, 5] is padding
+        mask = torch.ones(4, 6, dtype=torch.long)
+        mask[1, 4:], mask[3, 3:] = 0, 0
+        for norm in ("l2", "linf"):
+            for delta in (d, None):
+                for embeds in (e, None):
+                    kw = dict(step_size=0.01, epsilon=0.1, norm=norm, mask=mask, embeds=embeds)
+                    want = reference.pgd_step(delta, g, **kw)
+                    got = calls.step_math(delta, g, mask, embeds, norm)
+                    want, got = (want, got) if isinstance(want, tuple) else ((want,), (got,))
+                    for a, b in zip(got, want):
+                        assert a.dtype == b.dtype
+                        torch.testing.assert_close(a, b, equal_nan=True)
+
+
+def test_the_gpu_runs_plan_is_what_its_budget_states():
+    """benchmarks/gpu/run.sh sizes the ops stage from these counts (its comment states them)."""
+    import _ops_grid
+
+    cases = grid.gpu_cases(grid.GPU_SHAPES, grid.GPU_DTYPES, list(grid.GPU_OPS), grid.MASKS, NEXT)
+    graphs = calls.compile_graphs(cases, "all")
+    assert len(cases) == 126 and len(graphs) == 28 and sum(g[0] == "static" for g in graphs) == 12
+    run = _ops_grid.Run(device=torch.device("cpu"), features=NEXT, compile_mode="all", triton=True)
+    plan = _ops_grid.plan_counts(cases, run, ["events", "graph"])
+    assert plan["timings"] == {"events": 366, "graph": 60}
+    script = (ROOT / "benchmarks" / "gpu" / "run.sh").read_text()
+    assert "126 cases: 366 events timings" in script and "60 CUDA-graph timings" in script
+    assert "builds 28 graphs (12 static" in script
+
+
+def test_sweep_adopts_only_clear_wins_slower_for_no_dtype():
+    import _ops_sweep as sweep
+
+    ratios = {
+        ("pgd_max_split", 32): [0.90, 0.95],  # a win in both dtypes
+        ("pgd_max_split", 16): [0.80, 1.01],  # slower for one dtype: never
+        ("pgd_reduce_tile", 2048): [0.99, 0.99],  # inside the 2 % margin
+        ("noise_warps", 8): [0.7, float("inf")],  # failed for one dtype
+    }
+    assert sweep.pick_winner(ratios) == {"pgd_max_split": 32}
+
+
 def _rec(op, provider, ms, *, gbps=None, mask="full", check=None, timer="events"):
     r = {
         "kind": "result",

@@ -239,21 +239,3 @@ def test_seed_none_is_a_device_draw_of_the_default_generator(device):
         seed = torch.randint(0, 2**31 - 1, (1,), device=device)
         assert torch.equal(drawn, fn(seed))
         assert not torch.equal(drawn, fn(None))  # the generator moved on
-
-
-def test_large_l2_steps_are_chunked_to_fit_the_l2_cache():
-    """32 x 512 x 1024 fp32: d and g (128 MiB) do not fit in an H100's L2 (50 MiB); the step
-    runs in chunks of examples whose d and g take <= a third of it, so pass 2 re-reads them
-    from L2 (DRAM traffic at the 5N floor). Small batches stay one reduce + one update."""
-
-    def plan(batch, seq_len, hidden, norm="l2"):
-        t = torch.empty((batch, seq_len, hidden), device="meta")
-        return pgd.step_launches(t, t, 0.1, 0.5, norm, None, t, t, t, target=common.H100)
-
-    big = plan(32, 512, 1024)
-    per_example = 512 * 1024 * 4 * 2  # d and g of one example: 4 MiB
-    assert len(big) == 2 * 8  # 4 examples (16 MiB <= 50 MiB / 3) per chunk
-    reduce_grids = [launch.grid for launch in big if launch.kernel is pgd._pgd_reduce_kernel]
-    assert all(grid[0] * per_example <= common.H100.l2_bytes // 3 for grid in reduce_grids)
-    assert sum(grid[0] for grid in reduce_grids) == 32
-    assert len(plan(8, 128, 768)) == 2 and len(plan(32, 512, 1024, "linf")) == 1

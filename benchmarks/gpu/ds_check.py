@@ -13,13 +13,21 @@
   32 x 128 like the training-step benchmark's (the tests' writer makes 4-8-word sentences, too
   short for a throughput figure);
 * ``DIR/ds_check.yaml``: PGD K=2 (L2, relative scales as the recipes), bf16, batch 32,
-  ``--steps`` optimizer steps, one English-dev evaluation at the end, no saved model, TensorBoard
-  on with every step logged (so that steady-state step times can be read back).
+  ``--steps`` optimizer steps (16), one English-dev evaluation at the end, no saved model,
+  TensorBoard on with a logged step every ``LOG_EVERY`` (4) steps only: a logged step
+  synchronises the GPU and times its sections, which slows the steps it touches, so logging
+  every step would measure the logging.
 
 ``python benchmarks/gpu/ds_check.py report --root DIR RUN...`` reads each run folder's
-``pgd-k2/summary.json`` and TensorBoard events: finite losses, samples/s (the trainer's, which
-includes the first steps' compilation, and the steady-state median over steps >= 3), peak
-memory, the forward / backward / perturbation split, and prints a Markdown table.
+``pgd-k2/summary.json`` and TensorBoard events: finite losses, samples/s (the trainer's, over
+every step including the first steps' warm-up, and the steady state between the first and the
+last logged step, from the cumulative ``throughput/samples_per_s`` logged there), peak memory,
+the forward / backward / perturbation split (from the logged steps), and prints a Markdown table.
+
+``python benchmarks/gpu/ds_check.py dry-launch --root DIR RUN...`` (the CPU dry run of
+``benchmarks/gpu/run.sh``) stands in for the launches: it writes what ``fastrobust train``
+leaves in each run folder (``pgd-k2/summary.json``, TensorBoard scalars of the logged steps)
+with made-up values, so that the report's reading and the stage's file layout are exercised.
 """
 
 from __future__ import annotations
@@ -28,7 +36,6 @@ import argparse
 import json
 import math
 import random
-import statistics
 import sys
 from pathlib import Path
 
@@ -42,6 +49,7 @@ SIZES = {  # hidden, layers, heads, intermediate, vocabulary
 LANGUAGES = ("en", "de", "fr")
 SPECIALS = ["<s>", "<pad>", "</s>", "<unk>"]  # ids 0..3 as in XLM-R; <mask> goes last
 LABEL = "pgd-k2"
+LOG_EVERY = 4
 
 
 def write_data(root: Path, *, n_train: int, n_eval: int, seed: int = 0, n_words: int = 400) -> list[str]:
@@ -166,7 +174,7 @@ output:
   dir: {root / "run"}
   save_model: false
   tensorboard: true
-  log_every: 1
+  log_every: {LOG_EVERY}
   keep_checkpoints: 1
 """
     path = root / "ds_check.yaml"
@@ -179,7 +187,17 @@ def prepare(args: argparse.Namespace) -> int:
     root.mkdir(parents=True, exist_ok=True)
     n_train = args.batch * args.steps
     words = write_data(root / "data", n_train=n_train, n_eval=args.eval_examples)
-    info = write_model(root / "model", words, args.size)
+    if args.dry_run:  # no model: the dry run's launches do not load one
+        hidden, layers, *_ = SIZES[args.size]
+        info = {
+            "parameters": 0,
+            "vocab_size": len(words),
+            "hidden": hidden,
+            "layers": layers,
+            "dry_run": True,
+        }
+    else:
+        info = write_model(root / "model", words, args.size)
     cfg = write_config(root, size=args.size, steps=args.steps, precision=args.precision, batch=args.batch)
     info.update(size=args.size, train_examples=n_train, config=str(cfg))
     atomic_write_json(root / "prepare.json", info, indent=1)
@@ -190,17 +208,27 @@ def prepare(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------------------ report
 
 
-def _step_times(tb_dir: Path) -> list[float]:
-    """Per-step seconds (``time/step_s``) from a run's TensorBoard events, in step order."""
+def _logged_throughput(tb_dir: Path) -> list[tuple[int, float]]:
+    """(step, cumulative samples/s) at the logged steps, from a run's TensorBoard events."""
     try:
         from tensorboard.backend.event_processing import event_accumulator  # ~0.3 s: report only
     except ImportError:
         return []
     acc = event_accumulator.EventAccumulator(str(tb_dir), size_guidance={"scalars": 0})
     acc.Reload()
-    if "time/step_s" not in acc.Tags().get("scalars", []):
+    if "throughput/samples_per_s" not in acc.Tags().get("scalars", []):
         return []
-    return [e.value for e in sorted(acc.Scalars("time/step_s"), key=lambda e: e.step)]
+    return [(e.step, e.value) for e in sorted(acc.Scalars("throughput/samples_per_s"), key=lambda e: e.step)]
+
+
+def steady_samples_per_s(logged: list[tuple[int, float]], batch: int) -> float | None:
+    """Samples/s between the first and the last logged step: the trainer logs the cumulative
+    rate samples / step seconds, so step k's cumulative seconds are k * batch / rate_k."""
+    if len(logged) < 2 or not batch:
+        return None
+    (k0, r0), (k1, r1) = logged[0], logged[-1]
+    t0, t1 = k0 * batch / r0, k1 * batch / r1
+    return (k1 - k0) * batch / (t1 - t0) if t1 > t0 else None
 
 
 def report_run(run_dir: Path, name: str) -> dict:
@@ -215,8 +243,8 @@ def report_run(run_dir: Path, name: str) -> dict:
     losses = [x for x in s.get("losses", []) if x is not None]
     finite = bool(losses) and all(math.isfinite(x) for x in losses)
     th = s.get("throughput", {})
-    steps = _step_times(run_dir / LABEL / "tb")
-    steady = steps[2:] if len(steps) > 3 else steps[1:]
+    logged = _logged_throughput(run_dir / LABEL / "tb")
+    steady = steady_samples_per_s(logged, s.get("batch_size") or 0)
     out.update(
         ok=finite,
         why="" if finite else f"losses not finite or missing: {losses[:8]}",
@@ -229,14 +257,13 @@ def report_run(run_dir: Path, name: str) -> dict:
         tokens_per_s_trainer=th.get("tokens_per_s"),
         peak_memory_mb=th.get("peak_memory_mb"),
         time_split=th.get("time_split"),
-        step_s=steps,
-        steady_step_s=statistics.median(steady) if steady else None,
+        logged_steps=[k for k, _ in logged],
+        samples_per_s_steady=steady,
+        steady_step_s=s["batch_size"] / steady if steady else None,
         wall_seconds=s.get("wall_seconds"),
         eval_and_checkpoint_seconds=s.get("eval_and_checkpoint_seconds"),
         best_dev_accuracy=s.get("best_dev_accuracy"),
     )
-    if out["steady_step_s"] and out["batch"]:
-        out["samples_per_s_steady"] = out["batch"] / out["steady_step_s"]
     return out
 
 
@@ -251,7 +278,7 @@ def report(args: argparse.Namespace) -> int:
         f"{rows[0].get('batch', '?') if rows else '?'} x <=128 tokens.",
         "",
         "| run | ZeRO | ok | losses (first .. last) | samples/s steady (trainer's, with warm-up) "
-        "| step s (steady) | fwd / bwd / pert / other s (all steps) | peak MiB | wall s |",
+        "| step s (steady) | fwd / bwd / pert / other s (logged steps) | peak MiB | wall s |",
         "| --- | --- | --- | --- | ---: | ---: | --- | ---: | ---: |",
     ]
     for r in rows:
@@ -279,22 +306,69 @@ def report(args: argparse.Namespace) -> int:
     return 0 if rows and all(r.get("ok") for r in rows) else 1
 
 
+def _write_scalars(folder: Path, tag: str, points: list[tuple[int, float]]) -> None:
+    """TensorBoard scalar events, written with tensorboard's own writer (no torch import)."""
+    import time
+
+    from tensorboard.compat.proto.event_pb2 import Event
+    from tensorboard.compat.proto.summary_pb2 import Summary
+    from tensorboard.summary.writer.event_file_writer import EventFileWriter
+
+    writer = EventFileWriter(str(folder))
+    for step, value in points:
+        summary = Summary(value=[Summary.Value(tag=tag, simple_value=value)])
+        writer.add_event(Event(wall_time=time.time(), step=step, summary=summary))
+    writer.close()
+
+
+def dry_launch(args: argparse.Namespace) -> int:
+    """What a launch leaves in a run folder, with made-up values (see the module docstring)."""
+    root = Path(args.root).resolve()
+    steps, batch = args.steps, args.batch
+    for name in args.runs:
+        run = root / name / LABEL
+        # a slow first step (1 s), then 0.1 s a step: the steady state the report must find
+        points = [(k, k * batch / (1.0 + 0.1 * (k - 1))) for k in range(LOG_EVERY, steps + 1, LOG_EVERY)]
+        _write_scalars(run / "tb", "throughput/samples_per_s", points)
+        split = {f"{sec}_s_per_step": 0.025 for sec in ("forward", "backward", "perturbation", "other")}
+        summary = {
+            "losses": [0.7 - 0.01 * i for i in range(steps)],
+            "throughput": {"samples_per_s": steps * batch / (1.0 + 0.1 * (steps - 1)), "tokens_per_s": 0.0,
+                           "peak_memory_mb": 1.0, "time_split": split},
+            "deepspeed": {"zero_stage": 3 if name.startswith("zero3") else 2},
+            "precision": "bf16",
+            "steps": steps,
+            "batch_size": batch,
+            "wall_seconds": 2.0,
+            "eval_and_checkpoint_seconds": 0.5,
+            "best_dev_accuracy": 0.5,
+        }  # fmt: skip
+        atomic_write_json(run / "summary.json", summary, indent=1)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
     pp = sub.add_parser("prepare", help="write model, tokenizer, data and config under --root")
     pp.add_argument("--root", required=True)
     pp.add_argument("--size", choices=list(SIZES), default="large")
-    pp.add_argument("--steps", type=int, default=8)
+    pp.add_argument("--steps", type=int, default=16)
     pp.add_argument("--batch", type=int, default=32)
     pp.add_argument("--eval-examples", type=int, default=32)
     pp.add_argument("--precision", choices=["bf16", "fp32"], default="bf16")
+    pp.add_argument("--dry-run", action="store_true", help="data and config only (no model)")
+    pd = sub.add_parser("dry-launch", help="write made-up launch results under --root (CPU dry run)")
+    pd.add_argument("--root", required=True)
+    pd.add_argument("--steps", type=int, default=16)
+    pd.add_argument("--batch", type=int, default=32)
+    pd.add_argument("runs", nargs="+")
     pr = sub.add_parser("report", help="summarise run folders under --root")
     pr.add_argument("--root", required=True)
     pr.add_argument("--out", default=None, help="also write the rows as JSON here")
     pr.add_argument("runs", nargs="+", help="run folder names under --root (each holds pgd-k2/summary.json)")
     args = p.parse_args(argv)
-    return prepare(args) if args.cmd == "prepare" else report(args)
+    return {"prepare": prepare, "report": report, "dry-launch": dry_launch}[args.cmd](args)
 
 
 if __name__ == "__main__":

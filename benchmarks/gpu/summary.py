@@ -38,6 +38,75 @@ def tests_line(log: Path) -> str:
     return found[-1] if found else "no pytest summary line (timed out or crashed: see tests.log)"
 
 
+def lowering_lines(log: Path) -> list[str]:
+    """The kernel lowering's verdict lines (tests/kernel_lowering.py) from the tests stage's log."""
+    if not log.is_file():
+        return []
+    text = log.read_text(errors="replace")
+    return re.findall(r"^(?:triton \S+: \d+ variants.*|lowering: .*|FAILED: .*)$", text, flags=re.MULTILINE)
+
+
+def ops_extras(records: list[dict]) -> list[str]:
+    """The run's plan (timings, compiled graphs), what compiling cost, and the tile sweep's verdict."""
+    lines = []
+    for r in records:
+        if r.get("kind") == "plan":
+            timings = ", ".join(f"{n} {t}" for t, n in r["timings"].items())
+            static, dynamic = r["compile_graphs_static"], r["compile_graphs_dynamic"]
+            lines.append(
+                f"ops plan: {r['cases']} cases, timings {timings}; torch.compile graphs "
+                f"{r['compile_graphs']} ({static} static, {dynamic} dynamic)"
+            )
+        elif r.get("kind") == "compile":
+            lines.append(
+                f"ops compile: {r['graphs_built']} graphs built of {r['graphs_expected']} planned, "
+                f"{r['seconds']} s of first calls"
+            )
+        elif r.get("kind") == "sweep_winner":
+            changed = ", ".join(f"{k}={v}" for k, v in r["changed"].items()) or "none (the defaults stay)"
+            lines.append(f"tile sweep winner: {changed}  (FASTROBUST_KERNEL_TUNING=ops.jsonl adopts it)")
+        elif r.get("kind") == "sweep_confirm":
+            lines.append(
+                f"  confirm {r['op']} {r['dtype']}: {1e3 * r['tuned_ms']:.1f} us tuned vs "
+                f"{1e3 * r['default_ms']:.1f} us default (x{r['ratio']:.3f})"
+            )
+    sweep = [r for r in records if r.get("kind") == "sweep" and r.get("field") != "default"]
+    if sweep:
+        best = sorted((r for r in sweep if "median_ms" in r), key=lambda r: r["vs_default"])[:4]
+        lines.append(
+            "tile sweep, fastest alternatives: "
+            + "; ".join(
+                f"{r['op']} {r['dtype']} {r['field']}={r['value']} x{r['vs_default']:.3f}" for r in best
+            )
+        )
+    return lines
+
+
+def sweep_table(records: list[dict]) -> str:
+    """Every sweep timing: one row per (field, value), one column per op and dtype."""
+    rows = [r for r in records if r.get("kind") == "sweep"]
+    if not rows:
+        return ""
+    cols = list(dict.fromkeys(f"{r['op']} {r['dtype']}" for r in rows))
+    by = {(r["field"], str(r["value"]), f"{r['op']} {r['dtype']}"): r for r in rows}
+    keys = list(dict.fromkeys((r["field"], str(r["value"])) for r in rows))
+    lines = ["| field = value | " + " | ".join(f"{c} us (x default)" for c in cols) + " |"]
+    lines.append("|---|" + "---|" * len(cols))
+    for field, value in keys:
+        cells = []
+        for c in cols:
+            r = by.get((field, value, c))
+            if r is None:
+                cells.append("—")
+            elif "median_ms" not in r:
+                cells.append("error")
+            else:
+                cells.append(f"{1e3 * r['median_ms']:.1f} (x{r['vs_default']:.3f})")
+        label = "defaults" if field == "default" else f"{field} = {value}"
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def ops_compact(records: list[dict]) -> str:
     """One line per op and dtype: targets met per mask, ranges of the deciding ratios."""
     # The summary tabulates whatever stages finished: the grids (torch, fastrobust) load only
@@ -81,7 +150,10 @@ def train_compact(records: list[dict]) -> str:
     groups = list(dict.fromkeys(f"{r['model']}/{r['precision']}" for r in rows))
     by = {(r["method"], f"{r['model']}/{r['precision']}"): r for r in rows}
     methods = list(dict.fromkeys(r["method"] for r in rows))
-    lines = ["| method | target | " + " | ".join(groups) + " |", "|---|---|" + "---|" * len(groups)]
+    lines = [
+        "| method | floor | target | " + " | ".join(groups) + " |",
+        "|---|---|---|" + "---|" * len(groups),
+    ]
     for m in methods:
         cells = []
         for g in groups:
@@ -93,7 +165,9 @@ def train_compact(records: list[dict]) -> str:
             spread = f"[{r['ratio_min']:.2f},{r['ratio_max']:.2f}]"
             cells.append(f"{r['ratio']:.2f} {spread}{mark} {r['step_ms']:.0f}ms")
         target = next(r["target"] for r in rows if r["method"] == m)
-        lines.append(f"| {m} | <= {target:.2f} | " + " | ".join(cells) + " |")
+        floor = next(r.get("floor") for r in rows if r["method"] == m)
+        floor_text = "—" if floor is None else f"{floor:.2f}"
+        lines.append(f"| {m} | {floor_text} | <= {target:.2f} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -121,17 +195,25 @@ def main(argv: list[str] | None = None) -> int:
     if copy:
         tests = f"{tests}; {copy[0]}"
 
+    lowering = lowering_lines(out / "tests.log")
     full = ["# GPU run (benchmarks/gpu/run.sh)", "", "```", env.strip(), "```", "", *stage_table, ""]
+    full += ["Kernel lowering (tests/kernel_lowering.py): " + ("; ".join(lowering) or "not run"), ""]
     full += [f"Kernel and op tests (native CUDA): {tests}", ""]
-    compact = [*stage_table, f"tests: {tests}"]
+    compact = [*stage_table, "lowering: " + ("; ".join(lowering) or "not run"), f"tests: {tests}"]
+    if "DRY RUN" in env:
+        banner = "DRY RUN (CPU rehearsal): no figure here is a measurement"
+        full.insert(1, f"\n**{banner}**")
+        compact.insert(0, banner)
     if ops:
         from _ops_summary import summarize_gpu  # torch and fastrobust.ops: see ops_compact
 
-        full += ["## Kernels", "", summarize_gpu(ops), ""]
+        full += ["## Kernels", "", *ops_extras(ops), "", summarize_gpu(ops), ""]
+        if sweep_table(ops):
+            full += ["### Tile sweep (events timer, largest shape)", "", sweep_table(ops), ""]
         meta = next((r for r in ops if r.get("kind") == "meta"), {})
         y = meta.get("copy_yardstick", {})
         compact += ["", f"ops on {meta.get('device', '?')}: copy yardstick {y.get('gbps', '?')} GB/s"]
-        compact += [ops_compact(ops)]
+        compact += [ops_compact(ops), *ops_extras(ops)]
         compact += [f"ops {r['kind']}: {str(r)[:300]}" for r in ops if r.get("kind") in ("budget", "abort")]
         n_err = sum("error" in r for r in ops)
         if n_err:

@@ -2,17 +2,19 @@
 check of the fused path against the reference.
 
 Providers: ``eager`` = ``fastrobust.reference`` called directly (no backend switch); ``compile`` =
-torch.compile of the same math (``reference.pgd_step`` itself; for the random ops the same
-formula with torch's global RNG, which inductor fuses, since the reference's private
-``torch.Generator`` would graph-break); ``triton`` = ``fastrobust.ops`` under
-``FASTROBUST_BACKEND=triton`` set once per run (no environment write per call); op ``copy`` =
-``out.copy_(x)`` of the same shape and dtype, the yardstick.
+torch.compile of the same math written for the compiler: the PGD step as elementwise ops and
+per-example sums (:func:`step_math`: no ``bmm``, no in-place updates, which the reference uses to
+spare CPU memory but which inductor cannot fuse), the random ops as the same formula with torch's
+global RNG (which inductor fuses; the reference's private ``torch.Generator`` would graph-break);
+``triton`` = ``fastrobust.ops`` under ``FASTROBUST_BACKEND=triton`` set once per run (no
+environment write per call); op ``copy`` = ``out.copy_(x)`` of the same shape and dtype, the
+yardstick.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import torch
 from _ops_cases import (
@@ -30,12 +32,50 @@ from _ops_cases import (
 from fastrobust import ops, reference
 
 
-def _noise_math(x, sigma: float, mask, copies: int | None):
-    """x + sigma * z * mask (n copies stacked in front), z ~ N(0, 1) from torch's global RNG."""
+def _noise_math(x, sigma: float, mask, copies: int | None, gaussian: bool = True):
+    """x + sigma * z * mask (n copies stacked in front), z ~ N(0, 1) or U(-1, 1) from torch's
+    global RNG."""
     keep = (mask != 0).unsqueeze(-1).to(torch.float32) * sigma
     shape = tuple(x.shape) if copies is None else (copies, *x.shape)
-    z = torch.randn(shape, device=x.device, dtype=torch.float32)
+    if gaussian:
+        z = torch.randn(shape, device=x.device, dtype=torch.float32)
+    else:
+        z = torch.rand(shape, device=x.device, dtype=torch.float32) * 2.0 - 1.0
     return (x.to(torch.float32) + z * keep).to(x.dtype)
+
+
+def step_math(d, g, mask, e, norm: str, step_size: float = STEP_SIZE, epsilon: float = EPSILON):
+    """``reference.pgd_step``'s result (d', and e + d' when e is given; d None = zero start)
+    from elementwise ops and per-example sums only: what torch.compile turns into one reduction
+    and one pointwise kernel (the reference's in-place updates and ``bmm`` dot product, lean on
+    a CPU, would stay separate kernels). Same semantics, NaN/zero-gradient rules included."""
+    keep = (mask != 0).unsqueeze(-1)
+    dtype = torch.float64 if g.dtype == torch.float64 else torch.float32
+    gk = torch.where(keep, g.to(dtype), 0.0)
+    dk = None if d is None else torch.where(keep, d.to(dtype), 0.0)
+    if norm == "linf":
+        sign = torch.where(gk > 0, 1.0, torch.where(gk < 0, -1.0, 0.0))  # sign(NaN) = 0
+        new = step_size * sign if dk is None else dk + step_size * sign
+        new = new.clamp(-epsilon, epsilon)
+    else:
+        g2 = gk.square().sum((1, 2))
+        ok = torch.isfinite(g2) & (g2 > 0)  # else: no step, d' = d (projected)
+        inv = torch.where(ok, step_size / torch.sqrt(torch.where(ok, g2, 1.0)), 0.0)[:, None, None]
+        okb = ok[:, None, None]
+        if dk is None:
+            new_sq = torch.where(ok, step_size * step_size, 0.0)
+            moved = torch.where(okb, inv * gk, 0.0)
+        else:
+            dg = torch.where(okb, dk * gk, 0.0).sum((1, 2))
+            new_sq = dk.square().sum((1, 2)) + torch.where(ok, 2.0 * inv[:, 0, 0] * dg + step_size**2, 0.0)
+            moved = torch.where(okb, dk + inv * gk, dk)
+        norm_new = torch.sqrt(new_sq.clamp(min=0.0))
+        scale = torch.where(norm_new > epsilon, epsilon / torch.where(norm_new > 0, norm_new, 1.0), 1.0)
+        new = torch.where(keep, moved * scale[:, None, None], 0.0)
+    out_dtype = (d if d is not None else (e if e is not None else g)).dtype
+    if e is None:
+        return new.to(out_dtype)
+    return new.to(out_dtype), (e.to(dtype) + new).to(e.dtype)
 
 
 def _init_math(e, epsilon: float, mask, next_input: bool):
@@ -62,27 +102,27 @@ def _ref_step_from_zero(g, mask, e, norm: str):
 # Distinct Python functions per compiled variant: dynamo keeps its graphs per code object, so
 # the static and the dynamic variants never share (or evict) each other's entries.
 def _c_step_static(d, g, mask, e, norm: str):
-    return _ref_step(d, g, mask, e, norm)
+    return step_math(d, g, mask, e, norm)
 
 
 def _c_step_dynamic(d, g, mask, e, norm: str):
-    return _ref_step(d, g, mask, e, norm)
+    return step_math(d, g, mask, e, norm)
 
 
 def _c_step0_static(g, mask, e, norm: str):
-    return _ref_step_from_zero(g, mask, e, norm)
+    return step_math(None, g, mask, e, norm)
 
 
 def _c_step0_dynamic(g, mask, e, norm: str):
-    return _ref_step_from_zero(g, mask, e, norm)
+    return step_math(None, g, mask, e, norm)
 
 
-def _c_noise_static(x, sigma, mask, copies):
-    return _noise_math(x, sigma, mask, copies)
+def _c_noise_static(x, sigma, mask, copies, gaussian):
+    return _noise_math(x, sigma, mask, copies, gaussian)
 
 
-def _c_noise_dynamic(x, sigma, mask, copies):
-    return _noise_math(x, sigma, mask, copies)
+def _c_noise_dynamic(x, sigma, mask, copies, gaussian):
+    return _noise_math(x, sigma, mask, copies, gaussian)
 
 
 def _c_init_static(e, epsilon, mask, next_input):
@@ -93,30 +133,32 @@ def _c_init_dynamic(e, epsilon, mask, next_input):
     return _init_math(e, epsilon, mask, next_input)
 
 
-_COMPILED: dict[str, Callable] = {}
+_COMPILED: dict[tuple[str, str], Callable] = {}
 
 
-def _compiled(fn: Callable, dynamic: bool) -> Callable:
+def _compiled(fn: Callable, dynamic: bool, backend: str = "inductor") -> Callable:
     """torch.compile of ``fn``, once per process. Static: ``dynamic=False``, one graph per shape.
-    Dynamic: B and L of every tensor argument marked dynamic (the sizes dynamic padding varies),
-    H static as in any one model; automatic dynamic shapes are off for the run (see
-    :func:`raise_recompile_limits`), so H = 768 and 1024 get a graph each."""
-    if fn.__name__ not in _COMPILED:
+    Dynamic: every dimension of every tensor argument marked dynamic (B and L vary with dynamic
+    padding, H with the model); automatic dynamic shapes are off for the run (see
+    :func:`raise_recompile_limits`), so each dtype (and Python-level flag) gets one graph.
+    ``backend="eager"`` (the dry run): dynamo traces and counts the same graphs, nothing compiles."""
+    key = (fn.__name__, backend)
+    if key not in _COMPILED:
         if not dynamic:
-            _COMPILED[fn.__name__] = torch.compile(fn, dynamic=False)
+            _COMPILED[key] = torch.compile(fn, dynamic=False, backend=backend)
         else:
-            compiled = torch.compile(fn, dynamic=None)
+            compiled = torch.compile(fn, dynamic=None, backend=backend)
             mark = getattr(torch._dynamo, "maybe_mark_dynamic", torch._dynamo.mark_dynamic)
 
             def call(*args):
                 for t in args:
                     if isinstance(t, torch.Tensor) and not hasattr(t, "_dynamo_dynamic_indices"):
-                        mark(t, 0)
-                        mark(t, 1)
+                        for dim in range(t.dim()):
+                            mark(t, dim)
                 return compiled(*args)
 
-            _COMPILED[fn.__name__] = call
-    return _COMPILED[fn.__name__]
+            _COMPILED[key] = call
+    return _COMPILED[key]
 
 
 def compile_kind(op: str, compile_mode: str) -> str | None:
@@ -137,6 +179,27 @@ def compile_kind(op: str, compile_mode: str) -> str | None:
     return "static" if op in STATIC_COMPILE_OPS else "dynamic"
 
 
+def compile_graphs(cases: Iterable[Case], compile_mode: str) -> set[tuple]:
+    """The graphs torch.compile builds for ``cases`` under ``compile_mode``, one key each: static
+    ops one per (op's function, flags, shape, dtype), dynamic ones one per (function, flags, dtype)
+    (the mask's values and B, L, H do not matter). What the run's compile budget is sized from;
+    the dry run compares it with dynamo's own count of the graphs it traced."""
+    keys = set()
+    for case in cases:
+        kind = compile_kind(case.op, compile_mode)
+        if kind is None:
+            continue
+        spec = case.spec
+        if spec["kind"] == "step":
+            flags = ("step0" if spec.get("zero") else "step", spec["norm"], spec["embeds"])
+        elif spec["kind"] == "noise":
+            flags = ("noise", spec["copies"], spec.get("distribution", "gaussian"))
+        else:
+            flags = ("init",)
+        keys.add((kind, *flags, case.dtype) + ((case.shape,) if kind == "static" else ()))
+    return keys
+
+
 def providers_for(case: Case, *, compile_mode: str, triton: bool) -> list[str]:
     if case.spec["kind"] == "copy":
         return ["torch"]
@@ -148,25 +211,28 @@ def providers_for(case: Case, *, compile_mode: str, triton: bool) -> list[str]:
     return out
 
 
-def op_call(case: Case, provider: str, features: Features, compile_mode: str) -> Callable[[Inputs], object]:
-    """A function of one input set that runs ``case.op`` with ``provider``."""
+def op_call(
+    case: Case, provider: str, features: Features, compile_mode: str, backend: str = "inductor"
+) -> Callable[[Inputs], object]:
+    """A function of one input set that runs ``case.op`` with ``provider`` (``backend``: the
+    compile provider's torch.compile backend)."""
     spec = case.spec
     kind = spec["kind"]
     if kind == "copy":
         return lambda i: i.out.copy_(i.x)
     static = compile_kind(case.op, compile_mode) == "static"
     if kind == "noise":
-        n = spec["copies"]
+        n, law = spec["copies"], spec.get("distribution", "gaussian")
         if provider == "eager":
             if n is None:
-                return lambda i: reference.add_noise(i.x, SIGMA, seed=SEED, mask=i.mask)
-            return lambda i: reference.noisy_copies(i.x, n, SIGMA, seed=SEED, mask=i.mask)
+                return lambda i: reference.add_noise(i.x, SIGMA, seed=SEED, mask=i.mask, distribution=law)
+            return lambda i: reference.noisy_copies(i.x, n, SIGMA, seed=SEED, mask=i.mask, distribution=law)
         if provider == "compile":
-            fn = _compiled(_c_noise_static if static else _c_noise_dynamic, not static)
-            return lambda i: fn(i.x, SIGMA, i.mask, n)
+            fn = _compiled(_c_noise_static if static else _c_noise_dynamic, not static, backend)
+            return lambda i: fn(i.x, SIGMA, i.mask, n, law == "gaussian")
         if n is None:
-            return lambda i: ops.add_noise(i.x, SIGMA, seed=SEED, mask=i.mask)
-        return lambda i: ops.noisy_copies(i.x, n, SIGMA, seed=SEED, mask=i.mask)
+            return lambda i: ops.add_noise(i.x, SIGMA, seed=SEED, mask=i.mask, distribution=law)
+        return lambda i: ops.noisy_copies(i.x, n, SIGMA, seed=SEED, mask=i.mask, distribution=law)
     if kind == "init":
         nxt = features.init_next
         if provider == "eager":
@@ -183,7 +249,7 @@ def op_call(case: Case, provider: str, features: Features, compile_mode: str) ->
                 return eager_init
             return lambda i: reference.pgd_init(i.x, EPSILON, norm="l2", mask=i.mask, seed=SEED)
         if provider == "compile":
-            fn = _compiled(_c_init_static if static else _c_init_dynamic, not static)
+            fn = _compiled(_c_init_static if static else _c_init_dynamic, not static, backend)
             return lambda i: fn(i.x, EPSILON, i.mask, nxt)
         if nxt:
             return lambda i: ops.pgd_init(i.x, EPSILON, norm="l2", mask=i.mask, seed=SEED, next_input=True)
@@ -200,9 +266,9 @@ def op_call(case: Case, provider: str, features: Features, compile_mode: str) ->
         return lambda i: _ref_step(i.d, i.g, i.mask, i.x if with_e else None, norm)
     if provider == "compile":
         if zero:
-            fn0 = _compiled(_c_step0_static if static else _c_step0_dynamic, not static)
+            fn0 = _compiled(_c_step0_static if static else _c_step0_dynamic, not static, backend)
             return lambda i: fn0(i.g, i.mask, i.x, norm)
-        fn = _compiled(_c_step_static if static else _c_step_dynamic, not static)
+        fn = _compiled(_c_step_static if static else _c_step_dynamic, not static, backend)
         return lambda i: fn(i.d, i.g, i.mask, i.x if with_e else None, norm)
     if zero:
         return lambda i: ops.pgd_step(
@@ -237,7 +303,8 @@ def check_triton(case: Case, inp: Inputs, features: Features) -> str:
     """'ok' or what is wrong with the triton provider's output on this case's inputs.
 
     pgd_step: relative L2 error against the reference (< 1e-4 fp32, < 1e-2 bf16). Noise: padding
-    unchanged exactly, z = (out - x) / sigma on real tokens has mean ~0 and std ~1. pgd_init:
+    unchanged exactly, z = (out - x) / sigma on real tokens has mean ~0 and the law's standard
+    deviation (1 Gaussian, 1/sqrt(3) uniform), uniform noise inside [-1, 1]. pgd_init:
     padding zero, every example inside the L2 ball, next input = x + delta.
     """
     spec, kind = case.spec, case.spec["kind"]
@@ -262,8 +329,11 @@ def check_triton(case: Case, inp: Inputs, features: Features) -> str:
                 # bf16 rounding of x + noise adds ~|x| * 2^-9 / sigma to z: loosen for bf16.
                 slack = 5 / math.sqrt(z.numel()) + (0.0 if case.dtype == "fp32" else 0.05)
                 mean, std = float(z.mean()), float(z.std())
-                if not (abs(mean) < slack and abs(std - 1) < slack + 0.01):
-                    return f"MISMATCH: noise mean {mean:.3f} std {std:.3f}"
+                want = 1.0 if spec.get("distribution", "gaussian") == "gaussian" else 3**-0.5
+                if not (abs(mean) < slack and abs(std - want) < slack + 0.01):
+                    return f"MISMATCH: noise mean {mean:.3f} std {std:.3f} (want 0, {want:.3f})"
+                if want < 1 and float(z.abs().max()) > 1.0 + slack:
+                    return f"MISMATCH: uniform noise outside [-1, 1]: {float(z.abs().max()):.3f}"
             return "ok"
         if kind == "init":
             res = op_call(case, "triton", features, "off")(inp)

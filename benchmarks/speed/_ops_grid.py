@@ -4,7 +4,14 @@ the providers (:mod:`_ops_calls`) and the run's metadata.
 Used by ``benchmarks/speed/bench_ops.py`` (its command line and, on a GPU, its pytest cases). Every
 time is a CUDA-event time through ``triton.testing`` (see ``_util.cuda_event_times`` and
 ``_util.cuda_graph_times``); on CPU the same code runs with a host clock for plumbing checks
-only (``--smoke``; with ``TRITON_INTERPRET=1`` the ``triton`` provider runs in the interpreter).
+only (``--smoke``; with ``TRITON_INTERPRET=1`` the ``triton`` provider runs in the interpreter;
+``--dry-run``: the GPU run's passes and timer names, each timer a single host-timed call, the
+compile provider traced by dynamo without compiling).
+
+Order of a run: the primary cases (:func:`_ops_cases.is_primary`) with every timer, then the
+interlude (the tile sweep), then the other cases with the events timer only, then the eager
+random ops under the CUDA-graph timer (their capture may be refused). A time budget stops
+starting new cases; what was not run is listed in a "budget" record.
 """
 
 from __future__ import annotations
@@ -16,7 +23,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import torch
-from _ops_calls import check_triton, compile_kind, op_call, providers_for, rotating
+from _ops_calls import check_triton, compile_graphs, compile_kind, op_call, providers_for, rotating
 from _ops_cases import DTYPE, Case, Features, bytes_floor, is_primary, make_inputs
 from _util import (
     cpu_times,
@@ -74,6 +81,15 @@ class Run:
     triton: bool  # the triton provider is measured (CUDA, or CPU under the interpreter)
     l2_bytes: int = 0
     cpu_calls: int = 5
+    dry: bool = False  # every timer one host-timed call; compile provider traced, not compiled
+
+    @property
+    def compile_backend(self) -> str:
+        return "eager" if self.dry else "inductor"
+
+
+def _dynamo_graphs() -> int:
+    return int(torch._dynamo.utils.counters["stats"]["unique_graphs"])
 
 
 def measure_case(
@@ -122,14 +138,20 @@ def measure_case(
         if provider == "triton" and verdict is not None:
             rec["check"] = verdict
         try:
-            call = op_call(case, provider, run.features, run.compile_mode)
+            call = op_call(case, provider, run.features, run.compile_mode, run.compile_backend)
             fn = rotating(call, sets)
+            graphs = _dynamo_graphs()
             t0 = time.perf_counter()
             fn()  # first call: compiles (torch.compile, Triton JIT) outside every timing
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             rec["first_call_s"] = round(time.perf_counter() - t0, 3)
-            if timer == "events":
+            if provider == "compile":
+                rec["graphs_compiled"] = _dynamo_graphs() - graphs
+            if run.dry:
+                res = cpu_times(fn, calls=1, warmup=False)
+                rec["dry"] = True
+            elif timer == "events":
                 res = cuda_event_times(fn)
                 rec["peak_mem_mb"] = round(peak_memory_mb(fn, device) or 0.0, 1)
             elif timer == "graph":
@@ -154,6 +176,7 @@ def run_meta(run: Run, timers: list[str]) -> dict:
         "kind": "meta",
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "timers": timers,
+        "dry_run": run.dry,
         "compile_mode": run.compile_mode,
         "features": dict(run.features.__dict__),
         **versions(),
@@ -173,6 +196,56 @@ def copy_yardstick(device: torch.device, nbytes: int) -> dict:
     return {"bytes": 2 * nbytes, "gbps": round(2 * nbytes / (t["median_ms"] * 1e-3) / 1e9, 1)}
 
 
+Pass = tuple[list[Case], str, "tuple[str, ...] | None"]
+INTERLUDE = "interlude"
+
+
+def plan_passes(cases: list[Case], timers: list[str]) -> list[Pass | str]:
+    """The run's passes in order (see the module docstring); ``INTERLUDE`` marks where the sweep
+    goes. The CUDA-graph timer measures the primary cases only (a graph per row costs ~5x an
+    events timing; the primary rows are where launch overhead decides a target)."""
+    random_kinds = ("noise", "init")
+    primary = [c for c in cases if is_primary(c)]
+    rest = [c for c in cases if not is_primary(c)]
+    passes: list[Pass | str] = []
+    for timer in timers:
+        if timer == "graph":
+            steps = [c for c in primary if c.spec["kind"] not in random_kinds]
+            passes += [(primary, "graph", ("torch", "triton")), (steps, "graph", ("eager", "compile"))]
+        else:
+            passes.append((primary, timer, None))
+    passes.append(INTERLUDE)
+    passes += [(rest, timer, None) for timer in timers if timer != "graph"]
+    if "graph" in timers:  # eager's private generator and inductor's RNG: capture may be refused
+        random = [c for c in primary if c.spec["kind"] in random_kinds]
+        passes.append((random, "graph", ("eager", "compile")))
+    return passes
+
+
+def plan_counts(cases: list[Case], run: Run, timers: list[str]) -> dict:
+    """What a run of ``cases`` measures: timings per timer and the torch.compile graphs it builds
+    (what the stage's time budget is sized from)."""
+    per_timer: dict[str, int] = {}
+    for item in plan_passes(cases, timers):
+        if item == INTERLUDE:
+            continue
+        group, timer, providers = item
+        for case in group:
+            wanted = providers_for(case, compile_mode=run.compile_mode, triton=run.triton)
+            n = len([p for p in wanted if providers is None or p in providers])
+            per_timer[timer] = per_timer.get(timer, 0) + n
+    graphs = compile_graphs(cases, run.compile_mode)
+    static = sum(1 for g in graphs if g[0] == "static")
+    return {
+        "kind": "plan",
+        "cases": len(cases),
+        "timings": per_timer,
+        "compile_graphs": len(graphs),
+        "compile_graphs_static": static,
+        "compile_graphs_dynamic": len(graphs) - static,
+    }
+
+
 def run_grid(
     cases: list[Case],
     run: Run,
@@ -181,14 +254,18 @@ def run_grid(
     *,
     budget_s: float,
     yardstick_bytes: int = 2**29,
+    interlude: Callable[[Callable[[dict], None]], None] | None = None,
 ) -> int:
     """Measures ``cases`` and emits one dict per record; returns the number of error records.
 
-    The primary cases first (events, then graph), then the others alike. The graph timer
-    runs eager's random ops (noise, init) last of all: they draw from a private torch.Generator,
-    which CUDA-graph capture may refuse (recorded as ``unsupported``), and a refused capture
-    must not cost any other row. No new case starts after ``budget_s`` seconds: a "budget"
-    record lists what was not run.
+    Passes in the order of :func:`plan_passes`; ``interlude(emit)`` runs between the primary
+    cases and the others. The graph timer runs the eager and compiled random ops (noise, init)
+    last of all: they draw from a private torch.Generator or inductor's RNG, whose CUDA-graph
+    capture may be refused (recorded as ``unsupported``), and a refused capture must not cost
+    any other row.
+    No new case starts after ``budget_s`` seconds: a "budget" record lists what was not run. The
+    last records: "compile" (graphs expected, graphs dynamo built, their first-call seconds) and
+    "end".
     """
     restore = raise_recompile_limits()
     meta = run_meta(run, timers)
@@ -197,22 +274,19 @@ def run_grid(
         meta["copy_yardstick"] = copy_yardstick(run.device, yardstick_bytes)
         torch.cuda.empty_cache()
     emit(meta)
+    plan = plan_counts(cases, run, timers)
+    emit(plan)
     start = time.perf_counter()
     errors = 0
-    random_kinds = ("noise", "init")
-    passes: list[tuple[list[Case], str, tuple[str, ...] | None]] = []
-    for tier in (True, False):
-        group = [c for c in cases if is_primary(c) == tier]
-        for timer in timers:
-            if timer == "graph":
-                steps = [c for c in group if c.spec["kind"] not in random_kinds]
-                passes += [(group, "graph", ("torch", "triton", "compile")), (steps, "graph", ("eager",))]
-            else:
-                passes.append((group, timer, None))
-    if "graph" in timers:
-        passes.append(([c for c in cases if c.spec["kind"] in random_kinds], "graph", ("eager",)))
+    compiled = {"graphs": 0, "seconds": 0.0}
+    passes = plan_passes(cases, timers)
     try:
-        for k, (group, timer, providers) in enumerate(passes):
+        for k, item in enumerate(passes):
+            if item == INTERLUDE:
+                if interlude is not None and time.perf_counter() - start <= budget_s:
+                    interlude(emit)
+                continue
+            group, timer, providers = item
             last = "graph" in timers and k == len(passes) - 1
             for n, case in enumerate(group):
                 if time.perf_counter() - start > budget_s:
@@ -230,6 +304,9 @@ def run_grid(
                 for r in recs:
                     r["case_s"] = round(time.perf_counter() - t0, 2)
                     errors += "error" in r or r.get("check", "ok") != "ok"
+                    if r.get("graphs_compiled"):
+                        compiled["graphs"] += r["graphs_compiled"]
+                        compiled["seconds"] += r["first_call_s"]
                     emit(r)
                 if run.device.type == "cuda":
                     torch.cuda.empty_cache()  # n = 32 copies of 32x512x1024 fp32 are 2 GiB
@@ -238,5 +315,13 @@ def run_grid(
             break  # the budget is spent: no later pass either
     finally:
         restore()
+        emit(
+            {
+                "kind": "compile",
+                "graphs_expected": plan["compile_graphs"],
+                "graphs_built": compiled["graphs"],
+                "seconds": round(compiled["seconds"], 1),
+            }
+        )
         emit({"kind": "end", "seconds": round(time.perf_counter() - start, 1)})
     return errors

@@ -22,7 +22,16 @@ Per (model, precision) group:
    measures (no overlap across sections), so it is reported as fractions, apart from step 3.
 
 Targets: RS-RP and RS-DA <= 1.05x baseline; PGD-AT with K steps <= 1.05 (K + 1)x;
-FreeLB-K <= 1.05 Kx. RS-DA's step is the baseline's; its extra work is per epoch (synonym
+FreeLB-K <= 1.05 Kx. Floors (:func:`floor`), the ratio the extra passes' flops alone imply, with
+P parameters and T tokens: a training forward is 2PT, its backward 4PT (activation gradients 2PT,
+weight gradients 2PT). A PGD ascent step is a forward and a backward to the input only
+(``torch.autograd.grad`` w.r.t. delta: no weight-gradient GEMMs), 4PT = 2/3 of a training pass,
+so PGD-AT K costs 1 + 2K/3 (K=1: 1.67); FreeLB's K ascent steps each accumulate parameter
+gradients, K full passes: K. RS-RP adds one pass over the embeddings (bytes, not flops): 1.00.
+The optimizer step and clipping are paid once by every method, so a measured ratio may sit
+slightly below its floor by their share of the baseline step.
+
+RS-DA's step is the baseline's; its extra work is per epoch (synonym
 substitution of the training set and its re-tokenisation), measured apart
 (:func:`rsda_epoch_cost`) and reported per example against the baseline's time per example.
 """
@@ -69,6 +78,16 @@ _SYNONYMS = {"good": ["fine"]}
 
 def target(method: str) -> float:
     return 1.05 * METHODS[method][1]
+
+
+def floor(method: str) -> float:
+    """The step-time ratio to the baseline that the extra passes' flops imply (module docstring)."""
+    cfg = METHODS[method][0]
+    if getattr(cfg, "kind", None) == "pgd":
+        return 1.0 + 2.0 * cfg.steps / 3.0
+    if getattr(cfg, "kind", None) == "freelb":
+        return float(cfg.steps)
+    return 1.0
 
 
 def _sync(device: torch.device) -> None:
@@ -288,6 +307,7 @@ def measure_group(
                 "ratio_max": max(r),
                 "rounds": rounds,
                 "target": target(name),
+                "floor": round(floor(name), 4),
                 "split": split[name],
                 "peak_gib": peak.get(name),
                 "peak_extra_gib": peak_extra.get(name),
@@ -408,10 +428,10 @@ def summarize(records: list[dict]) -> str:
         )
         lines.append("")
         lines.append(
-            "| method | step ms (median, range) | samples/s | ratio vs baseline (median, range) | target "
-            "| met | fwd / bwd / pert / other (synced) | peak GiB (+ over state) |"
+            "| method | step ms (median, range) | samples/s | ratio vs baseline (median, range) "
+            "| flops floor | target | met | fwd / bwd / pert / other (synced) | peak GiB (+ over state) |"
         )
-        lines.append("| --- | ---: | ---: | ---: | ---: | :---: | --- | ---: |")
+        lines.append("| --- | ---: | ---: | ---: | ---: | ---: | :---: | --- | ---: |")
         for r in rs:
             sp = r["split"]
             split = " / ".join(
@@ -419,9 +439,10 @@ def summarize(records: list[dict]) -> str:
             )
             met = "noise" if r["method"] == "baseline" else ("yes" if r["ratio"] <= r["target"] else "NO")
             peak = "—" if r["peak_gib"] is None else f"{r['peak_gib']:.1f} (+{r['peak_extra_gib']:.1f})"
+            ratio = f"{r['ratio']:.3f} ({r['ratio_min']:.3f}–{r['ratio_max']:.3f})"
             lines.append(
                 f"| {r['method']} | {r['step_ms']:.1f} ({r['step_ms_min']:.1f}–{r['step_ms_max']:.1f}) | "
-                f"{r['samples_per_s']:.0f} | {r['ratio']:.3f} ({r['ratio_min']:.3f}–{r['ratio_max']:.3f}) | "
+                f"{r['samples_per_s']:.0f} | {ratio} | {r.get('floor', floor(r['method'])):.2f} | "
                 f"<= {r['target']:.2f} | {met} | {split} % | {peak} |"
             )
             if r["method"] == "baseline":

@@ -181,10 +181,11 @@ def cuda_graph_times(fn: Callable[[], object], *, est_ms: float, calls: int = 10
     return {"median_ms": float(q[0]), "p20_ms": float(q[1]), "p80_ms": float(q[2])}
 
 
-def cpu_times(fn: Callable[[], object], *, calls: int = 5) -> dict:
+def cpu_times(fn: Callable[[], object], *, calls: int = 5, warmup: bool = True) -> dict:
     """Median / 20th / 80th percentile ms of ``fn`` with this module's CPU clock (smoke runs)."""
     clock = _clock(torch.device("cpu"))
-    fn()
+    if warmup:
+        fn()
     times = []
     for _ in range(calls):
         start = clock()

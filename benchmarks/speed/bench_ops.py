@@ -12,8 +12,13 @@
   eager / compile / triton and the same-shape copy), timed with
   CUDA events: ``events`` = ``triton.testing.do_bench`` (median, L2 flushed before each call)
   and ``graph`` = ``do_bench_cudagraph`` (~100 calls per CUDA graph, inputs rotating through
-  more than L2). Each record is written to the JSONL file as soon as it is measured; a time
-  budget (``--budget-s``) stops starting new cases. ``--summary ops.jsonl`` prints the
+  more than L2; primary rows only). Each record is written to the JSONL file as soon as it is
+  measured; a time budget (``--budget-s``) stops starting new cases. ``--sweep`` adds the tile
+  sweep of ``_ops_sweep.py`` after the primary rows (its winner: a "sweep_winner" record that
+  ``FASTROBUST_KERNEL_TUNING=ops.jsonl`` makes the planners adopt). ``--dry-run``: the same
+  passes on CPU at the grid's structure in miniature (``DRY_SHAPES``), every timer one
+  host-timed call, torch.compile traced by dynamo without compiling (its graph count is the
+  GPU grid's), the triton provider through the interpreter. ``--summary ops.jsonl`` prints the
   Markdown tables for BENCHMARKS.md with the targets met or not (``_ops_summary.py``);
   ``--summary ops.json`` the table of a ``pytest --benchmark-json=ops.json`` run.
   On a GPU, ``pytest benchmarks/speed/bench_ops.py`` runs the same cases (events timer), one test
@@ -37,9 +42,20 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))  # `python benchmarks/speed/bench_ops.py` (pytest: conftest)
 
-from _ops_cases import GPU_DTYPES, GPU_OPS, GPU_SHAPES, MASKS, SMOKE_SHAPES, Case, Features, gpu_cases  # noqa: E402
+from _ops_cases import (  # noqa: E402
+    DRY_SHAPES,
+    GPU_DTYPES,
+    GPU_OPS,
+    GPU_SHAPES,
+    MASKS,
+    SMOKE_SHAPES,
+    Case,
+    Features,
+    gpu_cases,
+)
 from _ops_grid import Run, measure_case, raise_recompile_limits, run_grid  # noqa: E402
 from _ops_summary import summarize_file, summarize_gpu  # noqa: E402
+from _ops_sweep import run_sweep  # noqa: E402
 from _util import (  # noqa: E402
     SMOKE,
     RecordSink,
@@ -247,6 +263,9 @@ def _print_record(rec: dict) -> None:
             f"{rec['provider']:>7} {rec['timer']:>6}: {what} {'' if check == 'ok' else check}",
             flush=True,
         )
+    elif rec.get("kind") == "sweep":
+        what = rec.get("error") or f"{rec['median_ms'] * 1e3:10.1f} us  x{rec['vs_default']:.3f} of default"
+        print(f"sweep {rec['op']:>14} {rec['dtype']} {rec['field']}={rec['value']}: {what}", flush=True)
     elif rec.get("kind") != "meta":
         print(json.dumps(rec)[:400], flush=True)
 
@@ -279,6 +298,14 @@ def main(argv: list[str] | None = None) -> int:
         "shapes without); all: also the noise/init ops (dynamic)",
     )
     p.add_argument("--budget-s", type=float, default=150.0, help="start no new case after this many seconds")
+    p.add_argument(
+        "--sweep", action="store_true", help="tile sweep at the largest shape after the primary rows"
+    )
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="CPU: the GPU run's passes at tiny shapes, one host-timed call per timer, compile traced only",
+    )
     args = p.parse_args(argv)
     if args.summary:
         print(summarize_file(args.summary, short=args.short))
@@ -292,21 +319,31 @@ def main(argv: list[str] | None = None) -> int:
     triton = cuda or os.environ.get("TRITON_INTERPRET") == "1"
     if triton:
         os.environ["FASTROBUST_BACKEND"] = "triton"
-    smoke = args.smoke
+    smoke, dry = args.smoke, args.dry_run
+    if dry and cuda:
+        p.error("--dry-run is the CPU rehearsal of a GPU run: use --device cpu")
     run = Run(
         device=device,
         features=Features.detect(),
         compile_mode=args.compile_mode or ("off" if smoke else "targets"),
         triton=triton,
         cpu_calls=2 if smoke else 5,
+        dry=dry,
     )
-    shapes = args.shapes or (SMOKE_SHAPES if smoke else GPU_SHAPES)
+    shapes = args.shapes or (DRY_SHAPES if dry else SMOKE_SHAPES if smoke else GPU_SHAPES)
     cases = gpu_cases(shapes, args.dtypes, args.ops, args.masks, run.features)
-    timers = args.timers if cuda else ["cpu"]
+    timers = args.timers if cuda or dry else ["cpu"]
+    largest = max(shapes, key=lambda s: s[0] * s[1] * s[2])
+
+    def sweep(emit) -> None:
+        if triton:
+            run_sweep(emit, largest, args.dtypes, device, run.features, dry=dry or not cuda)
+
     with RecordSink(args.out, _print_record) as emit:
         errors = run_grid(
-            cases, run, timers, emit, budget_s=args.budget_s, yardstick_bytes=2**24 if smoke else 2**29
-        )
+            cases, run, timers, emit, budget_s=args.budget_s, yardstick_bytes=2**24 if smoke else 2**29,
+            interlude=sweep if args.sweep else None,
+        )  # fmt: skip
     print()
     print(summarize_gpu(emit.records, short=True))
     return 1 if errors else 0
