@@ -179,3 +179,89 @@ def test_bad_average_settings_are_one_line_exit_2(tmp_path: Path, setting: str, 
     )
     assert proc.returncode == 2, proc.stderr
     assert message in proc.stderr and "Traceback" not in proc.stderr
+
+
+# --- RobustTrainer -----------------------------------------------------------------------------
+
+
+def _hf_pairs(data: Path, split: str, lang: str = "en"):
+    from datasets import Dataset
+
+    rows = [line.split("\t") for line in (data / f"{split}-{lang}.tsv").read_text().splitlines()]
+    return Dataset.from_dict(
+        {
+            "sentence1": [r[0] for r in rows],
+            "sentence2": [r[1] for r in rows],
+            "label": [int(r[2]) for r in rows],
+        }
+    )
+
+
+def _hf_trainer(data: Path, model_path: Path, out: Path, *, lora: bool = False, **extra):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, TrainingArguments
+
+    from fastrobust.integrations.hf import RobustTrainer, lora_model
+
+    tok = AutoTokenizer.from_pretrained(str(model_path))
+    torch.manual_seed(0)
+    if lora:
+        model = lora_model(model_path, 2, r=4, alpha=8, dropout=0.0)
+    else:
+        model = AutoModelForSequenceClassification.from_pretrained(str(model_path), num_labels=2)
+    args = TrainingArguments(
+        output_dir=str(out), per_device_train_batch_size=4, max_steps=6, learning_rate=5e-3,
+        save_strategy="steps", save_steps=2, report_to="none", use_cpu=True, seed=0,
+        data_seed=0, **extra,
+    )  # fmt: skip
+    trainer = RobustTrainer(
+        model=model,
+        args=args,
+        train_dataset=_hf_pairs(data, "train"),
+        eval_dataset={"en": _hf_pairs(data, "dev"), "de": _hf_pairs(data, "dev", "de")},
+        processing_class=tok,
+        method="rs-rp",
+        sigma=0.1,
+        max_length=32,
+        average={"start": 0.5, "every_steps": 1},
+    )
+    return trainer, model
+
+
+def test_robust_trainer_averages_the_snapshots_and_resumes_to_the_same_average(
+    tiny_pawsx, tmp_path: Path
+) -> None:
+    data, model_path = tiny_pawsx
+    trainer, model = _hf_trainer(data, model_path, tmp_path / "full")
+    trainer.train()
+    assert trainer.averaging.avg.taken == [3, 4, 5, 6]
+    last = load_file(str(tmp_path / "full" / "checkpoint-6" / "model.safetensors"))
+    avg = trainer.averaging.averaged_state()
+    assert set(trainer.averaging.avg.names) == {n for n, p in model.named_parameters() if p.requires_grad}
+    final = {k: v for k, v in model.state_dict().items()}
+    for name in ("classifier.weight",):
+        assert not torch.equal(avg[name], final[name])  # averaged, not the last weights
+        assert torch.equal(last[name], final[name].cpu())
+    folder = trainer.averaging.save_averaged(trainer, tmp_path / "averaged")
+    saved = load_file(str(folder / "model.safetensors"))
+    torch.testing.assert_close(saved["classifier.weight"], avg["classifier.weight"])
+    assert json.loads((folder / "fastrobust.json").read_text())["averaged"]["snapshots"] == 4
+    assert torch.equal(
+        dict(model.state_dict())["classifier.weight"], final["classifier.weight"]
+    )  # left as trained
+    metrics = trainer.evaluate()
+    assert {"eval_en_roc_auc", "eval_de_calibrated_accuracy", "eval_de_rate_1", "eval_en_ece"} <= set(metrics)
+    # resumed from checkpoint-4 (two snapshots taken), it reaches the same averaged weights
+    cut, _ = _hf_trainer(data, model_path, tmp_path / "full")
+    cut.train(resume_from_checkpoint=str(tmp_path / "full" / "checkpoint-4"))
+    assert cut.averaging.avg.taken == [3, 4, 5, 6]
+    again = cut.averaging.averaged_state()
+    for k in avg:
+        torch.testing.assert_close(again[k], avg[k], rtol=0, atol=1e-6, msg=k)
+
+
+def test_robust_trainer_averages_only_the_lora_adapter(tiny_pawsx, tmp_path: Path) -> None:
+    data, model_path = tiny_pawsx
+    trainer, model = _hf_trainer(data, model_path, tmp_path / "lora", lora=True)
+    trainer.train()
+    names = trainer.averaging.avg.names
+    assert names and all(("lora_" in n or "modules_to_save" in n) for n in names)

@@ -159,7 +159,9 @@ def test_calibrate_saves_offsets_in_the_model_folder_and_evaluate_applies_them(m
     )
     cal = json.loads((model_dir / "calibration.json").read_text())
     assert set(cal["targets"]) == {"de", "fr"} and cal["task"] == "pawsx" and len(cal["label_names"]) == 2
-    assert cal["targets"]["fr"]["reference_rates"] == [0.3, 0.7] and cal["targets"]["fr"]["reference"] == "given"
+    assert (
+        cal["targets"]["fr"]["reference_rates"] == [0.3, 0.7] and cal["targets"]["fr"]["reference"] == "given"
+    )
     assert cal["targets"]["de"]["examples"] == len(rows) and cal["targets"]["de"]["reference"] == "source"
     card = (model_dir / "README.md").read_text()
     assert card.startswith("# model card") and card.count("Label-free calibration offsets") == 1

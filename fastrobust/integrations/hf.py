@@ -56,6 +56,7 @@ from fastrobust.config import LoraSection
 from fastrobust.config.methods import AdversarialConfig, BaselineConfig, NoiseConfig, SynonymConfig
 from fastrobust.errors import ConfigError, DataError
 from fastrobust.fileio import atomic_write_json
+from fastrobust.integrations.hf_average import WeightAveragingCallback
 from fastrobust.integrations.hf_data import (
     EpochPermutationSampler,
     RightPadding,
@@ -75,6 +76,7 @@ __all__ = [
     "EpochPermutationSampler",
     "RobustTrainer",
     "TextClassificationDataset",
+    "WeightAveragingCallback",
     "lora_model",
     "resolve_method",
     "training_arguments",
@@ -204,6 +206,10 @@ class RobustTrainer(Trainer):
     first set of a dict ``eval_dataset`` — put the training language first) also
     ``calibrated_accuracy`` after the label-free correction
     (:func:`fastrobust.evaluate.calibration.classification_metrics`).
+
+    ``average`` (``{"start": 0.5, "every_steps": 30}`` or an :class:`AverageConfig`): weight
+    averaging; after ``train()``, ``trainer.averaging.save_averaged(trainer, DIR)`` writes the
+    averaged model (:mod:`fastrobust.integrations.hf_average`).
     """
 
     def __init__(
@@ -216,6 +222,7 @@ class RobustTrainer(Trainer):
         reseed: bool = True,
         task: Any = None,
         calibration_reference: Any = "first",
+        average: Any = None,
         **kwargs: Any,
     ) -> None:
         accepted = _trainer_kwargs()
@@ -245,6 +252,10 @@ class RobustTrainer(Trainer):
         if kwargs.get("compute_metrics") is None and len(args) <= 7:
             kwargs["compute_metrics"] = self._robust_metrics
         super().__init__(*args, **kwargs)
+        # average: weight averaging of the trainable weights (fastrobust.integrations.hf_average)
+        self.averaging = WeightAveragingCallback(average) if average is not None else None
+        if self.averaging is not None:
+            self.add_callback(self.averaging)
         self.train_dataset = self._prepare_text(self.train_dataset, train=True)
         if isinstance(self.eval_dataset, Mapping):
             self.eval_dataset = {k: self._prepare_text(v, train=False) for k, v in self.eval_dataset.items()}
