@@ -11,6 +11,8 @@ docs/real-benchmark.md, section 5).
 * ``precision.md``: the fp32-vs-bf16 check and the rule's verdict;
 * ``timings.md``: wall time per run (training, dev evaluation, test evaluation);
 * ``comparison.*``: the full comparison (``fastrobust.evaluate.write_comparison``).
+* ``reread.md``: the study re-read on ROC-AUC and calibrated accuracy (:mod:`benchmarks.real.reread`);
+* ``averaging.md``: the averaging study (:mod:`benchmarks.real.averaging_report`), once a seed is whole.
 * ``replication.md`` / ``replication.json`` / ``replication-comparison.*``: the same tables over
   the replication seeds (:data:`~benchmarks.real.protocol.REPLICATION_SEEDS`, trained on a GPU by
   ``benchmarks/gpu/run.sh real``) once one of them is whole: its own Holm family, never pooled.
