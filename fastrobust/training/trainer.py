@@ -37,11 +37,12 @@ from pathlib import Path
 from typing import Any
 
 from fastrobust.config import Config, method_label
-from fastrobust.errors import ConfigError, DivergenceError, FastrobustError
+from fastrobust.errors import DivergenceError, FastrobustError
 from fastrobust.evaluate import compare_metrics, write_comparison
 from fastrobust.evaluate.runs import load_runs, seed_dir_name
 from fastrobust.fileio import atomic_write_json
 from fastrobust.progress import library_bars_off
+from fastrobust.training.call import apply_call_arguments
 from fastrobust.training.console import banner, console_summary
 from fastrobust.training.distributed import init_distributed
 from fastrobust.training.final import FinishedRun
@@ -122,27 +123,13 @@ def _train(
     parallel: int | None = None,
     overwrite: bool = False,
 ) -> dict[str, Any]:
-    cfg = resolve_config(config, overrides)
-    if parallel is not None:
-        if parallel < 1:
-            raise ConfigError(f"--parallel: must be >= 1, got {parallel}")
-        cfg = cfg.model_copy(update={"parallel": parallel})
-    if deepspeed is not None:
-        cfg.deepspeed.config = deepspeed
-    if seeds is not None:
-        seeds = [int(x) for x in seeds]
-        if not seeds or len(set(seeds)) != len(seeds):
-            raise ConfigError(f"--seeds: give distinct seeds, e.g. 0,1,2 (got {seeds})")
-        cfg = cfg.model_copy(update={"seeds": seeds, "seed": seeds[0]})
-    sections = list(cfg.methods)
-    if methods:
-        labels = [method_label(m) for m in sections]
-        unknown = [m for m in methods if m not in labels]
-        if unknown:
-            raise ConfigError(
-                f"--method {', '.join(unknown)}: no such method section; the config has {labels}"
-            )
-        sections = [m for m in sections if method_label(m) in methods]
+    cfg, sections = apply_call_arguments(
+        resolve_config(config, overrides),
+        methods=methods,
+        deepspeed=deepspeed,
+        seeds=seeds,
+        parallel=parallel,
+    )
     # Before anything is loaded: a used output folder is refused unless resumed or overwritten.
     check_output_dir(Path(cfg.output.dir), run_folders(cfg, sections), resume=resume, overwrite=overwrite)
     dist = init_distributed(use_deepspeed=bool(cfg.deepspeed.config))
