@@ -21,7 +21,8 @@ def _start(data: Path, model: Path, out: Path) -> subprocess.Popen:
     args = [
         "--set", "task.name=pawsx", "--set", "task.source=local", "--set", f"task.path={data}",
         "--set", f"model.name_or_path={model}", "--set", "model.max_length=32",
-        "--set", "task.languages=[en, de, fr]", "--set", "methods=[{kind: baseline}]", "--set", "optim.batch_size=8",
+        "--set", "task.languages=[en, de, fr]", "--set", "methods=[{kind: baseline}]",
+        "--set", "optim.batch_size=8",
         "--set", "optim.max_steps=100000", "--set", "eval.every_steps=100000",
         "--set", "eval.gxlt=false", "--set", "output.checkpoint_every=20",
         "--set", "output.save_model=false", "--set", "output.tensorboard=false",
