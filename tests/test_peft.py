@@ -230,7 +230,8 @@ def _overrides(data: Path, model: Path, out: Path, *extra: str) -> list[str]:
         "model.lora={r: 4, alpha: 8, dropout: 0.0}",
         f"methods={methods}",
         "optim.batch_size=8", "optim.micro_batch_size=4", "optim.max_steps=4", "optim.learning_rate=5e-3",
-        "eval.every_steps=2", "output.checkpoint_every=4", "output.tensorboard=false", f"output.dir={out}",
+        "eval.every_steps=2", "output.checkpoint_every=4", "output.keep_finished_checkpoints=true",
+        "output.tensorboard=false", f"output.dir={out}",
         "seed=1", "seeds=null", "parallel=1", *extra,
     ]  # fmt: skip
 

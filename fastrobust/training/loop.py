@@ -431,10 +431,14 @@ class MethodTrainer:
             )
 
     def _finish(self, writer: Any, t_start: float, eval_seconds: float) -> FinishedRun | None:
-        """Test evaluation and saving (:func:`fastrobust.training.final.finish`), then the final
-        checkpoint of the last parameters when ``output.checkpoint_every`` is set."""
-        final_checkpoint = bool(self.cfg.output.checkpoint_every) and not (
-            ckpt.step_dir(self.ckpt_root, self.step).is_dir()
+        """Test evaluation and saving (:func:`fastrobust.training.final.finish`); then the run's
+        checkpoints are removed, unless ``output.keep_finished_checkpoints`` (then a final one of the
+        last parameters is added when ``output.checkpoint_every`` is set)."""
+        keep = self.cfg.output.keep_finished_checkpoints
+        final_checkpoint = (
+            keep
+            and bool(self.cfg.output.checkpoint_every)
+            and not (ckpt.step_dir(self.ckpt_root, self.step).is_dir())
         )
         last_state = None
         if final_checkpoint and self.eng.engine is None and self.dist.is_main:
@@ -449,6 +453,9 @@ class MethodTrainer:
             if last_state is not None:
                 self.eng.module.load_state_dict(last_state)
             save_checkpoint(self)
+        elif not keep and self.dist.is_main:
+            # the results are complete (finish raised otherwise): nothing is left to resume
+            shutil.rmtree(self.ckpt_root, ignore_errors=True)
         return finished
 
     def close(self) -> None:

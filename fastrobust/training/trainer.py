@@ -37,15 +37,16 @@ from pathlib import Path
 from typing import Any
 
 from fastrobust.config import Config, method_label
-from fastrobust.errors import DivergenceError, FastrobustError
+from fastrobust.errors import DivergenceError, FastrobustError, OutputError
 from fastrobust.evaluate import compare_metrics, write_comparison
 from fastrobust.evaluate.runs import load_runs, seed_dir_name
-from fastrobust.fileio import atomic_write_json
+from fastrobust.fileio import atomic_write_json, describe_os_error, writing
 from fastrobust.progress import library_bars_off
 from fastrobust.training.call import apply_call_arguments
 from fastrobust.training.console import banner, console_summary
 from fastrobust.training.distributed import init_distributed
 from fastrobust.training.final import FinishedRun
+from fastrobust.training.lock import output_lock
 from fastrobust.training.loop import MODEL_INPUTS, MethodTrainer, skip_finished
 from fastrobust.training.parallel import parallel_workers, train_parallel
 from fastrobust.training.preflight import check_output_dir
@@ -130,6 +131,12 @@ def _train(
         seeds=seeds,
         parallel=parallel,
     )
+    with output_lock(Path(cfg.output.dir)):  # one train at a time in a folder
+        return _train_sections(cfg, sections, resume=resume, overwrite=overwrite)
+
+
+def _train_sections(cfg: Config, sections: list[Any], *, resume: bool, overwrite: bool) -> dict[str, Any]:
+    """Trains ``sections`` of the resolved ``cfg`` (see :func:`train`), under the folder's lock."""
     # Before anything is loaded: a used output folder is refused unless resumed or overwritten.
     check_output_dir(Path(cfg.output.dir), run_folders(cfg, sections), resume=resume, overwrite=overwrite)
     dist = init_distributed(use_deepspeed=bool(cfg.deepspeed.config))
@@ -215,7 +222,13 @@ def _compare_and_report(cfg: Config, finished: list[FinishedRun], out_dir: Path)
     except FastrobustError as exc:
         print(f"note: earlier runs in {out_dir} left out of the comparison ({exc})", flush=True)
         comparison = compare_metrics(runs)
-    markdown = write_comparison(comparison, out_dir)
+    try:
+        with writing(out_dir):
+            markdown = write_comparison(comparison, out_dir)
+    except OSError as exc:
+        raise OutputError(
+            f"{describe_os_error(exc)}; every run's results were written in its own folder under {out_dir}"
+        ) from None
     print("\n" + console_summary(summaries, comparison, out_dir, cfg), flush=True)
 
     methods: dict[str, Any] = {}
