@@ -372,7 +372,7 @@ def build_summary(
         "xlt": dict(report.xlt),
         "resumed_from_step": t.resumed_from,
         "lora": lora_summary(eng.module) if is_peft_model(eng.module) else None,
-        "compile": compile_summary(t.cfg.model, t.graphs),
+        "compile": compile_summary(t.cfg.model, t.graphs, t.meter.warmup_seconds),
         "wall_seconds": wall_seconds,
         "eval_and_checkpoint_seconds": eval_seconds,
         "test_eval_seconds": test_seconds,
@@ -388,10 +388,13 @@ def build_summary(
     }
 
 
-def compile_summary(model_cfg: ModelConfig, graphs: list[int]) -> dict[str, Any] | None:
+def compile_summary(
+    model_cfg: ModelConfig, graphs: list[int], warmup_seconds: float = 0.0
+) -> dict[str, Any] | None:
     """``model.compile``: backend, mode and the graphs Dynamo compiled for the training forward —
     in the first step (``graphs``) and in every later one (``recompiles``; 0 when the dynamic
-    sequence length worked). None when the run was not compiled. ``model_cfg``: the config's
+    sequence length worked) — and the seconds of that first step (``first_step_seconds``), which
+    the throughput leaves out. None when the run was not compiled. ``model_cfg``: the config's
     ``model`` section; ``graphs``: Dynamo's graph count before the first step and after it."""
     if not model_cfg.compile:
         return None
@@ -401,4 +404,5 @@ def compile_summary(model_cfg: ModelConfig, graphs: list[int]) -> dict[str, Any]
         "mode": model_cfg.compile_mode,
         "graphs": warm - before,
         "recompiles": compiled_graphs() - warm,
+        "first_step_seconds": warmup_seconds,  # compiling: left out of the throughput
     }
