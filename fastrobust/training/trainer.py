@@ -151,6 +151,8 @@ def _train_sections(cfg: Config, sections: list[Any], *, resume: bool, overwrite
         log(dist, banner(cfg, run, sections))
         if run.head_warning:
             log(dist, f"warning: {run.head_warning}")
+        if cfg.model.precision == "fp16" and dist.device.type == "cpu":
+            log(dist, f"warning: {CPU_FP16}")
     workers, note = parallel_workers(cfg, dist)
     if note:
         log(dist, note)
@@ -183,6 +185,12 @@ def _train_sections(cfg: Config, sections: list[Any], *, resume: bool, overwrite
         kept = f"; the results of {', '.join(done)} were written" if done else ""
         raise DivergenceError(" | ".join(diverged) + kept)
     return result
+
+
+CPU_FP16 = (
+    "model.precision: fp16 on a CPU: the runs train under fp16 autocast, as asked, but a CPU's half "
+    "precision is bf16 (faster there, and no loss scaling); set model.precision: bf16"
+)
 
 
 def run_folders(cfg: Config, sections: Sequence[Any]) -> list[str]:
