@@ -24,7 +24,7 @@ def test_a_second_resume_prints_every_table_and_a_fresh_one_no_checkpoint_noise(
     train(None, sets, resume=True)
     second = capsys.readouterr().out
     assert second.count("skipped (--resume)") == 2
-    for table in ("XLT accuracy (%)", "XLT: difference to baseline", "Files: "):
+    for table in ("XLT accuracy (%)", "difference to baseline (points)", "Files: "):
         assert table in first and table in second, table
     assert "Throughput (relative to baseline; mean over runs):" in first
     assert "Throughput (relative to baseline; mean over runs, 2 of 2 trained by an earlier call):" in second
