@@ -52,3 +52,7 @@ class Interrupted(RunError):
         super().__init__(message)
         self.signum = signum
         self.exit_code = 128 + signum
+
+    def __reduce__(self) -> tuple:
+        # pickled with both arguments: it must survive the trip back from a worker process
+        return (type(self), (str(self), self.signum))

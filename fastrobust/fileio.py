@@ -12,9 +12,11 @@ so the file gets the mode ``open()`` would have given it (0666 minus the umask) 
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
@@ -53,11 +55,13 @@ def atomic_write(path: str | Path, write: Callable[[str], None]) -> Path:
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         if fd >= 0:
             os.close(fd)
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(exc, OSError) and exc.filename in (None, tmp):  # name the file, not its stand-in
+            raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from exc
         raise
     return path
 
@@ -100,6 +104,54 @@ def describe_os_error(exc: OSError, path: str | Path | None = None) -> str:
     return f"cannot write {where}: {reason}{errno}"
 
 
+# How libraries that write files themselves report a failed write without an OSError:
+# safetensors "I/O error: No space left on device (os error 28)", torch.save's zip writer
+# "PytorchStreamWriter failed writing file" / "unexpected pos 576 vs 534".
+_OS_ERROR_CODE = re.compile(r"os error (\d+)|\[errno (\d+)\]", re.IGNORECASE)
+_WRITER_FAILED = ("failed writing file", "unexpected pos", "file write failed")
+
+
+def as_os_error(exc: BaseException, path: str | Path) -> OSError | None:
+    """``exc`` as an OSError naming ``path`` when it is a failed write (an OSError without a file
+    name, safetensors' or torch's own error for one); None when it is something else."""
+    if isinstance(exc, OSError):
+        if exc.filename is not None:
+            return exc
+        return OSError(exc.errno, exc.strerror or str(exc), str(path))
+    if type(exc).__name__ != "SafetensorError" and not isinstance(exc, RuntimeError):
+        return None
+    text = str(exc)
+    found = _OS_ERROR_CODE.search(text)
+    if found:
+        code = int(found.group(1) or found.group(2))
+        return OSError(code, os.strerror(code), str(path))
+    if any(sign in text for sign in _WRITER_FAILED):
+        return OSError(errno.EIO, "the write failed (disk full?)", str(path))
+    return None
+
+
+@contextlib.contextmanager
+def writing(path: str | Path) -> Iterator[None]:
+    """Inside the block, a failed write becomes an OSError naming ``path`` (see :func:`as_os_error`),
+    so that a full disk is one line that says where, whichever library was writing."""
+    try:
+        yield
+    except Exception as exc:
+        err = as_os_error(exc, path)
+        if err is None or err is exc:
+            raise
+        raise err from exc
+
+
+def apply_umask(folder: str | Path) -> None:
+    """Gives every file under ``folder`` the mode ``open()`` would have (0666 minus the umask):
+    safetensors creates its files with 0600 whatever the umask."""
+    mode = file_mode()
+    for dirpath, _dirs, files in os.walk(folder):
+        for name in files:
+            os.chmod(os.path.join(dirpath, name), mode)
+
+
 @contextlib.contextmanager
 def atomic_dir(path: str | Path) -> Iterator[Path]:
     """Yields a temporary folder next to ``path``; when the block succeeds, it replaces ``path``.
@@ -113,6 +165,7 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     os.chmod(tmp, 0o777 & ~umask())  # mkdtemp gives 0700; mkdir would give 0777 minus the umask
     try:
         yield tmp
+        apply_umask(tmp)
         old = None
         if path.exists():
             old = path.with_name(f".{path.name}.old-{os.getpid()}")

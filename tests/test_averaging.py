@@ -76,6 +76,7 @@ def _overrides(data: Path, model: Path, out: Path, *extra: str) -> list[str]:
         "average={start: 0.5, every_steps: 2}",
         "output.checkpoint_every=2",
         "output.keep_checkpoints=10",
+        "output.keep_finished_checkpoints=true",
         "output.tensorboard=false",
         f"output.dir={out}",
         *extra,

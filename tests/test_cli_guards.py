@@ -238,3 +238,16 @@ def test_train_preflight_errors(
         out = tmp_path / "file" / "out"  # fails for root too, unlike a chmod'ed folder
     line = _one_line_error(run_cli(*_train_args(data, model, out, *extra)), "train")
     assert needle.format(model=model, out=out) in line, line
+
+
+def test_print_config_is_the_config_the_run_uses(tmp_path: Path) -> None:
+    ds = tmp_path / "ds.json"
+    ds.write_text('{"zero_optimization": {"stage": 2}}')
+    res = run_cli(
+        "train", "--seeds", "3,4", "--parallel", "2", "-m", "pgd", "--deepspeed", ds, "--print-config"
+    )
+    assert res.returncode == 0, res.stderr
+    cfg = yaml.safe_load(res.stdout)
+    assert cfg["seeds"] == [3, 4] and cfg["seed"] == 3 and cfg["parallel"] == 2
+    assert cfg["deepspeed"]["config"] == str(ds)
+    assert [m["kind"] for m in cfg["methods"]] == ["pgd"]

@@ -242,3 +242,42 @@ def test_deepspeed_engine_compiles_lora_without_recompiles(tiny_pawsx, tmp_path:
         s = json.loads((out / label / "summary.json").read_text())
         assert s["deepspeed"]["zero_stage"] == 2 and s["lora"]["r"] == 4
         assert s["compile"]["recompiles"] == 0, s["compile"]
+
+
+SLOW_COMPILER = "fastrobust_test_slow_compiler"
+
+
+def test_compile_time_is_left_out_of_the_throughput_and_reported_apart(
+    tiny_pawsx, tmp_path: Path, capsys
+) -> None:
+    """A backend that takes 1 s per graph: the run (compiled in its first step) must not look slow."""
+    import time
+
+    from torch._dynamo import list_backends, lookup_backend, register_backend
+
+    from fastrobust.training import train
+
+    if SLOW_COMPILER not in list_backends(exclude_tags=()):
+
+        def slow(gm, example_inputs):
+            time.sleep(1.0)
+            return lookup_backend("aot_eager")(gm, example_inputs)
+
+        register_backend(compiler_fn=slow, name=SLOW_COMPILER)
+    torch._dynamo.reset()
+    data, model = tiny_pawsx
+    methods = [{"kind": "baseline"}]
+    sets = _overrides(
+        data, model, tmp_path / "run", "model.compile=true", f"model.compile_backend={SLOW_COMPILER}",
+        "optim.max_steps=4", "eval.every_steps=4", "output.log_every=1", methods=methods,
+    )  # fmt: skip
+    result = train(None, sets)
+    base = result["methods"]["baseline"]
+    assert base["compile"]["first_step_seconds"] >= 1.0
+    assert base["throughput"]["compile_warmup_seconds"] == base["compile"]["first_step_seconds"]
+    assert base["throughput"]["steps_measured"] == 3 and base["throughput"]["train_seconds"] < 1.0
+    assert sum(base["throughput"]["time_split"].values()) < 1.0  # the section split leaves it out too
+    printed = capsys.readouterr().out
+    assert (
+        "Compiling (the first step of a run, left out of the throughput; mean over runs): baseline" in printed
+    )

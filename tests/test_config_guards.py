@@ -103,3 +103,18 @@ def test_an_empty_file_says_so_in_one_line(tmp_path: Path) -> None:
         f"{empty}: the file is empty; every setting not given by --set takes its default, "
         "which trains the synthetic demo benchmark"
     ), lines
+
+
+def test_a_key_given_twice_names_the_key_and_its_lines(tmp_path: Path) -> None:
+    path = tmp_path / "twice.yaml"
+    path.write_text("optim:\n  learning_rate: 1.0e-3\ntask:\n  name: synthetic\noptim:\n  epochs: 2\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert str(info.value) == f"{path}: key 'optim' is given twice (lines 1 and 5); keep one"
+    # inside a section too; a YAML merge key (<<) that an explicit key then overrides is no duplicate
+    path.write_text("optim:\n  epochs: 1\n  epochs: 2\n")
+    with pytest.raises(ConfigError, match=r"key 'epochs' is given twice \(lines 2 and 3\)"):
+        load_config(path)
+    path.write_text("optim:\n  <<: {epochs: 1, learning_rate: 1.0e-3}\n  epochs: 2\n")
+    cfg = load_config(path)
+    assert cfg.optim.epochs == 2 and cfg.optim.learning_rate == 1.0e-3

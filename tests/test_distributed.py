@@ -173,6 +173,7 @@ def test_zero3_resume_equals_uninterrupted(tiny_pawsx: tuple[Path, Path], tmp_pa
     sets = [
         "output.checkpoint_every=2",
         "output.keep_checkpoints=3",
+        "output.keep_finished_checkpoints=true",
         "eval.every_steps=2",
         f"output.dir={out}",
     ]

@@ -35,3 +35,20 @@ def test_atomic_write_gives_the_mode_open_would(tmp_path: Path) -> None:
     path = atomic_write_text(tmp_path / "a" / "x.txt", "hello\n")
     assert stat.S_IMODE(path.stat().st_mode) == file_mode() == 0o666 & ~mask
     assert path.read_text() == "hello\n" and [p.name for p in path.parent.iterdir()] == ["x.txt"]
+
+
+def test_files_other_libraries_write_follow_the_umask_too(tmp_path: Path) -> None:
+    import torch
+    from safetensors.torch import save_file
+
+    from fastrobust.fileio import atomic_dir
+    from fastrobust.training import checkpoint as ckpt
+
+    with atomic_dir(tmp_path / "model") as tmp:  # as save_pretrained writes a model folder
+        save_file({"w": torch.zeros(2)}, str(tmp / "model.safetensors"))  # safetensors: mode 0600
+    step = ckpt.begin(tmp_path / "checkpoints", 1)
+    save_file({"w": torch.zeros(2)}, str(step / ckpt.MODEL_FILE))
+    (step / ckpt.STATE_FILE).write_bytes(b"")
+    done = ckpt.commit(step, keep=1)
+    for path in (tmp_path / "model" / "model.safetensors", done / ckpt.MODEL_FILE):
+        assert stat.S_IMODE(path.stat().st_mode) == file_mode(), path

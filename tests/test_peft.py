@@ -230,7 +230,8 @@ def _overrides(data: Path, model: Path, out: Path, *extra: str) -> list[str]:
         "model.lora={r: 4, alpha: 8, dropout: 0.0}",
         f"methods={methods}",
         "optim.batch_size=8", "optim.micro_batch_size=4", "optim.max_steps=4", "optim.learning_rate=5e-3",
-        "eval.every_steps=2", "output.checkpoint_every=4", "output.tensorboard=false", f"output.dir={out}",
+        "eval.every_steps=2", "output.checkpoint_every=4", "output.keep_finished_checkpoints=true",
+        "output.tensorboard=false", f"output.dir={out}",
         "seed=1", "seeds=null", "parallel=1", *extra,
     ]  # fmt: skip
 
@@ -391,3 +392,26 @@ def test_evaluate_a_three_label_adapter_folder(tmp_path: Path, capsys) -> None:
             assert theirs.xlt[lang].probs.shape[1] == 3
             np.testing.assert_allclose(theirs.xlt[lang].probs, ours.xlt[lang].probs, rtol=0, atol=1e-6)
             np.testing.assert_array_equal(theirs.xlt[lang].labels, ours.xlt[lang].labels)
+
+
+def test_adapter_counts_read_the_real_sizes_of_zero3_partitioned_parameters() -> None:
+    """ZeRO-3 replaces a partitioned parameter's data by an empty placeholder and keeps its size in
+    ``ds_numel``: the counts of summary.json and the model card must be the model's, not the shard's."""
+    from types import SimpleNamespace
+
+    from fastrobust.training.lora import lora_summary
+
+    class Partitioned(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            config = SimpleNamespace(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["query"])
+            config.modules_to_save, config.base_model_name_or_path = None, "m"
+            self.peft_config = {"default": config}
+            self.base = torch.nn.Parameter(torch.empty(0), requires_grad=False)
+            self.base.ds_numel = 24_386
+            self.adapter = torch.nn.Parameter(torch.empty(0))
+            self.adapter.ds_numel = 2_146
+            self.head = torch.nn.Parameter(torch.zeros(2))  # small enough to stay whole
+
+    summary = lora_summary(Partitioned())
+    assert (summary["trainable_parameters"], summary["total_parameters"]) == (2_148, 26_534)

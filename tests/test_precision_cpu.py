@@ -56,3 +56,14 @@ def test_bf16_autocast_trains_and_evaluates_with_fp32_master_weights(tiny_pawsx,
         assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.float32}  # noqa: SIM118 (not a dict)
     card = next((tmp_path / "bf16").rglob("model/README.md")).read_text()
     assert "| precision | bf16 |" in card  # the model card says how it was trained
+
+
+def test_fp16_on_a_cpu_says_that_bf16_is_the_cpu_format(tiny_pawsx, tmp_path, capsys):
+    from fastrobust.training import train
+
+    data, model = tiny_pawsx
+    sets = _overrides(data, model, tmp_path / "fp16", "fp16")
+    train(None, [*sets, "optim.max_steps=1", "output.save_model=false", "task.gxlt=false"])
+    printed = capsys.readouterr().out
+    assert printed.count("warning: model.precision: fp16 on a CPU") == 1
+    assert "set model.precision: bf16" in printed

@@ -29,7 +29,7 @@ task: {{name: pawsx, source: local, path: {data}, languages: [en, de], gxlt: tru
 methods: [{{kind: pgd, steps: 2, init_magnitude: 0.2, epsilon: 1.0, step_size: 0.5}}]
 optim: {{learning_rate: 2.0e-3, batch_size: 8, micro_batch_size: 4, epochs: 3, warmup_ratio: 0.1}}
 eval: {{every_steps: 4}}
-output: {{checkpoint_every: 4, keep_checkpoints: 3, log_every: 2}}
+output: {{checkpoint_every: 4, keep_checkpoints: 3, keep_finished_checkpoints: true, log_every: 2}}
 """
     )
     return cfg

@@ -83,7 +83,7 @@ def test_resume_skips_finished_runs_and_continues_the_unfinished(fixture_model: 
     from fastrobust.training import train
 
     out = tmp_path / "r"
-    extra = ("seeds=[0, 1]", "output.checkpoint_every=1")
+    extra = ("seeds=[0, 1]", "output.checkpoint_every=1", "output.keep_finished_checkpoints=true")
     first = train(None, overrides(fixture_model, out, *extra))
     # as if killed after rs-rp / seed 1 checkpointed its last step but before its report
     unfinished = out / "rs-rp" / "seed-1"

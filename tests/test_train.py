@@ -37,6 +37,7 @@ def _fixture_overrides(model: Path, out: Path) -> list[str]:
         "eval.every_steps=1",
         "output.checkpoint_every=1",
         "output.keep_checkpoints=2",
+        "output.keep_finished_checkpoints=true",
         "output.log_every=1",
         f"output.dir={out}",
     ]

@@ -46,7 +46,10 @@ def test_a_used_output_folder_is_refused_unless_resume_or_overwrite(
 
     data, model = tiny_pawsx
     out = tmp_path / "run"
-    train(None, overrides(data, model, out, "output.checkpoint_every=1"))
+    train(
+        None,
+        overrides(data, model, out, "output.checkpoint_every=1", "output.keep_finished_checkpoints=true"),
+    )
     summary = out / "baseline" / "summary.json"
     before = summary.read_bytes()
     stamp = summary.stat().st_mtime_ns
@@ -426,6 +429,7 @@ def test_checkpoints_follow_the_clock(tiny_pawsx: tuple[Path, Path], tmp_path: P
     out = tmp_path / "run"
     # a minute of 60 microseconds: every step is "due"; no step cadence, so no final checkpoint
     sets = ["optim.max_steps=3", "output.checkpoint_minutes=1e-6", "output.keep_checkpoints=5"]
+    sets.append("output.keep_finished_checkpoints=true")
     train(None, overrides(data, model, out, *sets))
     assert [s for s, _ in ckpt.complete_checkpoints(out / "baseline" / "checkpoints")] == [1, 2]
     out = tmp_path / "never"

@@ -261,7 +261,12 @@ class OutputConfig(StrictModel):
         description="minutes of training between checkpoints, so an interruption loses at most that "
         "much (SIGINT/SIGTERM also write one); null = none",
     )
-    keep_checkpoints: int = Field(2, ge=1)
+    keep_checkpoints: int = Field(2, ge=1, description="how many of the newest checkpoints a run keeps")
+    keep_finished_checkpoints: bool = Field(
+        False,
+        description="keep a run's checkpoints once it has finished (with checkpoint_every, one of the "
+        "last step among them), e.g. to train it further; false = removed once its results are written",
+    )
     log_every: int = Field(10, ge=1)
     tensorboard: bool = True
 

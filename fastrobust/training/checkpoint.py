@@ -31,6 +31,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from fastrobust.fileio import apply_umask
+
 COMPLETE = "COMPLETE"
 STATE_FILE = "trainer_state.pt"
 MODEL_FILE = "model.safetensors"
@@ -76,6 +78,7 @@ def commit(tmp: Path, keep: int) -> Path:
     """Marks ``tmp`` complete, renames it to its final name and prunes old checkpoints."""
     final = tmp.with_name(tmp.name[: -len(".tmp")])
     (tmp / COMPLETE).write_text("ok\n")
+    apply_umask(tmp)  # safetensors writes 0600; a shared run folder follows the umask
     fsync_tree(tmp)
     if final.exists():
         shutil.rmtree(final)

@@ -121,7 +121,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--print-config",
         action="store_true",
-        help="print the resolved config (recipe + --set) as YAML, every key included, and exit",
+        help="print the config the run would use (recipe + --set + --seeds/--parallel/--deepspeed, only "
+        "the --method sections) as YAML, every key included, and exit",
     )
     # Launchers may pass the local rank as an argument; LOCAL_RANK in the environment is what we use.
     parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
@@ -142,7 +143,12 @@ def run(args: argparse.Namespace) -> int:
     # Validated here, before the trainer imports torch and transformers: a typo fails in a blink.
     cfg = load_config(args.config, args.overrides)
     if args.print_config:
-        print(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), end="")
+        from fastrobust.training.call import apply_call_arguments, printed_config
+
+        cfg, sections = apply_call_arguments(
+            cfg, methods=args.methods, deepspeed=args.deepspeed, seeds=seeds, parallel=args.parallel
+        )
+        print(yaml.safe_dump(printed_config(cfg, sections), sort_keys=False), end="")
         return 0
     train(
         cfg,

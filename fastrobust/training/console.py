@@ -61,11 +61,14 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
 def console_summary(summaries: list[dict[str, Any]], comparison: Any, out_dir: Path, cfg: Any) -> str:
     """The closing text: the comparison (mean ± sd over seeds, differences to the baseline with
     intervals; :func:`fastrobust.evaluate.report.comparison_text`), each method's throughput
-    relative to the baseline (mean over the runs trained in this call), and the files written."""
+    relative to the baseline (mean over the runs, those ``--resume`` read back included, as their
+    summaries measured them), and the files written."""
     parts = [comparison_text(comparison)]
-    trained = [s for s in summaries if not s.get("skipped")]
+    # runs --resume read back (trained by an earlier call) count with their own summary's figures
+    measured = [s for s in summaries if isinstance(s.get("throughput"), dict)]
+    earlier = sum(1 for s in measured if s.get("skipped"))
     by_label: dict[str, list[dict[str, Any]]] = {}
-    for s in trained:
+    for s in measured:
         by_label.setdefault(s["label"], []).append(s)
     if by_label:
         base_label = next(
@@ -85,13 +88,33 @@ def console_summary(summaries: list[dict[str, Any]], comparison: Any, out_dir: P
             tokens = f"{mean(ss, 'tokens_per_s'):.0f}"
             rows.append([k, str(len(ss)), f"{sps:.1f}", rel, tokens, f"{peak:.0f}", _pct(dev)])
         parts.append(
-            f"Throughput (relative to {base_label}; mean over runs):\n"
+            f"Throughput (relative to {base_label}; mean over runs"
+            + (f", {earlier} of {len(measured)} trained by an earlier call" if earlier else "")
+            + "):\n"
             + _table(
                 ["method", "runs", "samples/s", f"vs {base_label}", "tokens/s", "peak MiB", "best dev"], rows
             )
+            + compile_note(by_label)
         )
     parts.append(files_line(summaries, out_dir, multi_seed=cfg.seeds is not None))
     return "\n\n".join(parts)
+
+
+def compile_note(by_label: dict[str, list[dict[str, Any]]]) -> str:
+    """Under ``model.compile``: each method's first step (it compiles), which the throughput leaves out."""
+    spent = {
+        label: [
+            s["compile"]["first_step_seconds"]
+            for s in ss
+            if (s.get("compile") or {}).get("first_step_seconds")
+        ]
+        for label, ss in by_label.items()
+    }
+    spent = {label: sum(v) / len(v) for label, v in spent.items() if v}
+    if not spent:
+        return ""
+    each = ", ".join(f"{label} {v:.1f} s" for label, v in spent.items())
+    return f"\nCompiling (the first step of a run, left out of the throughput; mean over runs): {each}"
 
 
 def files_line(summaries: list[dict[str, Any]], out_dir: Path, *, multi_seed: bool = False) -> str:

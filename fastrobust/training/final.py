@@ -24,7 +24,14 @@ from fastrobust.errors import OutputError
 from fastrobust.evaluate import RunResult, write_report
 from fastrobust.evaluate.predictions import FILE_NAME, TaskPredictions
 from fastrobust.evaluate.report import EvalReport
-from fastrobust.fileio import atomic_dir, atomic_write_json, describe_os_error, json_text
+from fastrobust.fileio import (
+    as_os_error,
+    atomic_dir,
+    atomic_write_json,
+    describe_os_error,
+    json_text,
+    writing,
+)
 from fastrobust.training import checkpoint as ckpt
 from fastrobust.training.averaging import averaged_label
 from fastrobust.training.compiled import compiled_graphs, eager
@@ -114,8 +121,11 @@ def save_model_folder(
             t.run.tokenizer.save_pretrained(str(tmp))
             atomic_write_json(tmp / "fastrobust.json", info)
             write_model_card(tmp, model_card(t, report, averaged))
-    except OSError as exc:  # name the folder the user will look for, not the removed temporary one
-        raise OSError(exc.errno, exc.strerror or str(exc), str(model_dir)) from exc
+    except Exception as exc:  # name the folder the user will look for, not the removed temporary one
+        err = as_os_error(exc, model_dir)  # safetensors reports a full disk as its own error
+        if err is None:
+            raise
+        raise OSError(err.errno, err.strerror or str(err), str(model_dir)) from exc
 
 
 def rescue(payload: dict[str, Any], places: list[Path]) -> Path | None:
@@ -198,13 +208,16 @@ def finish(t: MethodTrainer, wall_seconds: float, eval_seconds: float) -> Finish
         summary["test_eval_cpu_seconds"] = test_cpu
         try:
             seed_part = f" / seed {t.seed}" if cfg.seeds is not None else ""
-            write_report(report, report_dir, title=f"{cfg.name} / {t.label}{seed_part}")
-            predictions.save(report_dir / FILE_NAME)
+            with writing(report_dir):  # a failed write names its file, or at least this folder
+                write_report(report, report_dir, title=f"{cfg.name} / {t.label}{seed_part}")
+            with writing(report_dir / FILE_NAME):
+                predictions.save(report_dir / FILE_NAME)
             if cfg.output.save_model:
                 save_model_folder(t, model, model_dir, report)
             averaged = None
             if final_state is not None:  # before the summary: a complete summary means both are there
-                averaged = finish_averaged(t, final_state, summary)
+                with writing(t.averaged_dir()):
+                    averaged = finish_averaged(t, final_state, summary)
                 summary["averaged"] = averaged.summary["averaged"]
             atomic_write_json(t.dir / "summary.json", summary)
         except OSError as exc:
@@ -323,7 +336,9 @@ def build_summary(
     throughput["peak_memory_mb"] = peak_memory_mb(t.device)
     throughput["peak_memory_kind"] = "cuda_max_allocated" if t.device.type == "cuda" else "cpu_peak_rss"
     sel = t.selection
-    checkpoints = cfg.output.checkpoint_every is not None or bool(ckpt.complete_checkpoints(t.ckpt_root))
+    checkpoints = cfg.output.keep_finished_checkpoints and (
+        cfg.output.checkpoint_every is not None or bool(ckpt.complete_checkpoints(t.ckpt_root))
+    )
     return {
         "status": "complete",
         "label": t.label,
@@ -357,7 +372,7 @@ def build_summary(
         "xlt": dict(report.xlt),
         "resumed_from_step": t.resumed_from,
         "lora": lora_summary(eng.module) if is_peft_model(eng.module) else None,
-        "compile": compile_summary(t.cfg.model, t.graphs),
+        "compile": compile_summary(t.cfg.model, t.graphs, t.meter.warmup_seconds),
         "wall_seconds": wall_seconds,
         "eval_and_checkpoint_seconds": eval_seconds,
         "test_eval_seconds": test_seconds,
@@ -373,10 +388,13 @@ def build_summary(
     }
 
 
-def compile_summary(model_cfg: ModelConfig, graphs: list[int]) -> dict[str, Any] | None:
+def compile_summary(
+    model_cfg: ModelConfig, graphs: list[int], warmup_seconds: float = 0.0
+) -> dict[str, Any] | None:
     """``model.compile``: backend, mode and the graphs Dynamo compiled for the training forward —
     in the first step (``graphs``) and in every later one (``recompiles``; 0 when the dynamic
-    sequence length worked). None when the run was not compiled. ``model_cfg``: the config's
+    sequence length worked) — and the seconds of that first step (``first_step_seconds``), which
+    the throughput leaves out. None when the run was not compiled. ``model_cfg``: the config's
     ``model`` section; ``graphs``: Dynamo's graph count before the first step and after it."""
     if not model_cfg.compile:
         return None
@@ -386,4 +404,5 @@ def compile_summary(model_cfg: ModelConfig, graphs: list[int]) -> dict[str, Any]
         "mode": model_cfg.compile_mode,
         "graphs": warm - before,
         "recompiles": compiled_graphs() - warm,
+        "first_step_seconds": warmup_seconds,  # compiling: left out of the throughput
     }

@@ -81,6 +81,7 @@ class MethodTrainer:
         self.truncated: int | None = None  # training pairs cut to model.max_length (first epoch)
         # model.compile: graphs compiled in this process before training / after its first step
         self.graphs: list[int] = []
+        self.warming = False  # this step compiles (model.compile: the first one of the run)
         self.averager: WeightAverage | None = None  # average: the running weight average
 
     def finished_run(self) -> FinishedRun | None:
@@ -245,7 +246,7 @@ class MethodTrainer:
             if found is not None:
                 load_checkpoint(self, found)
                 log(dist, f"[{self.label}] resumed from {found} (step {self.step}/{run.total_steps})")
-            else:
+            elif self.dir.exists():  # a run never started before has nothing to say
                 log(
                     dist,
                     f"[{self.label}] --resume: no complete checkpoint under {self.ckpt_root}; starting anew",
@@ -394,8 +395,11 @@ class MethodTrainer:
         """One optimizer step, timed (per section when ``logged``); returns (timer, grad norm, seconds)."""
         timer = SectionTimer(enabled=logged, device=self.device)
         t0, c0 = time.perf_counter(), time.process_time()
-        if self.cfg.model.compile and not self.graphs:
+        # model.compile: Dynamo compiles in the first step; it is timed apart from the throughput
+        self.warming = self.cfg.model.compile and not self.graphs
+        if self.warming:
             self.graphs.append(compiled_graphs())
+            tokens_before = self._pending_tokens.clone()
         loss, grad_norm, bad = self._train_step(it, timer)
         if len(self.graphs) == 1:
             self.graphs.append(compiled_graphs())  # warm: every later step reuses these
@@ -405,13 +409,18 @@ class MethodTrainer:
         if logged and self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         seconds = time.perf_counter() - t0
-        self.meter.add_step(seconds, self.cfg.optim.batch_size, 0, time.process_time() - c0)
+        if self.warming:
+            self._pending_tokens.copy_(tokens_before)
+            self.meter.add_warmup(seconds)
+        else:
+            self.meter.add_step(seconds, self.cfg.optim.batch_size, 0, time.process_time() - c0)
         return timer, grad_norm, seconds
 
     def _log_step(self, writer: Any, bar: Any, timer: SectionTimer, grad_norm: Any, seconds: float) -> None:
         """A logged step: flush the losses (a collective), check divergence, update the bar and
         TensorBoard."""
-        self.meter.add_timed(seconds, timer.totals)
+        if not self.warming:
+            self.meter.add_timed(seconds, timer.totals)
         values = self._flush()
         self._check_divergence()
         s = self.meter.summary()
@@ -431,10 +440,14 @@ class MethodTrainer:
             )
 
     def _finish(self, writer: Any, t_start: float, eval_seconds: float) -> FinishedRun | None:
-        """Test evaluation and saving (:func:`fastrobust.training.final.finish`), then the final
-        checkpoint of the last parameters when ``output.checkpoint_every`` is set."""
-        final_checkpoint = bool(self.cfg.output.checkpoint_every) and not (
-            ckpt.step_dir(self.ckpt_root, self.step).is_dir()
+        """Test evaluation and saving (:func:`fastrobust.training.final.finish`); then the run's
+        checkpoints are removed, unless ``output.keep_finished_checkpoints`` (then a final one of the
+        last parameters is added when ``output.checkpoint_every`` is set)."""
+        keep = self.cfg.output.keep_finished_checkpoints
+        final_checkpoint = (
+            keep
+            and bool(self.cfg.output.checkpoint_every)
+            and not (ckpt.step_dir(self.ckpt_root, self.step).is_dir())
         )
         last_state = None
         if final_checkpoint and self.eng.engine is None and self.dist.is_main:
@@ -449,6 +462,9 @@ class MethodTrainer:
             if last_state is not None:
                 self.eng.module.load_state_dict(last_state)
             save_checkpoint(self)
+        elif not keep and self.dist.is_main:
+            # the results are complete (finish raised otherwise): nothing is left to resume
+            shutil.rmtree(self.ckpt_root, ignore_errors=True)
         return finished
 
     def close(self) -> None:

@@ -106,12 +106,18 @@ def apply_lora(model: nn.Module, section: Any, *, base_path: str, fresh: Iterabl
     return wrapped
 
 
+def full_numel(param: nn.Parameter) -> int:
+    """The element count of ``param`` as the model defines it: under ZeRO-3 a partitioned
+    parameter holds an empty placeholder (``numel() == 0``) and its real size in ``ds_numel``."""
+    return int(getattr(param, "ds_numel", param.numel()))
+
+
 def lora_summary(model: nn.Module) -> dict[str, Any]:
     """What the model card and ``fastrobust.json`` record of a PEFT model's adapter."""
     inner = getattr(model, "module", model)
     config = inner.peft_config["default"]
-    trainable = sum(p.numel() for p in inner.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in inner.parameters())
+    trainable = sum(full_numel(p) for p in inner.parameters() if p.requires_grad)
+    total = sum(full_numel(p) for p in inner.parameters())
     return {
         "r": config.r,
         "alpha": config.lora_alpha,

@@ -1,7 +1,9 @@
 """Throughput and memory accounting of a training run.
 
 samples/s = examples processed by all ranks / seconds spent in training steps (evaluation and
-checkpointing excluded); tokens/s counts real tokens (attention_mask == 1) only. The forward /
+checkpointing excluded; under ``model.compile`` the first step of a run, in which Dynamo compiles,
+is left out too and reported as ``compile_warmup_seconds``); tokens/s counts real tokens
+(attention_mask == 1) only. The forward /
 backward / perturbation split comes from :class:`fastrobust.timing.SectionTimer`, enabled on
 logged steps only (it synchronises CUDA at section edges), and is reported as seconds per step
 averaged over those steps; ``other`` is the rest of the step (optimizer, clipping, data).
@@ -44,6 +46,7 @@ class ThroughputMeter:
     timed_seconds: float = 0.0
     sections: dict[str, float] = field(default_factory=lambda: {k: 0.0 for k in SECTIONS})
     cpu_seconds: float = 0.0
+    warmup_seconds: float = 0.0  # steps left out: model.compile's first step, which compiles
 
     def add_step(self, seconds: float, samples: int, tokens: int, cpu_seconds: float) -> None:
         """One step: its wall ``seconds`` and process ``cpu_seconds`` over the same window."""
@@ -52,6 +55,10 @@ class ThroughputMeter:
         self.steps += 1
         self.samples += samples
         self.tokens += tokens
+
+    def add_warmup(self, seconds: float) -> None:
+        """A step that compiled (``model.compile``): its time is not throughput, it is kept apart."""
+        self.warmup_seconds += seconds
 
     def add_timed(self, seconds: float, totals: dict[str, float]) -> None:
         self.timed_steps += 1
@@ -73,6 +80,7 @@ class ThroughputMeter:
             "seconds_per_step": t / max(1, self.steps),
             "train_seconds": self.step_seconds,
             "train_cpu_seconds": self.cpu_seconds,
+            "compile_warmup_seconds": self.warmup_seconds,
             "steps_measured": self.steps,
             "samples": self.samples,
             "tokens": self.tokens,
@@ -89,10 +97,12 @@ class ThroughputMeter:
             "timed_seconds": self.timed_seconds,
             "sections": dict(self.sections),
             "cpu_seconds": self.cpu_seconds,
+            "warmup_seconds": self.warmup_seconds,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restores :meth:`state_dict` (a checkpoint without ``cpu_seconds`` restores it as 0)."""
-        self.cpu_seconds = 0.0
+        """Restores :meth:`state_dict` (a checkpoint without ``cpu_seconds`` or ``warmup_seconds``
+        restores them as 0)."""
+        self.cpu_seconds = self.warmup_seconds = 0.0
         for k, v in state.items():
             setattr(self, k, dict(v) if isinstance(v, dict) else v)

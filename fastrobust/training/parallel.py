@@ -17,17 +17,19 @@ on a GPU several runs would compete for its memory; there the runs go one by one
 from __future__ import annotations
 
 import multiprocessing
-import time
-from dataclasses import dataclass
+import signal
+import sys
+import threading
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from fastrobust.config import Config, config_from_dict, method_label
-from fastrobust.errors import DivergenceError
+from fastrobust.config import Config, method_label
+from fastrobust.errors import Interrupted
+from fastrobust.training.signals import SIGNALS
+from fastrobust.training.workers import JobOutcome, Worker, close_workers, ready, start_workers
 
 if TYPE_CHECKING:  # the module stays free of torch (which final imports) until runs are trained
     from fastrobust.training.final import FinishedRun
-
-_WORKER: dict[str, Any] = {}
 
 
 def parallel_workers(cfg: Config, dist: Any) -> tuple[int, str]:
@@ -56,50 +58,114 @@ def _cost(mcfg: Any) -> int:
     return int(getattr(mcfg, "steps", 0)) + 1 if mcfg.kind in ("pgd", "freelb") else 1
 
 
-def _init_worker(cfg_json: dict, resume: bool, overwrite: bool, threads: int) -> None:
-    # torch, datasets and transformers load in each worker when it starts, not with this module
-    import datasets
-    import torch
-    from transformers.utils import logging as hf_logging
+class ParentStop:
+    """SIGINT / SIGTERM in the parent while the workers train: the first is handed on to every
+    busy worker once (each stops after its step, with a checkpoint); a second one stops at once
+    (the workers are killed: their last complete checkpoints stay)."""
 
-    from fastrobust.training.distributed import init_distributed
-    from fastrobust.training.run import RunContext
+    def __init__(self) -> None:
+        self.workers: list[Worker] = []
+        self.signum: int | None = None
+        self.previous: dict[int, Any] = {}
 
-    torch.set_num_threads(threads)
-    datasets.disable_progress_bars()
-    hf_logging.disable_progress_bar()
-    cfg = config_from_dict(cfg_json, source="<parallel worker>")
-    run = RunContext(cfg, init_distributed(use_deepspeed=False), resume, overwrite)
-    run.progress_bar = False  # N bars on one terminal would garble each other
-    _WORKER["run"] = run
+    def __enter__(self) -> ParentStop:
+        if threading.current_thread() is threading.main_thread():
+            self.previous = {s: signal.getsignal(s) for s in SIGNALS}
+            for s in SIGNALS:
+                signal.signal(s, self._handle)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        name = signal.Signals(signum).name
+        if self.signum is not None:
+            for w in self.workers:
+                w.process.kill()
+            raise Interrupted(
+                f"{name} again: the runs were stopped at once; their last complete checkpoints stay "
+                "(continue with --resume)",
+                signum,
+            )
+        self.signum = signum
+        busy = [w for w in self.workers if w.job is not None]
+        print(
+            f"\nfastrobust: {name} received; the {len(busy)} running run(s) stop after their current step "
+            f"and write a checkpoint ({name} again to stop at once)",
+            file=sys.stderr,
+            flush=True,
+        )
+        self.forward(signum)
+
+    def forward(self, signum: int) -> None:
+        """Hands ``signum`` on to every busy worker."""
+        for w in self.workers:
+            if w.job is not None:
+                w.signal(signum)
 
 
 @dataclass
-class JobOutcome:
-    """What a worker sends back for one run: the finished run, or the message of its divergence
-    (the other runs go on, as in the sequential loop); and the seconds it took."""
+class Progress:
+    """The parent's account of the jobs: finished runs, divergences, stops, the first failure."""
 
-    run: FinishedRun | None
-    diverged: str | None
-    seconds: float
+    results: dict[int, FinishedRun] = field(default_factory=dict)
+    diverged: list[str] = field(default_factory=list)
+    stopped: list[str] = field(default_factory=list)
+    error: BaseException | None = None
 
 
-def _run_job(index: int, seed: int | None) -> JobOutcome:
-    from fastrobust.training.loop import MethodTrainer, skip_finished  # torch: loaded in the worker
+def _record(jobs: list[Any], j: int, outcome: JobOutcome, progress: Progress) -> None:
+    """Books (and prints) the outcome of job ``j``."""
+    label = method_label(jobs[j][2])
+    if outcome.error is not None:
+        progress.error = progress.error or outcome.error
+    elif outcome.stopped is not None:
+        progress.stopped.append(outcome.stopped)
+    elif outcome.run is None:
+        print(f"[{label}] error: {outcome.diverged}", flush=True)
+        progress.diverged.append(str(outcome.diverged))
+    else:
+        progress.results[j] = outcome.run
+        summary = outcome.run.summary
+        print(
+            f"[parallel] {label} seed {summary.get('seed')}: finished in {outcome.seconds:.0f} s, "
+            f"best English dev {100 * summary['best_dev_accuracy']:.1f}% "
+            f"({len(progress.results)}/{len(jobs)})",
+            flush=True,
+        )
 
-    run = _WORKER["run"]
-    trainer = MethodTrainer(run, run.cfg.methods[index], seed=seed)
-    try:
-        t0 = time.perf_counter()
-        skip, done = skip_finished(trainer) if run.resume else (False, None)
-        if not skip:
-            try:
-                done = trainer.train()
-            except DivergenceError as exc:
-                return JobOutcome(None, str(exc), time.perf_counter() - t0)
-        return JobOutcome(done, None, time.perf_counter() - t0)
-    finally:
-        trainer.close()
+
+def _drive(workers: list[Worker], jobs: list[Any], order: list[int], stop: ParentStop) -> Progress:
+    """Hands the jobs out (the most expensive first) and books their outcomes until every started
+    job has ended; after a signal or a failure no job starts and the busy workers are stopped."""
+    progress = Progress()
+    queue = list(order)
+    halted = False
+    while True:
+        if not halted and (stop.signum is not None or progress.error is not None):
+            halted = True
+            if stop.signum is None:  # a failure: the other runs stop too, resumable
+                stop.forward(signal.SIGTERM)
+        if not halted:
+            for w in workers:
+                if w.job is None and queue:
+                    j = queue.pop(0)
+                    w.send(j, (jobs[j][0], jobs[j][1]))
+        if all(w.job is None for w in workers):
+            return progress
+        for w in ready(workers, 0.2):
+            j, outcome = w.job, w.receive()
+            w.job = None
+            _record(jobs, j, outcome, progress)
+
+
+def _stopped_error(progress: Progress, signum: int, total: int) -> Interrupted:
+    name = signal.Signals(signum).name
+    done = f"{len(progress.results)} of {total} run(s) finished"
+    stopped = " | ".join(progress.stopped) or "no run was under way"
+    return Interrupted(f"{name}: {done}; {stopped}", signum)
 
 
 def train_parallel(run: Any, sections: list[Any], workers: int) -> tuple[list[FinishedRun], list[str]]:
@@ -118,40 +184,18 @@ def train_parallel(run: Any, sections: list[Any], workers: int) -> tuple[list[Fi
         flush=True,
     )
     ctx = multiprocessing.get_context("spawn")
-    results: dict[int, FinishedRun] = {}
-    diverged: list[str] = []
-    cfg_json = cfg.model_dump(mode="json")
-    with ctx.Pool(
-        min(workers, len(jobs)),
-        initializer=_init_worker,
-        initargs=(cfg_json, run.resume, run.overwrite, threads),
-    ) as pool:
-        pending = {j: pool.apply_async(_run_job, (jobs[j][0], jobs[j][1])) for j in order}
+    args = (cfg.model_dump(mode="json"), run.resume, run.overwrite, threads)
+    with ParentStop() as stop:  # before the workers start: a signal meanwhile is handed on
+        stop.workers = start_workers(ctx, min(workers, len(jobs)), args)
         try:
-            while pending:
-                done = [j for j, res in pending.items() if res.ready()]
-                for j in done:
-                    outcome = pending.pop(j).get()  # re-raises a worker's exception here
-                    label = method_label(jobs[j][2])
-                    if outcome.run is None:
-                        print(f"[{label}] error: {outcome.diverged}", flush=True)
-                        diverged.append(str(outcome.diverged))
-                        continue
-                    results[j] = outcome.run
-                    summary, took = outcome.run.summary, outcome.seconds
-                    print(
-                        f"[parallel] {label} seed {summary.get('seed')}: finished in {took:.0f} s, "
-                        f"best English dev {100 * summary['best_dev_accuracy']:.1f}% "
-                        f"({len(results)}/{len(jobs)})",
-                        flush=True,
-                    )
-                if not done:
-                    time.sleep(0.2)
-        except BaseException:
-            pool.terminate()
-            raise
-        # a clean shutdown (the context manager's terminate() leaves the workers' semaphores to
-        # the resource tracker, which then warns about "leaked semaphore objects")
-        pool.close()
-        pool.join()
+            progress = _drive(stop.workers, jobs, order, stop)
+        finally:
+            close_workers(stop.workers)
+    if stop.signum is not None:
+        raise _stopped_error(progress, stop.signum, len(jobs))
+    if progress.error is not None:
+        if progress.stopped:
+            print(f"[parallel] the other runs were stopped: {' | '.join(progress.stopped)}", flush=True)
+        raise progress.error
+    results, diverged = progress.results, progress.diverged
     return [results[j] for j in range(len(jobs)) if j in results], diverged

@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import load_file, load_model, save_file, save_model
 
 from fastrobust.errors import ConfigError
-from fastrobust.fileio import describe_os_error
+from fastrobust.fileio import describe_os_error, writing
 from fastrobust.training import checkpoint as ckpt
 
 if TYPE_CHECKING:  # the loop imports this module: a runtime import would be a circle
@@ -68,19 +68,14 @@ def save_checkpoint(t: MethodTrainer) -> Path | None:
     if dist.broadcast_float(1.0 if error else 0.0) == 0.0:
         if eng.engine is not None:
             try:
-                eng.engine.save_checkpoint(str(tmp), tag="ds")
+                with writing(tmp / "ds"):
+                    eng.engine.save_checkpoint(str(tmp), tag="ds")
             except OSError as exc:
                 error = describe_os_error(exc)
             dist.barrier()
         if dist.is_main and not error:
             try:
-                if eng.engine is None:
-                    save_model(eng.module, str(tmp / ckpt.MODEL_FILE))
-                if t.selection.best_state is not None:
-                    save_file(t.selection.best_state, str(tmp / ckpt.BEST_FILE))
-                if t.averager is not None:
-                    t.averager.save(tmp)
-                ckpt.save_state(tmp / ckpt.STATE_FILE, trainer_state(t))
+                _write_parts(t, tmp)
             except OSError as exc:
                 error = describe_os_error(exc)
     failed = dist.all_reduce_max(torch.tensor([1.0 if error else 0.0])).item() > 0
@@ -100,6 +95,21 @@ def save_checkpoint(t: MethodTrainer) -> Path | None:
             )
     dist.barrier()
     return path
+
+
+def _write_parts(t: MethodTrainer, tmp: Path) -> None:
+    """Rank 0's files of a checkpoint into ``tmp``; a failed write is an OSError naming the file."""
+    if t.eng.engine is None:
+        with writing(tmp / ckpt.MODEL_FILE):
+            save_model(t.eng.module, str(tmp / ckpt.MODEL_FILE))
+    if t.selection.best_state is not None:
+        with writing(tmp / ckpt.BEST_FILE):
+            save_file(t.selection.best_state, str(tmp / ckpt.BEST_FILE))
+    if t.averager is not None:
+        with writing(tmp):
+            t.averager.save(tmp)
+    with writing(tmp / ckpt.STATE_FILE):
+        ckpt.save_state(tmp / ckpt.STATE_FILE, trainer_state(t))
 
 
 def load_checkpoint(t: MethodTrainer, path: Path) -> None:

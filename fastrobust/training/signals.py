@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from types import FrameType
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
+ANNOUNCE = True  # False in the workers of ``parallel: N``: their parent says it once for all
 
 
 class StopRequest:
@@ -31,12 +32,13 @@ class StopRequest:
         if self.signum is None:
             self.signum = signum
             name = signal.Signals(signum).name
-            print(
-                f"\nfastrobust: {name} received; stopping after this step and writing a checkpoint "
-                f"({name} again to stop at once)",
-                file=sys.stderr,
-                flush=True,
-            )
+            if ANNOUNCE:
+                print(
+                    f"\nfastrobust: {name} received; stopping after this step and writing a checkpoint "
+                    f"({name} again to stop at once)",
+                    file=sys.stderr,
+                    flush=True,
+                )
             # the second one acts as if no handler were installed
             signal.signal(signum, signal.default_int_handler if signum == signal.SIGINT else signal.SIG_DFL)
 

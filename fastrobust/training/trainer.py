@@ -37,14 +37,16 @@ from pathlib import Path
 from typing import Any
 
 from fastrobust.config import Config, method_label
-from fastrobust.errors import ConfigError, DivergenceError, FastrobustError
+from fastrobust.errors import DivergenceError, FastrobustError, OutputError
 from fastrobust.evaluate import compare_metrics, write_comparison
 from fastrobust.evaluate.runs import load_runs, seed_dir_name
-from fastrobust.fileio import atomic_write_json
+from fastrobust.fileio import atomic_write_json, describe_os_error, writing
 from fastrobust.progress import library_bars_off
+from fastrobust.training.call import apply_call_arguments
 from fastrobust.training.console import banner, console_summary
 from fastrobust.training.distributed import init_distributed
 from fastrobust.training.final import FinishedRun
+from fastrobust.training.lock import output_lock
 from fastrobust.training.loop import MODEL_INPUTS, MethodTrainer, skip_finished
 from fastrobust.training.parallel import parallel_workers, train_parallel
 from fastrobust.training.preflight import check_output_dir
@@ -122,27 +124,19 @@ def _train(
     parallel: int | None = None,
     overwrite: bool = False,
 ) -> dict[str, Any]:
-    cfg = resolve_config(config, overrides)
-    if parallel is not None:
-        if parallel < 1:
-            raise ConfigError(f"--parallel: must be >= 1, got {parallel}")
-        cfg = cfg.model_copy(update={"parallel": parallel})
-    if deepspeed is not None:
-        cfg.deepspeed.config = deepspeed
-    if seeds is not None:
-        seeds = [int(x) for x in seeds]
-        if not seeds or len(set(seeds)) != len(seeds):
-            raise ConfigError(f"--seeds: give distinct seeds, e.g. 0,1,2 (got {seeds})")
-        cfg = cfg.model_copy(update={"seeds": seeds, "seed": seeds[0]})
-    sections = list(cfg.methods)
-    if methods:
-        labels = [method_label(m) for m in sections]
-        unknown = [m for m in methods if m not in labels]
-        if unknown:
-            raise ConfigError(
-                f"--method {', '.join(unknown)}: no such method section; the config has {labels}"
-            )
-        sections = [m for m in sections if method_label(m) in methods]
+    cfg, sections = apply_call_arguments(
+        resolve_config(config, overrides),
+        methods=methods,
+        deepspeed=deepspeed,
+        seeds=seeds,
+        parallel=parallel,
+    )
+    with output_lock(Path(cfg.output.dir)):  # one train at a time in a folder
+        return _train_sections(cfg, sections, resume=resume, overwrite=overwrite)
+
+
+def _train_sections(cfg: Config, sections: list[Any], *, resume: bool, overwrite: bool) -> dict[str, Any]:
+    """Trains ``sections`` of the resolved ``cfg`` (see :func:`train`), under the folder's lock."""
     # Before anything is loaded: a used output folder is refused unless resumed or overwritten.
     check_output_dir(Path(cfg.output.dir), run_folders(cfg, sections), resume=resume, overwrite=overwrite)
     dist = init_distributed(use_deepspeed=bool(cfg.deepspeed.config))
@@ -157,6 +151,8 @@ def _train(
         log(dist, banner(cfg, run, sections))
         if run.head_warning:
             log(dist, f"warning: {run.head_warning}")
+        if cfg.model.precision == "fp16" and dist.device.type == "cpu":
+            log(dist, f"warning: {CPU_FP16}")
     workers, note = parallel_workers(cfg, dist)
     if note:
         log(dist, note)
@@ -189,6 +185,12 @@ def _train(
         kept = f"; the results of {', '.join(done)} were written" if done else ""
         raise DivergenceError(" | ".join(diverged) + kept)
     return result
+
+
+CPU_FP16 = (
+    "model.precision: fp16 on a CPU: the runs train under fp16 autocast, as asked, but a CPU's half "
+    "precision is bf16 (faster there, and no loss scaling); set model.precision: bf16"
+)
 
 
 def run_folders(cfg: Config, sections: Sequence[Any]) -> list[str]:
@@ -228,7 +230,13 @@ def _compare_and_report(cfg: Config, finished: list[FinishedRun], out_dir: Path)
     except FastrobustError as exc:
         print(f"note: earlier runs in {out_dir} left out of the comparison ({exc})", flush=True)
         comparison = compare_metrics(runs)
-    markdown = write_comparison(comparison, out_dir)
+    try:
+        with writing(out_dir):
+            markdown = write_comparison(comparison, out_dir)
+    except OSError as exc:
+        raise OutputError(
+            f"{describe_os_error(exc)}; every run's results were written in its own folder under {out_dir}"
+        ) from None
     print("\n" + console_summary(summaries, comparison, out_dir, cfg), flush=True)
 
     methods: dict[str, Any] = {}
