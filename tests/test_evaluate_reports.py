@@ -182,3 +182,14 @@ def test_report_keyword_construction_defaults_language_order():
     rep = EvalReport(xlt={"en": 1.0, "de": 0.5}, xlt_sizes={"en": 2, "de": 2}, gxlt={("en", "sw"): 0.5})
     assert rep.languages == ["en", "de", "sw"] and rep.task == ""
     assert rep.gxlt_cross_lang_avg == 0.5 and rep.gxlt_same_lang_avg is None
+
+
+def test_an_average_a_hair_below_a_tie_prints_as_the_tie_does() -> None:
+    """43.75% prints 43.8 (round half to even); a mean of such accuracies that float arithmetic
+    leaves a hair below (0.43749999999999994) must print 43.8 too, not 43.7."""
+    from fastrobust.evaluate.report import _fmt
+
+    below = float(np.mean([0.529, 0.59, 0.965, 0.32, 0.798, 0.188, 0.362, -0.2520000000000002]))
+    assert below < 0.4375 and f"{100 * below:.1f}" == "43.7"  # the naive rendering
+    assert _fmt(0.4375) == _fmt(below) == "43.8"
+    assert _fmt(0.4365) == "43.6" == f"{100 * 0.4365:.1f}"  # no change away from float noise

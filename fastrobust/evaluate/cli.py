@@ -185,9 +185,18 @@ def load_classifier(model_dir: Path, num_labels: int):
         raise DataError(
             f"MODEL_DIR: the adapter's classifier head has {labels} labels but the task has {num_labels}"
         )
-    return AutoModelForSequenceClassification.from_pretrained(
-        str(model_dir), num_labels=labels or num_labels, ignore_mismatched_sizes=labels is not None
-    )
+    from transformers.utils import logging as hf_logging
+
+    # The base checkpoint lacks the head and pooler that the adapter folder brings: transformers'
+    # "MISSING" load report would be about weights the adapter then loads, so it is not shown.
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        return AutoModelForSequenceClassification.from_pretrained(
+            str(model_dir), num_labels=labels or num_labels, ignore_mismatched_sizes=labels is not None
+        )
+    finally:
+        hf_logging.set_verbosity(level)
 
 
 def apply_saved_offsets(predictions, path: str, task):

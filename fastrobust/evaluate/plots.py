@@ -30,7 +30,7 @@ def _heatmap(ax, fig, report: EvalReport, values: EvalReport, name: str) -> None
                 if not np.isnan(mat[i, j]):
                     color = "black" if mat[i, j] > mid else "white"
                     ax.text(j, i, f"{mat[i, j]:.0f}", ha="center", va="center", fontsize=8, color=color)
-    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04).set_label(name)
 
 
 HEATMAP_PANELS = (

@@ -18,8 +18,10 @@ from fastrobust.fileio import atomic_write, atomic_write_json, atomic_write_text
 
 
 def _fmt(x: float | None, digits: int = 1) -> str:
-    """An accuracy in [0, 1] as a percentage with ``digits`` decimals ('-' when absent)."""
-    return "-" if x is None else f"{100 * x:.{digits}f}"
+    """An accuracy in [0, 1] as a percentage with ``digits`` decimals ('-' when absent). The value
+    is first rounded to 9 decimals, so that the mean of equal values rounds as they do (a mean of
+    0.4375s computed as 0.43749999... must print 43.8 like each of them, not 43.7)."""
+    return "-" if x is None else f"{round(100 * x, 9):.{digits}f}"
 
 
 def _md_table(header: list[str], rows: list[list[str]]) -> str:

@@ -51,7 +51,7 @@ def log_step_scalars(
 
 
 def _pct(x: float | None) -> str:
-    return "-" if x is None else f"{100 * x:.1f}"
+    return "-" if x is None else f"{round(100 * x, 9):.1f}"  # as the reports round (report._fmt)
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:
