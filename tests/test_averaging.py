@@ -266,3 +266,34 @@ def test_robust_trainer_averages_only_the_lora_adapter(tiny_pawsx, tmp_path: Pat
     trainer.train()
     names = trainer.averaging.avg.names
     assert names and all(("lora_" in n or "modules_to_save" in n) for n in names)
+
+
+def test_averaging_under_zero3_is_refused_before_anything_starts(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "fastrobust", "train", "--deepspeed", "configs/ds/zero3.json",
+         "--set", "average={start: 0.5}", "--set", f"output.dir={tmp_path}/z3"],
+        capture_output=True, text=True, timeout=120, cwd=Path(__file__).resolve().parents[1],
+    )  # fmt: skip
+    assert proc.returncode == 2 and "ZeRO-3" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize(
+    "method",
+    ["{kind: pgd, steps: 1}", "{kind: freelb, steps: 2}", "{kind: rs-rp, sigma: 0.5}", "{kind: rs-da}"],
+)
+def test_every_method_writes_its_averaged_run(tiny_pawsx, tmp_path: Path, method: str) -> None:
+    from fastrobust.training import train
+
+    data, model = tiny_pawsx
+    extra = [
+        f"methods=[{method}]",
+        "optim.max_steps=4",
+        "output.save_model=false",
+        "output.checkpoint_every=null",
+    ]
+    if "rs-da" in method:
+        extra.append(f"task.synonyms={data / 'synonyms.json'}")
+    result = train(None, _overrides(data, model, tmp_path / "m", *extra))
+    label = next(k for k in result["methods"] if not k.endswith("+avg"))
+    s = result["methods"][f"{label}+avg"]
+    assert s["averaged"]["snapshots"] == 2 and s["averages"]["xlt_avg"] is not None  # steps 2 and 4

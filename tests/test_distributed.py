@@ -83,7 +83,9 @@ def test_zero2_and_zero3_on_two_ranks_match_single_process(
     cfg = _config(tmp_path, data, model)
     single, z2, z3 = tmp_path / "single", tmp_path / "z2", tmp_path / "z3"
     train = ["train", "--config", str(cfg)]
-    _run([sys.executable, "-m", "fastrobust", *train, "--set", f"output.dir={single}"])
+    # weight averaging on the single-process and the ZeRO-2 runs (ZeRO-3 refuses it)
+    average = ["--set", "average={start: 0.5, every_steps: 1}"]
+    _run([sys.executable, "-m", "fastrobust", *train, *average, "--set", f"output.dir={single}"])
     # ZeRO-2 under torchrun
     _run(
         [
@@ -97,11 +99,18 @@ def test_zero2_and_zero3_on_two_ranks_match_single_process(
             *train,
             "--deepspeed",
             "configs/ds/zero2.json",
+            *average,
             "--set",
             f"output.dir={z2}",
         ]
     )
     _compare(single, z2, model)
+    for m in METHODS:  # the averaged models of the two runs agree too (snapshots at steps 2, 3, 4)
+        a = load_file(str(single / f"{m}+avg" / "model" / "model.safetensors"))
+        b = load_file(str(z2 / f"{m}+avg" / "model" / "model.safetensors"))
+        assert json.loads((z2 / f"{m}+avg" / "summary.json").read_text())["averaged"]["snapshots"] == 3
+        for k in a:
+            torch.testing.assert_close(b[k], a[k], rtol=0, atol=1e-5, msg=f"{m}+avg: {k}")
     # ZeRO-3 under the deepspeed launcher (which passes --local_rank before the subcommand)
     _run(
         [

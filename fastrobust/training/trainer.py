@@ -42,9 +42,11 @@ from fastrobust.evaluate import compare_metrics, write_comparison
 from fastrobust.evaluate.runs import load_runs, seed_dir_name
 from fastrobust.fileio import atomic_write_json, describe_os_error, writing
 from fastrobust.progress import library_bars_off
+from fastrobust.training.averaging import check_supported
 from fastrobust.training.call import apply_call_arguments
 from fastrobust.training.console import banner, console_summary
 from fastrobust.training.distributed import init_distributed
+from fastrobust.training.ds_config import load_deepspeed_json, zero_stage
 from fastrobust.training.final import FinishedRun
 from fastrobust.training.lock import output_lock
 from fastrobust.training.loop import MODEL_INPUTS, MethodTrainer, skip_finished
@@ -139,6 +141,8 @@ def _train_sections(cfg: Config, sections: list[Any], *, resume: bool, overwrite
     """Trains ``sections`` of the resolved ``cfg`` (see :func:`train`), under the folder's lock."""
     # Before anything is loaded: a used output folder is refused unless resumed or overwritten.
     check_output_dir(Path(cfg.output.dir), run_folders(cfg, sections), resume=resume, overwrite=overwrite)
+    if cfg.average is not None and cfg.deepspeed.config:  # before any process group or model
+        check_supported(zero_stage(load_deepspeed_json(cfg.deepspeed.config)))
     dist = init_distributed(use_deepspeed=bool(cfg.deepspeed.config))
     run = RunContext(cfg, dist, resume, overwrite)
     from fastrobust.methods import build_method  # the methods load datasets: not at import
