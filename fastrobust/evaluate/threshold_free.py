@@ -21,6 +21,8 @@ example was drawn) without a Python loop over draws: one sort per set, then cumu
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 from scipy.stats import mannwhitneyu
 
@@ -123,4 +125,7 @@ def bootstrap_auc(probs: np.ndarray, labels: np.ndarray, counts: np.ndarray) -> 
     if p.shape[1] == 2:
         return _bootstrap_binary_auc(p[:, 1], y == 1, w)
     present = [c for c in range(p.shape[1]) if np.any(y == c)]
-    return np.nanmean([_bootstrap_binary_auc(p[:, c], y == c, w) for c in present], axis=0)
+    per_class = np.stack([_bootstrap_binary_auc(p[:, c], y == c, w) for c in present])
+    with warnings.catch_warnings():  # a draw where no class has both sides is NaN, not a warning
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanmean(per_class, axis=0)
