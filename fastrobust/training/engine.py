@@ -28,6 +28,8 @@ import torch.distributed as tdist
 from torch import Tensor
 from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 
+from fastrobust.config.methods import MethodSection
+from fastrobust.methods import registry
 from fastrobust.methods.base import Backward
 from fastrobust.timing import SectionTimer
 from fastrobust.training.compiled import compile_engine, compile_model
@@ -113,10 +115,10 @@ def method_step(
     return loss
 
 
-def backward_calls(mcfg: Any) -> int:
-    """How many times a method section's ``training_step`` calls backward per micro-batch."""
-    # FreeLB back-propagates K times per micro-batch; the other methods once.
-    return int(mcfg.steps) if mcfg.kind == "freelb" else 1
+def backward_calls(mcfg: MethodSection) -> int:
+    """How many times a method section's ``training_step`` calls backward per micro-batch (the
+    method's own declaration, see :mod:`fastrobust.methods.registry`)."""
+    return registry.backward_calls(mcfg)
 
 
 # --------------------------------------------------------------------------------------------

@@ -24,7 +24,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from fastrobust.config import Config, method_label
+from fastrobust.config.methods import MethodSection
 from fastrobust.errors import Interrupted
+from fastrobust.methods import registry
 from fastrobust.training.signals import SIGNALS
 from fastrobust.training.workers import JobOutcome, Worker, close_workers, ready, start_workers
 
@@ -53,9 +55,9 @@ def parallel_workers(cfg: Config, dist: Any) -> tuple[int, str]:
     )
 
 
-def _cost(mcfg: Any) -> int:
-    # Forward/backward passes per optimizer step, relative to the baseline's one.
-    return int(getattr(mcfg, "steps", 0)) + 1 if mcfg.kind in ("pgd", "freelb") else 1
+def _cost(mcfg: MethodSection) -> float:
+    # Forward/backward passes per optimizer step, relative to the baseline's one (the method's own).
+    return registry.relative_cost(mcfg)
 
 
 class ParentStop:
