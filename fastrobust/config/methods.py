@@ -22,14 +22,14 @@ which also knows the methods other packages register; the sections are turned in
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, Protocol
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, SerializeAsAny, ValidatorFunctionWrapHandler, WrapValidator
 from pydantic_core import PydanticCustomError
 
 from fastrobust.config.base import StrictModel
 from fastrobust.errors import ConfigError
-from fastrobust.methods.registry import lookup
+from fastrobust.methods.registry import MethodSection, lookup
 
 ScaleMode = Literal["absolute", "relative"]
 # The values of fastrobust.validation.NORMS / DISTRIBUTIONS, spelled out because that module imports
@@ -104,13 +104,6 @@ class SynonymConfig(StrictModel):
     kind: Literal["rs-da"] = "rs-da"
     label: str | None = None
     synonyms: str | None = Field(None, description="JSON word -> [synonyms]; null = the task's own table")
-
-
-class MethodSection(Protocol):
-    """What every method section has, whichever method registered it."""
-
-    kind: str
-    label: str | None
 
 
 def _validate_section(value: Any, handler: ValidatorFunctionWrapHandler) -> StrictModel:

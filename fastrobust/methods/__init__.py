@@ -31,6 +31,7 @@ from fastrobust.methods.registry import kinds, lookup, register_method  # noqa: 
 
 if TYPE_CHECKING:  # base imports torch; the registry and the config layer must not
     from fastrobust.methods.base import RobustMethod
+    from fastrobust.methods.registry import MethodSection
 
 _LAZY = {
     "RobustMethod": "fastrobust.methods.base",
@@ -63,11 +64,13 @@ _LAZY = {
 __all__ = sorted([*_LAZY, "build_method", "kinds", "register_method"])
 
 
-def build_method(cfg: Any, *, task_synonyms: Mapping[str, list[str]] | None = None) -> RobustMethod:
+def build_method(
+    cfg: MethodSection | Mapping[str, Any], *, task_synonyms: Mapping[str, list[str]] | None = None
+) -> RobustMethod:
     """The method a config section describes (its class is the registry's entry of its ``kind``).
 
-    cfg: a method section (an instance of a registered method's ``config_class``, typed Any
-    because each method has its own), or a dict with ``kind`` that validates as one.
+    cfg: a method section (an instance of a registered method's ``config_class``), or a dict
+    with ``kind`` that validates as one.
     task_synonyms: the task's own synonym table, used by ``rs-da`` when its section names no file.
     Raises ConfigError for an unknown kind or an invalid section.
     """

@@ -41,6 +41,8 @@ class RobustMethod:
     config_class: ClassVar[type[BaseModel] | None] = None
     summary: ClassVar[str] = ""
 
+    # cfg is Any in these methods: each subclass narrows it to its own config class, which a
+    # common base type would forbid (parameters are contravariant).
     @classmethod
     def build(cls, cfg: Any, *, task_synonyms: Mapping[str, list[str]] | None = None) -> RobustMethod:
         """The method of a validated section (``cfg``: an instance of ``config_class``, typed Any

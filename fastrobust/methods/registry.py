@@ -21,17 +21,23 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass
 from importlib.metadata import entry_points
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from fastrobust.errors import ConfigError
 
 if TYPE_CHECKING:  # annotations only: both load with the first method that is built
     from pydantic import BaseModel
 
-    from fastrobust.config.methods import MethodSection
     from fastrobust.methods.base import RobustMethod
 
 ENTRY_POINT_GROUP = "fastrobust.methods"
+
+
+class MethodSection(Protocol):
+    """What every method section has, whichever method registered it (``fastrobust.config.methods``)."""
+
+    kind: str
+    label: str | None
 
 
 @dataclass(frozen=True)

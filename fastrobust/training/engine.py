@@ -21,20 +21,24 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed as tdist
 from torch import Tensor
 from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 
-from fastrobust.config.methods import MethodSection
 from fastrobust.methods import registry
 from fastrobust.methods.base import Backward
+from fastrobust.methods.registry import MethodSection
 from fastrobust.timing import SectionTimer
 from fastrobust.training.compiled import compile_engine, compile_model
 from fastrobust.training.ds_config import resolve_deepspeed_config, zero_stage
 from fastrobust.training.guard import nonfinite
+
+if TYPE_CHECKING:  # annotations only
+    from fastrobust.methods.base import RobustMethod
+    from fastrobust.training.run import RunContext
 
 # --------------------------------------------------------------------------------------------
 # backward adapters and the per-micro-batch method call
@@ -52,7 +56,7 @@ class CountingBackward:
         self.calls += 1
 
 
-def torch_backward(accum: int, scaler: Any, device_type: str) -> Backward:
+def torch_backward(accum: int, scaler: torch.amp.GradScaler | None, device_type: str) -> Backward:
     """``(loss / accum).backward()``, through ``scaler.scale`` when an fp16 grad scaler is given."""
 
     def backward(loss: Tensor) -> None:
@@ -66,7 +70,7 @@ def torch_backward(accum: int, scaler: Any, device_type: str) -> Backward:
     return backward
 
 
-def deepspeed_backward(engine: Any, accum: int) -> Backward:
+def deepspeed_backward(engine: Any, accum: int) -> Backward:  # Any: deepspeed is optional
     """One DeepSpeed engine micro-step per call: backward of ``loss / accum``, then ``engine.step()``."""
 
     def backward(loss: Tensor) -> None:
@@ -89,7 +93,7 @@ def autocast_context(
 
 
 def method_step(
-    method: Any,
+    method: RobustMethod,
     model: torch.nn.Module,
     batch: Mapping[str, Tensor],
     backward: Backward,
@@ -167,7 +171,7 @@ class TrainEngine:
     :mod:`fastrobust.training.compiled`); ``module``: the HF model itself (evaluation, state dicts).
     """
 
-    def __init__(self, model: torch.nn.Module, run: Any, *, backward_calls: int) -> None:
+    def __init__(self, model: torch.nn.Module, run: RunContext, *, backward_calls: int) -> None:
         from transformers import get_scheduler  # transformers (~1.3 s) loads when an engine is built
 
         cfg = run.cfg
@@ -184,7 +188,7 @@ class TrainEngine:
         o = cfg.optim
         groups = param_groups(model, o.weight_decay)
 
-        def make_scheduler(optimizer: Any) -> Any:
+        def make_scheduler(optimizer: torch.optim.Optimizer) -> Any:
             return get_scheduler(
                 o.scheduler,
                 optimizer=optimizer,
@@ -249,7 +253,7 @@ class TrainEngine:
             return deepspeed_backward(self.engine, self.accum)
         return torch_backward(self.accum, self.scaler, self.device.type)
 
-    def micro_step(self, method: Any, batch: Mapping[str, Tensor], timer: SectionTimer) -> Tensor:
+    def micro_step(self, method: RobustMethod, batch: Mapping[str, Tensor], timer: SectionTimer) -> Tensor:
         """One micro-batch through ``method.training_step``; the detached loss."""
         return method_step(
             method,
