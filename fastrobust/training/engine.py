@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 import torch.distributed as tdist
@@ -37,8 +38,9 @@ from fastrobust.training.ds_config import resolve_deepspeed_config, zero_stage
 from fastrobust.training.guard import nonfinite
 
 if TYPE_CHECKING:  # annotations only
+    from fastrobust.config import Config
     from fastrobust.methods.base import RobustMethod
-    from fastrobust.training.run import RunContext
+    from fastrobust.training.distributed import DistContext
 
 # --------------------------------------------------------------------------------------------
 # backward adapters and the per-micro-batch method call
@@ -158,6 +160,49 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, 
     ]
 
 
+class EngineRun(Protocol):
+    """What :class:`TrainEngine` reads of a run (:class:`fastrobust.training.run.RunContext` has it;
+    :func:`standalone_engine` makes one for a single process outside a run)."""
+
+    cfg: Config
+    dist: DistContext
+    accum: int
+    micro: int
+    warmup_steps: int
+    total_steps: int
+    ds_raw: dict[str, Any] | None
+
+
+@dataclass(frozen=True)
+class _Standalone:
+    cfg: Config
+    dist: DistContext
+    accum: int
+    micro: int
+    warmup_steps: int
+    total_steps: int
+    ds_raw: dict[str, Any] | None = None
+
+
+def standalone_engine(
+    model: torch.nn.Module,
+    cfg: Config,
+    device: torch.device,
+    *,
+    backward_calls: int = 1,
+    total_steps: int = 10**6,
+) -> TrainEngine:
+    """The plain-torch :class:`TrainEngine` of config ``cfg`` for ``model`` in one process, outside a
+    run: what the speed benchmarks and profilers step, so that they measure the trainer's own step
+    (``micro_step`` then ``optimizer_step``) and not a copy of it. One micro-batch per step, no
+    warmup; ``total_steps`` sizes the learning-rate schedule."""
+    from fastrobust.training.distributed import DistContext  # torch.distributed: loaded with the engine
+
+    dist = DistContext(rank=0, world_size=1, local_rank=0, device=torch.device(device), deepspeed=False)
+    run = _Standalone(cfg, dist, 1, cfg.optim.batch_size, 0, total_steps)
+    return TrainEngine(model, run, backward_calls=backward_calls)
+
+
 class TrainEngine:
     """Optimizer, scheduler and precision for one model: plain torch, or a DeepSpeed engine.
 
@@ -171,7 +216,7 @@ class TrainEngine:
     :mod:`fastrobust.training.compiled`); ``module``: the HF model itself (evaluation, state dicts).
     """
 
-    def __init__(self, model: torch.nn.Module, run: RunContext, *, backward_calls: int) -> None:
+    def __init__(self, model: torch.nn.Module, run: EngineRun, *, backward_calls: int) -> None:
         from transformers import get_scheduler  # transformers (~1.3 s) loads when an engine is built
 
         cfg = run.cfg
