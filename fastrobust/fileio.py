@@ -71,6 +71,7 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
     return atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8", newline=""))
 
 
+# Any below: JSON documents of every shape (summaries, reports, configs) go through these.
 def _json_default(x: Any) -> Any:
     if isinstance(x, Path):
         return str(x)

@@ -134,27 +134,12 @@ def _write_pawsx_folder(root, n_train=64, n_dev=16, n_test=16, languages=("en", 
 
 def _build_tiny_bert(folder, vocab_words, hidden=32, layers=2, heads=2):
     """A randomly initialised tiny BERT + a WordLevel tokenizer with BERT's pair template."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors
-    from transformers import BertConfig, BertForMaskedLM, PreTrainedTokenizerFast
+    from transformers import BertConfig, BertForMaskedLM
 
-    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    vocab = {t: i for i, t in enumerate(specials + list(vocab_words))}
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]",
-        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
-        special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])],
-    )
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        unk_token="[UNK]",
-        pad_token="[PAD]",
-        cls_token="[CLS]",
-        sep_token="[SEP]",
-        mask_token="[MASK]",
-        model_input_names=["input_ids", "token_type_ids", "attention_mask"],
-    )
+    from fastrobust.data.synthetic import SPECIAL_TOKENS, word_tokenizer
+
+    vocab = {t: i for i, t in enumerate(SPECIAL_TOKENS + list(vocab_words))}
+    fast = word_tokenizer(vocab)
     config = BertConfig(
         vocab_size=len(vocab),
         hidden_size=hidden,

@@ -324,3 +324,24 @@ def test_an_aborted_run_is_summarised_with_its_errors():
     text = summary.summarize_gpu(_records(_rec("pgd_step_l2", "eager", 0.1), failed, abort))
     assert "**Run aborted at pgd_step_l2 8x128x768: out of memory**" in text
     assert "- pgd_step_l2 8x128x768 bf16 full triton (events): CUDA error" in text
+
+
+def test_training_step_benchmarks_step_the_trainers_engine() -> None:
+    # a benchmark that wrote its own step (a method's training_step, an optimizer step, clipping)
+    # would measure that copy, not the product: they all go through _train_grid.engine_step
+    import re
+
+    copies = re.compile(r"\.training_step\(|\b(opt|optimizer)\.step\(|clip_grad_norm_\(")
+    found = [
+        f"{path.relative_to(ROOT)}:{n}"
+        for path in sorted((ROOT / "benchmarks").rglob("*.py"))
+        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+        if copies.search(line)
+    ]
+    assert not found, found
+    cfg = train_grid.METHODS["pgd-k1"][0]
+    setup = train_grid.build("tiny", torch.device("cpu"), 2, 16)
+    before = [p.detach().clone() for p in setup.model.parameters()]
+    step = train_grid.engine_step(setup.model, setup.batch, cfg, "fp32", torch.device("cpu"))
+    step()
+    assert any(not torch.equal(a, p) for a, p in zip(before, setup.model.parameters()))

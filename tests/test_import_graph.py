@@ -13,8 +13,10 @@ The graph is built statically (``ast``, nothing is imported) over every ``.py`` 
 Edges. Every ``import`` and ``from ... import`` statement counts, at module level or inside a
 function (a deferred import still ties the two modules together: the reader must know both, and
 the import runs as soon as the function does); relative imports are resolved against the
-importing module's package. Imports under ``if TYPE_CHECKING:`` never run and are left out, as
-are names passed to ``importlib.import_module`` (lazy re-exports of a package ``__init__``).
+importing module's package. Imports under ``if TYPE_CHECKING:`` count too: they never run, but a
+module that names another's types in its signatures depends on it as much as one that calls it (the
+reader and the type checker must know both). Names passed to ``importlib.import_module`` (lazy
+re-exports of a package ``__init__``, the method registry's built-ins) are left out.
 
 Packages. Importing ``a.b.c`` runs ``a/__init__.py`` and ``a/b/__init__.py`` first, but that
 alone is no edge to them: a package ``__init__`` that re-exports its submodules would otherwise
@@ -53,12 +55,12 @@ def module_files() -> dict[str, Path]:
     return out
 
 
-def _runtime_imports(tree: ast.AST):
-    """Every Import / ImportFrom node, except those under ``if TYPE_CHECKING:``."""
+def _imports(tree: ast.AST, *, type_only: bool = True):
+    """Every Import / ImportFrom node; those under ``if TYPE_CHECKING:`` only when ``type_only``."""
     stack = [tree]
     while stack:
         node = stack.pop()
-        if isinstance(node, ast.If) and _is_type_checking(node.test):
+        if not type_only and isinstance(node, ast.If) and _is_type_checking(node.test):
             stack.extend(node.orelse)
             continue
         if isinstance(node, (ast.Import, ast.ImportFrom)):
@@ -92,12 +94,13 @@ def _package(module: str, modules: dict[str, Path]) -> str:
     return module if modules[module].name == "__init__.py" else module.rpartition(".")[0]
 
 
-def import_edges(modules: dict[str, Path]) -> dict[str, dict[str, int]]:
-    """{importer: {imported module: line of the first such import}} over project modules."""
+def import_edges(modules: dict[str, Path], *, type_only: bool = True) -> dict[str, dict[str, int]]:
+    """{importer: {imported module: line of the first such import}} over project modules (with the
+    imports under ``if TYPE_CHECKING:`` unless ``type_only`` is False)."""
     edges: dict[str, dict[str, int]] = {m: {} for m in modules}
     for module, path in modules.items():
         tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
-        for node in _runtime_imports(tree):
+        for node in _imports(tree, type_only=type_only):
             targets: list[str | None] = []
             if isinstance(node, ast.Import):
                 targets = [_resolve(alias.name, module, modules) for alias in node.names]

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import datasets
 import pytest
-import torch
 
 from fastrobust.cli import main
 from fastrobust.methods.synonyms import SynonymTable, augment_dataset
@@ -139,40 +138,13 @@ def test_augment_bad_input_exits_2_with_one_line(tmp_path, synonyms_file, capsys
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     """A tiny BERT classifier with a word-level tokenizer, saved as the trainer saves models."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers
-    from transformers import BertConfig, BertForSequenceClassification, PreTrainedTokenizerFast
+    from fixtures.tiny_models import tiny_classifier, word_tokenizer
 
-    texts = []
-    for f in FIXTURES.glob("*.tsv"):
-        for line in f.read_text(encoding="utf-8").splitlines():
-            texts += line.split("\t")[:2]
-    tok = Tokenizer(models.WordLevel(unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.train_from_iterator(
-        texts, trainers.WordLevelTrainer(special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]"])
-    )
-    tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]",
-        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
-        special_tokens=[("[CLS]", 2), ("[SEP]", 3)],
-    )
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]", sep_token="[SEP]"
-    )
-    torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=tok.get_vocab_size(),
-        hidden_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=64,
-        num_labels=2,
-        pad_token_id=0,
-    )
+    tok = word_tokenizer("bert")
+    model = tiny_classifier(tok, "bert", seed=0)
     folder = tmp_path_factory.mktemp("run") / "model"
-    BertForSequenceClassification(config).save_pretrained(folder)
-    fast.save_pretrained(folder)
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
     task = {
         "name": "pawsx",
         "source": "local",

@@ -265,7 +265,7 @@ def test_pgd_step_mixed_dtypes_and_views(backend, device):
 
 @pytest.mark.parametrize("norm", ["l2", "linf"])
 def test_zero_size_inputs(backend, device, norm):
-    """B = 0 (and L = 0): every op returns an empty result of the right shape (issue 14)."""
+    """B = 0 (and L = 0): every op returns an empty result of the right shape."""
     for shape in ((0, 4, 8), (2, 0, 8)):
         x = torch.empty(shape, device=device)
         assert ops.add_noise(x, 1.0, seed=1).shape == shape

@@ -1,4 +1,4 @@
-"""Issue 5's acceptance test: the synthetic benchmark shows the effect it is built for.
+"""The synthetic benchmark shows the effect it is built for.
 
 With misalignment 0 every language's words embed exactly like English, so the baseline's
 zero-shot accuracy must be close to its English accuracy; with a large misalignment it must be

@@ -409,15 +409,14 @@ def test_non_finite_weights_are_never_kept_as_the_best(monkeypatch: pytest.Monke
     monkeypatch.setattr(selection, "dev_accuracy", lambda *a, **k: 0.9)
     monkeypatch.setattr(selection, "gather_state", lambda *a, **k: {k: v.clone() for k, v in weights.items()})
     eng = SimpleNamespace(module=None, zero_stage=0, autocast=lambda: None)
-    trainer = SimpleNamespace(dist=dist, step=4, eng=eng, run=None, label="m")
+    run = SimpleNamespace(dist=dist)
     sel = selection.DevSelection()
-    sel.evaluate(trainer, writer=None)
+    sel.evaluate(eng, run, 4, "m", writer=None)
     assert sel.best_step == 4 and torch.equal(sel.best_state["w"], torch.ones(3))
     weights["w"][1] = float("inf")
-    trainer.step = 8
     monkeypatch.setattr(selection, "dev_accuracy", lambda *a, **k: 0.95)  # "better", but not finite
     with pytest.raises(DivergenceError, match="weights at step 8 are not finite"):
-        sel.evaluate(trainer, writer=None)
+        sel.evaluate(eng, run, 8, "m", writer=None)
     assert sel.best_step == 4 and torch.equal(sel.best_state["w"], torch.ones(3))
 
 

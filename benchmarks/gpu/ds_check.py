@@ -92,28 +92,12 @@ def write_data(root: Path, *, n_train: int, n_eval: int, seed: int = 0, n_words:
 def write_model(folder: Path, vocab_words: list[str], size: str) -> dict:
     """Random-weight XLM-R classifier of ``size`` + an XLM-R-style WordLevel tokenizer."""
     import torch  # torch and transformers (~2 s): only to prepare, not for report or --help
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast, XLMRobertaConfig, XLMRobertaForSequenceClassification
+    from transformers import XLMRobertaConfig, XLMRobertaForSequenceClassification
+
+    from fastrobust.data.synthetic import word_tokenizer
 
     vocab = {t: i for i, t in enumerate(SPECIALS + list(vocab_words) + ["<mask>"])}
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tok.post_processor = processors.TemplateProcessing(
-        single="<s> $A </s>",
-        pair="<s> $A </s> </s> $B </s>",
-        special_tokens=[("<s>", 0), ("</s>", 2)],
-    )
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        bos_token="<s>",
-        eos_token="</s>",
-        sep_token="</s>",
-        cls_token="<s>",
-        unk_token="<unk>",
-        pad_token="<pad>",
-        mask_token="<mask>",
-        model_input_names=["input_ids", "attention_mask"],
-    )
+    fast = word_tokenizer(vocab, style="xlmr")
     hidden, layers, heads, inter, n_vocab = SIZES[size]
     cfg = XLMRobertaConfig(
         vocab_size=n_vocab or len(vocab),

@@ -3,9 +3,9 @@ dev and test evaluation, timed separately on the real encoder and task.
 
 ``python -m benchmarks.real.profile_step --config ~/.cache/fastrobust/real/real.yaml`` times, for
 each precision asked (default fp32 and bf16), with ``--threads`` torch threads, the pieces that
-``fastrobust train`` runs (the task loader, ``encode_dataset``, the collator, the method's
-``training_step`` under the trainer's autocast and backward, AdamW on the trainer's parameter
-groups, ``predict_logits``):
+``fastrobust train`` runs (the task loader, ``encode_dataset``, the collator, the trainer's engine
+— ``TrainEngine.micro_step``: the method's ``training_step`` under its autocast and backward, and
+``optimizer_step``: clipping, AdamW on its parameter groups, the scheduler — ``predict_logits``):
 
 * tokenizing the English training set (one ``encode_dataset`` call);
 * per training step: collation (padding a batch), forward+backward, the optimizer and scheduler
@@ -40,12 +40,13 @@ def profile(config: Path, precision: str, steps: int, method: dict) -> dict[str,
     # torch, transformers and datasets (through the product's modules) load only to profile, so
     # that --help answers at once.
     import torch
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer, get_scheduler
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from fastrobust.data import encode_dataset, load_task, make_collator  # datasets: not for --help
     from fastrobust.evaluate.predict import predict_logits
     from fastrobust.methods import build_method
-    from fastrobust.training.engine import autocast_context, param_groups, torch_backward
+    from fastrobust.timing import NULL_TIMER
+    from fastrobust.training.engine import autocast_context, backward_calls, standalone_engine
 
     cfg = load_config(config, [f"model.precision={precision}"])
     o, max_length = cfg.optim, cfg.model.max_length
@@ -60,9 +61,10 @@ def profile(config: Path, precision: str, steps: int, method: dict) -> dict[str,
     model.train()
     m = build_method(method, task_synonyms=task.synonyms)
     m.setup(model)
-    opt = torch.optim.AdamW(param_groups(model, o.weight_decay), lr=o.learning_rate, eps=o.adam_epsilon)
-    sched = get_scheduler(o.scheduler, optimizer=opt, num_warmup_steps=10, num_training_steps=o.max_steps)
-    backward = torch_backward(1, None, "cpu")
+    # the trainer's own engine: its micro_step and optimizer_step are what is timed
+    eng = standalone_engine(
+        model, cfg, torch.device("cpu"), backward_calls=backward_calls(m.cfg), total_steps=o.max_steps
+    )
 
     parts: dict[str, list[float]] = {"collate": [], "forward+backward": [], "optimizer": []}
     g = torch.Generator().manual_seed(0)
@@ -70,17 +72,10 @@ def profile(config: Path, precision: str, steps: int, method: dict) -> dict[str,
         idx = torch.randint(0, len(data), (o.batch_size,), generator=g).tolist()
         t_c, batch = _time(lambda idx=idx: collate([data[i] for i in idx]))
 
-        def fwd_bwd(batch=batch):
-            with autocast_context(precision, "cpu"):
-                return m.training_step(model, batch, backward)
+        t_f, loss = _time(lambda batch=batch: eng.micro_step(m, batch, NULL_TIMER))
 
-        t_f, _ = _time(fwd_bwd)
-
-        def update():
-            torch.nn.utils.clip_grad_norm_(model.parameters(), o.max_grad_norm)
-            opt.step()
-            sched.step()
-            opt.zero_grad(set_to_none=True)
+        def update(loss=loss):
+            eng.optimizer_step(loss)
 
         t_o, _ = _time(update)
         if step:  # the first step warms up allocations and kernels

@@ -1,8 +1,10 @@
 """Training-step cost of every method relative to the baseline, on one device, interleaved.
 
-One step = ``method.training_step`` (forwards, perturbation, backward; backward outside
-autocast, as in the trainer) + gradient clipping at 1.0 + AdamW step + ``zero_grad``: what
-``fastrobust train`` does per optimizer step without DeepSpeed. Same randomly initialised
+One step = the trainer's own step: ``TrainEngine.micro_step`` (``method.training_step`` under the
+trainer's autocast and backward) then ``TrainEngine.optimizer_step`` (gradient clipping at 1.0,
+the AdamW and scheduler steps, ``zero_grad``), on an engine of
+:func:`fastrobust.training.engine.standalone_engine`: what ``fastrobust train`` does per optimizer
+step without DeepSpeed, so a change to the engine shows in these numbers. Same randomly initialised
 XLM-R-style classifier (random weights: speed does not depend on them; no hub), same batch
 (real lengths uniform in [L/2, L], right padding) for every method.
 
@@ -38,7 +40,6 @@ substitution of the training set and its re-tokenisation), measured apart
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import gc
 import random
@@ -50,9 +51,18 @@ from dataclasses import dataclass
 import torch
 from _util import cuda_facts, device_name, versions
 
-from fastrobust.config import AdversarialConfig, BaselineConfig, NoiseConfig, SynonymConfig
+from fastrobust.config import (
+    AdversarialConfig,
+    BaselineConfig,
+    Config,
+    NoiseConfig,
+    SynonymConfig,
+    config_from_dict,
+)
 from fastrobust.methods import build_method
-from fastrobust.timing import SectionTimer
+from fastrobust.methods.registry import MethodSection
+from fastrobust.timing import NULL_TIMER, SectionTimer
+from fastrobust.training.engine import backward_calls, standalone_engine
 
 # name: (hidden, layers, heads, intermediate, vocab)
 MODELS = {
@@ -98,9 +108,37 @@ def _sync(device: torch.device) -> None:
 @dataclass
 class Setup:
     model: torch.nn.Module
-    optimizer: torch.optim.Optimizer
     batch: dict[str, torch.Tensor]
     real_tokens: int
+
+
+def engine_config(precision: str = "fp32", **model: object) -> Config:
+    """The config of the benchmarks' engine: the trainer's optimizer defaults (AdamW, clipping at
+    1.0, linear schedule) at learning rate 1e-5, ``precision``, and ``model.*`` keys as given."""
+    return config_from_dict({"model": {"precision": precision, **model}, "optim": {"learning_rate": 1e-5}})
+
+
+def engine_step(
+    model: torch.nn.Module,
+    batch: dict[str, torch.Tensor],
+    method_cfg: MethodSection,
+    precision: str,
+    device: torch.device,
+    **model_keys: object,
+) -> Callable:
+    """``step(timer=None)``: one optimizer step of the section ``method_cfg`` on ``model`` and
+    ``batch`` through the trainer's engine (``micro_step`` then ``optimizer_step``); ``model_keys``:
+    ``model.*`` config keys (``compile=True``: the engine compiles the forward, as the trainer does)."""
+    method = build_method(method_cfg, task_synonyms=_SYNONYMS if method_cfg.kind == "rs-da" else None)
+    method.setup(model)
+    cfg = engine_config(precision, **model_keys)
+    eng = standalone_engine(model, cfg, device, backward_calls=backward_calls(method_cfg))
+
+    def step(timer: SectionTimer | None = None) -> None:
+        loss = eng.micro_step(method, batch, timer if timer is not None else NULL_TIMER)
+        eng.optimizer_step(loss)
+
+    return step
 
 
 def build(model_name: str, device: torch.device, batch: int, seq: int, seed: int = 0) -> Setup:
@@ -130,35 +168,12 @@ def build(model_name: str, device: torch.device, batch: int, seq: int, seed: int
         "attention_mask": mask.to(device),
         "labels": torch.randint(0, 2, (batch,), generator=gen).to(device),
     }
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
-    return Setup(model, opt, data, int(mask.sum()))
+    return Setup(model, data, int(mask.sum()))
 
 
 def make_step(setup: Setup, method_name: str, precision: str, device: torch.device) -> Callable:
     """``step(timer=None)``: one optimizer step of ``method_name`` as the trainer runs it."""
-    cfg = METHODS[method_name][0]
-    method = build_method(cfg, task_synonyms=_SYNONYMS if cfg.kind == "rs-da" else None)
-    method.setup(setup.model)
-    model, opt, data = setup.model, setup.optimizer, setup.batch
-    params = [p for p in model.parameters() if p.requires_grad]
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-
-    def backward(loss: torch.Tensor) -> None:
-        with torch.autocast(device_type=device.type, enabled=False):  # as the trainer
-            loss.backward()
-
-    def step(timer: SectionTimer | None = None) -> None:
-        ctx = torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
-        with ctx:
-            if timer is None:
-                method.training_step(model, data, backward)
-            else:
-                method.training_step(model, data, backward, timer)
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-
-    return step
+    return engine_step(setup.model, setup.batch, METHODS[method_name][0], precision, device)
 
 
 class _Clock:

@@ -1,13 +1,14 @@
 """Training-step time of ``model.compile`` against eager, and of LoRA + PGD against LoRA alone (CPU).
 
-One step is what ``fastrobust train`` runs per optimizer step without DeepSpeed:
-``method.training_step`` (forwards, perturbation, backward) + clipping at 1.0 + AdamW + zero_grad,
-on the randomly initialised XLM-R-style classifier of :mod:`_train_grid` (hidden 256, 4 layers,
+One step is what ``fastrobust train`` runs per optimizer step without DeepSpeed, through the
+trainer's own engine (``TrainEngine.micro_step`` + ``optimizer_step``: forwards, perturbation,
+backward, clipping at 1.0, AdamW, scheduler, zero_grad; :func:`_train_grid.engine_step`), on
+the randomly initialised XLM-R-style classifier of :mod:`_train_grid` (hidden 256, 4 layers,
 batch 8 x 128, real lengths in [64, 128], fp32). Variants:
 
 * ``eager`` / ``compiled`` for baseline and PGD K=1 on the full model: the compiled forward is
   :class:`fastrobust.training.compiled.CompiledModel` (inductor, sequence length marked dynamic),
-  exactly what ``model.compile: true`` builds; the eager one is the module itself (same weights);
+  built by the engine from ``model.compile: true``; the eager one is the module itself (same weights);
 * ``lora`` baseline and PGD K=1: the model wrapped by :func:`fastrobust.training.lora.apply_lora` with
   ``model.lora``'s defaults (r 8 on query and value), AdamW over the adapter and head only.
 
@@ -37,40 +38,28 @@ sys.path.insert(0, str(Path(__file__).parent))  # `python benchmarks/speed/bench
 import _train_grid  # noqa: E402
 
 from fastrobust.config import AdversarialConfig, BaselineConfig, LoraSection  # noqa: E402
-from fastrobust.methods import build_method  # noqa: E402
-from fastrobust.training.compiled import compile_model, compiled_graphs  # noqa: E402
+from fastrobust.training.compiled import compiled_graphs  # noqa: E402
 from fastrobust.training.lora import apply_lora  # noqa: E402
 
 METHODS = {"baseline": BaselineConfig(), "pgd-k1": AdversarialConfig(kind="pgd", steps=1, init_magnitude=0.1)}
 
 
-def make_step(model, module: torch.nn.Module, batch: dict, method_cfg) -> Callable[[], None]:
-    """One optimizer step of ``method_cfg`` through ``model`` (the module or its compiled forward)."""
-    method = build_method(method_cfg)
-    method.setup(module)
-    params = [p for p in module.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=1e-5)
-
-    def step() -> None:
-        method.training_step(model, batch, lambda loss: loss.backward())
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-
-    return step
-
-
 def variants(shape: str, batch: int, seq: int, backend: str) -> dict[str, Callable[[], None]]:
-    full = _train_grid.build(shape, torch.device("cpu"), batch, seq)
-    compiled = compile_model(full.model, "default", backend)
-    lora = _train_grid.build(shape, torch.device("cpu"), batch, seq)
+    """Every variant's step: the trainer's engine (:func:`_train_grid.engine_step`) on the full model,
+    the same compiling its forward (``model.compile``), and on the LoRA model."""
+    cpu = torch.device("cpu")
+    full = _train_grid.build(shape, cpu, batch, seq)
+    lora = _train_grid.build(shape, cpu, batch, seq)
     lora_model = apply_lora(lora.model, LoraSection(dropout=0.0), base_path="random-init")
     lora_model.train()
+    compiled = {"compile": True, "compile_mode": "default", "compile_backend": backend}
     out = {}
     for name, cfg in METHODS.items():
-        out[f"eager {name}"] = make_step(full.model, full.model, full.batch, cfg)
-        out[f"compiled {name}"] = make_step(compiled, full.model, full.batch, cfg)
-        out[f"lora {name}"] = make_step(lora_model, lora_model, lora.batch, cfg)
+        out[f"eager {name}"] = _train_grid.engine_step(full.model, full.batch, cfg, "fp32", cpu)
+        out[f"compiled {name}"] = _train_grid.engine_step(
+            full.model, full.batch, cfg, "fp32", cpu, **compiled
+        )
+        out[f"lora {name}"] = _train_grid.engine_step(lora_model, lora.batch, cfg, "fp32", cpu)
     return out
 
 

@@ -48,8 +48,6 @@ from _util import (  # noqa: E402
     versions,
 )
 
-from fastrobust.methods import build_method  # noqa: E402
-
 DEVICE = bench_device()
 
 # name: (_train_grid model, batch, seq); the model's (hidden, layers, heads, intermediate, vocab)
@@ -70,7 +68,7 @@ _MODELS: dict[str, _train_grid.Setup] = {}
 
 
 def _setup(shape: str) -> _train_grid.Setup:
-    """The model, optimizer and batch of ``shape`` (:func:`_train_grid.build`), built once per session
+    """The model and batch of ``shape`` (:func:`_train_grid.build`), built once per session
     (the same for every method)."""
     if shape not in _MODELS:
         model_name, batch, seq = SHAPES[shape]
@@ -79,25 +77,11 @@ def _setup(shape: str) -> _train_grid.Setup:
 
 
 def _step_fn(shape: str, method_name: str):
+    """One optimizer step of ``method_name`` on ``shape`` through the trainer's engine
+    (:func:`_train_grid.engine_step`): bf16 autocast on CUDA, fp32 on the CPU."""
     setup = _setup(shape)
-    model, opt, data = setup.model, setup.optimizer, setup.batch
-    method = build_method(METHODS[method_name][0])
-    method.setup(model)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if DEVICE.type == "cuda" else None
-
-    def backward(loss: torch.Tensor) -> None:
-        loss.backward()
-
-    def step() -> None:
-        if autocast is not None:
-            with autocast:
-                method.training_step(model, data, backward)
-        else:
-            method.training_step(model, data, backward)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-
-    return step
+    precision = "bf16" if DEVICE.type == "cuda" else "fp32"
+    return _train_grid.engine_step(setup.model, setup.batch, METHODS[method_name][0], precision, DEVICE)
 
 
 def _seconds(fn) -> float:

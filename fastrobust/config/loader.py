@@ -138,7 +138,7 @@ def apply_override(data: dict[str, Any], override: str) -> None:
 def _format_validation_error(exc: ValidationError, source: str) -> str:
     lines = []
     for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"] if not _is_union_tag(p)) or "<top level>"
+        loc = ".".join(str(p) for p in err["loc"]) or "<top level>"
         msg = err["msg"]
         if err["type"] == "extra_forbidden":
             msg = "unknown key"
@@ -146,11 +146,6 @@ def _format_validation_error(exc: ValidationError, source: str) -> str:
         detail = f" (got {got!r})" if err["type"] != "extra_forbidden" and not isinstance(got, dict) else ""
         lines.append(f"{source}: {loc}: {msg}{detail}")
     return "\n".join(lines)
-
-
-def _is_union_tag(part: Any) -> bool:
-    # pydantic puts the discriminator value into the location of a tagged union member.
-    return isinstance(part, str) and part in {"baseline", "pgd", "freelb", "rs-rp", "rs-da"}
 
 
 def config_from_dict(data: dict[str, Any], source: str = "<config>") -> Config:

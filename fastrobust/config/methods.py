@@ -15,16 +15,21 @@ its own budget; relative scales at a layer k >= 1 are in units of the RMS of tha
 (``fastrobust.methods.placement``). The defaults are the word embeddings, both sentences, one
 budget per example.
 
-The sections are turned into methods by ``fastrobust.methods.build_method``.
+A section's ``kind`` picks its class through the method registry (``fastrobust.methods.registry``),
+which also knows the methods other packages register; the sections are turned into methods by
+``fastrobust.methods.build_method``.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field
+from pydantic import Field, SerializeAsAny, ValidatorFunctionWrapHandler, WrapValidator
+from pydantic_core import PydanticCustomError
 
 from fastrobust.config.base import StrictModel
+from fastrobust.errors import ConfigError
+from fastrobust.methods.registry import MethodSection, lookup
 
 ScaleMode = Literal["absolute", "relative"]
 # The values of fastrobust.validation.NORMS / DISTRIBUTIONS, spelled out because that module imports
@@ -101,12 +106,26 @@ class SynonymConfig(StrictModel):
     synonyms: str | None = Field(None, description="JSON word -> [synonyms]; null = the task's own table")
 
 
-MethodConfig = Annotated[
-    BaselineConfig | AdversarialConfig | NoiseConfig | SynonymConfig,
-    Field(discriminator="kind"),
-]
+def _validate_section(value: Any, handler: ValidatorFunctionWrapHandler) -> StrictModel:
+    # value: the YAML mapping (or an already built section) of one method; the registry names its class
+    del handler  # the class is the kind's, not the annotated base
+    if isinstance(value, StrictModel) and hasattr(value, "kind"):
+        return value
+    if not isinstance(value, dict):
+        raise PydanticCustomError("method_section", "a method section is a mapping with a 'kind'")
+    try:
+        cls = lookup(value.get("kind")).config_class()
+    except ConfigError as exc:
+        raise PydanticCustomError(
+            "method_kind", str(exc).removeprefix("methods: ").replace("{", "{{")
+        ) from None
+    return cls.model_validate(value)
 
 
-def method_label(cfg: BaselineConfig | AdversarialConfig | NoiseConfig | SynonymConfig) -> str:
+# One method section: validated as the config class its ``kind`` is registered with.
+MethodConfig = Annotated[SerializeAsAny[StrictModel], WrapValidator(_validate_section)]
+
+
+def method_label(cfg: MethodSection) -> str:
     """The name a method's run is reported under (its ``label`` or its ``kind``)."""
     return cfg.label or cfg.kind

@@ -7,12 +7,15 @@ sentence1, 1 for sentence2), XLM-R-style ones do not, and the batch simply omits
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import datasets
 import torch
 
 from fastrobust.errors import DataError
+
+if TYPE_CHECKING:  # annotations only
+    from transformers import PreTrainedTokenizerBase
 
 TEXT_COLUMNS = ("sentence1", "sentence2", "label")
 REQUIRED_COLUMNS = ("sentence1", "label")  # sentence2 only for pair tasks
@@ -33,7 +36,7 @@ def char_budget(max_length: int) -> int:
 
 
 def _encode(
-    tokenizer: Any, s1: list[str], s2: list[str] | None, max_length: int, budget: int
+    tokenizer: PreTrainedTokenizerBase, s1: list[str], s2: list[str] | None, max_length: int, budget: int
 ) -> tuple[dict[str, list], list[bool]]:
     """Encodes inputs (pairs, or single sentences when ``s2`` is None) whose sentences are cut to
     ``budget`` characters; returns (columns, truncated flags)."""
@@ -78,7 +81,7 @@ def _encode(
 
 def encode_dataset(
     dataset: datasets.Dataset,
-    tokenizer: Any,
+    tokenizer: PreTrainedTokenizerBase,
     max_length: int,
     *,
     stats: dict[str, int] | None = None,
@@ -133,7 +136,7 @@ class RightPaddingCollator:
     perturbations and XLM-R's position ids with ``inputs_embeds`` assume real tokens come first.
     """
 
-    def __init__(self, tokenizer: Any, pad_to_multiple_of: int | None = None) -> None:
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, pad_to_multiple_of: int | None = None) -> None:
         self.tokenizer = tokenizer
         self.pad_to_multiple_of = pad_to_multiple_of
 
@@ -154,6 +157,8 @@ class RightPaddingCollator:
         return out
 
 
-def make_collator(tokenizer: Any, pad_to_multiple_of: int | None = None) -> Callable[[list], dict]:
+def make_collator(
+    tokenizer: PreTrainedTokenizerBase, pad_to_multiple_of: int | None = None
+) -> Callable[[list], dict]:
     """The right-padding dynamic collator for batches of :func:`encode_dataset` rows."""
     return RightPaddingCollator(tokenizer, pad_to_multiple_of=pad_to_multiple_of)

@@ -277,31 +277,46 @@ def _vocabulary(lexicon: list) -> dict[str, int]:
     return vocab
 
 
-def _make_tokenizer(vocab: dict[str, int], max_length: int):
-    """A word-level ``tokenizers`` tokenizer (whitespace split, BERT pair template) wrapped as
-    ``PreTrainedTokenizerFast`` with [PAD]/[UNK]/[CLS]/[SEP]/[MASK]."""
+def word_tokenizer(vocab: dict[str, int], max_length: int | None = None, *, style: str = "bert"):
+    """A word-level ``tokenizers`` tokenizer over ``vocab`` (whitespace split), wrapped as
+    ``PreTrainedTokenizerFast``: the synthetic benchmark's, and the tiny models' of the tests and
+    benchmarks. ``style`` "bert": [PAD]/[UNK]/[CLS]/[SEP]/[MASK], ``[CLS] a [SEP] b [SEP]`` with
+    segment ids; "xlmr": <s>/<pad>/</s>/<unk>/<mask>, ``<s> a </s></s> b </s>`` without them.
+    ``vocab`` holds the style's special tokens; ``max_length``: the tokenizer's model_max_length."""
     # tokenizers and transformers (~1.3 s) load only when the benchmark is built, not when it is read
     from tokenizers import Tokenizer, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
+    if style == "bert":
+        cls, sep, pad, unk, mask = "[CLS]", "[SEP]", "[PAD]", "[UNK]", "[MASK]"
+        single, pair = f"{cls} $A {sep}", f"{cls} $A {sep} $B:1 {sep}:1"
+        # BERT segment ids: the encoder is pretrained with them, so they must reach the model.
+        names = ["input_ids", "token_type_ids", "attention_mask"]
+        extra: dict[str, str] = {}
+    elif style == "xlmr":
+        cls, sep, pad, unk, mask = "<s>", "</s>", "<pad>", "<unk>", "<mask>"
+        single, pair = f"{cls} $A {sep}", f"{cls} $A {sep} {sep} $B {sep}"
+        names = ["input_ids", "attention_mask"]
+        extra = {"bos_token": cls, "eos_token": sep}
+    else:
+        raise ValueError(f"style: 'bert' or 'xlmr', got {style!r}")
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token=unk))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]",
-        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
-        special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])],
+        single=single, pair=pair, special_tokens=[(cls, vocab[cls]), (sep, vocab[sep])]
     )
+    limit = {} if max_length is None else {"model_max_length": max_length}
     return PreTrainedTokenizerFast(
         tokenizer_object=tok,
-        unk_token="[UNK]",
-        pad_token="[PAD]",
-        cls_token="[CLS]",
-        sep_token="[SEP]",
-        mask_token="[MASK]",
-        model_max_length=max_length,
+        **extra,
+        unk_token=unk,
+        pad_token=pad,
+        cls_token=cls,
+        sep_token=sep,
+        mask_token=mask,
+        **limit,
         padding_side="right",
-        # BERT segment ids: the encoder is pretrained with them, so they must reach the model.
-        model_input_names=["input_ids", "token_type_ids", "attention_mask"],
+        model_input_names=names,
     )
 
 
@@ -474,4 +489,4 @@ def _build(cfg: SyntheticConfig, out: Path) -> None:
     model = _build_model(cfg, table, vocab, lexicon, max_len)
     model_dir = out / "model"
     model.save_pretrained(model_dir)
-    _make_tokenizer(vocab, max_len).save_pretrained(model_dir)
+    word_tokenizer(vocab, max_len).save_pretrained(model_dir)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import datasets
 import numpy as np
@@ -15,11 +15,15 @@ from fastrobust.evaluate.metrics import EvalReport, accuracy
 from fastrobust.evaluate.predictions import SetPredictions, TaskPredictions
 from fastrobust.progress import bar
 
+if TYPE_CHECKING:  # annotations only
+    from torch import nn
+    from transformers import PreTrainedTokenizerBase
+
 
 @torch.no_grad()
 def predict_logits(
-    model: Any,
-    tokenizer: Any,
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
     dataset: datasets.Dataset,
     *,
     max_length: int,
@@ -67,8 +71,8 @@ def predict_logits(
 
 
 def predict(
-    model: Any,
-    tokenizer: Any,
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
     dataset: datasets.Dataset,
     *,
     max_length: int,
@@ -83,8 +87,8 @@ def predict(
 
 
 def evaluate_dev(
-    model: Any,
-    tokenizer: Any,
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
     dataset: datasets.Dataset,
     *,
     max_length: int,
@@ -151,8 +155,8 @@ def evaluate_predictions(
 
 
 def predict_task(
-    model: Any,
-    tokenizer: Any,
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
     task: TaskData,
     *,
     max_length: int,
@@ -194,8 +198,8 @@ def predict_task(
 
 
 def evaluate_task(
-    model: Any,
-    tokenizer: Any,
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
     task: TaskData,
     *,
     max_length: int,
@@ -220,7 +224,13 @@ def evaluate_task(
 
 
 def predict_task_with_progress(
-    model: Any, tokenizer: Any, task: TaskData, *, gxlt: bool, progress: str | None, **kwargs: Any
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    task: TaskData,
+    *,
+    gxlt: bool,
+    progress: str | None,
+    **kwargs: Any,
 ) -> TaskPredictions:
     """:func:`predict_task` under the :func:`test_progress` bar labelled ``progress`` (None: no bar);
     ``kwargs``: max_length, batch_size, device."""

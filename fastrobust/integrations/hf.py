@@ -45,7 +45,7 @@ import inspect
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from pydantic import ValidationError
@@ -70,6 +70,15 @@ from fastrobust.training.engine import Backward, backward_calls, method_step
 from fastrobust.training.lora import apply_lora, new_modules, require_peft
 from fastrobust.training.model_card import resolved_scales
 from fastrobust.training.run import batch_layout, resolve_config
+
+if TYPE_CHECKING:  # annotations only
+    from collections.abc import Sequence
+
+    from torch import nn
+    from transformers import TrainerControl, TrainerState, TrainingArguments
+
+    from fastrobust.config import AverageConfig, Config, TaskConfig
+    from fastrobust.methods.registry import MethodSection
 
 __all__ = [
     "EmbeddingNoiseCallback",
@@ -120,7 +129,7 @@ def resolve_method(
     return build_method(section, task_synonyms=task_synonyms)
 
 
-def training_arguments(cfg: Any, output_dir: str | Path, **overrides: Any) -> Any:
+def training_arguments(cfg: Config, output_dir: str | Path, **overrides: Any) -> Any:
     """``TrainingArguments`` equal to a fastrobust config's ``optim``/``seed``/precision sections.
 
     per-device batch = micro batch, accumulation = batch / (micro x WORLD_SIZE), torch AdamW
@@ -215,14 +224,14 @@ class RobustTrainer(Trainer):
     def __init__(
         self,
         *args: Any,
-        method: Any = "baseline",
+        method: str | Mapping[str, Any] | MethodSection | RobustMethod = "baseline",
         task_synonyms: Mapping[str, list[str]] | None = None,
         max_length: int = 128,
         data_order: str = "trainer",
         reseed: bool = True,
-        task: Any = None,
-        calibration_reference: Any = "first",
-        average: Any = None,
+        task: TaskConfig | Mapping[str, Any] | None = None,
+        calibration_reference: str | Sequence[float] = "first",
+        average: AverageConfig | Mapping[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
         accepted = _trainer_kwargs()
@@ -267,6 +276,8 @@ class RobustTrainer(Trainer):
         self._micro_step = (-1, 0)  # (global step, micro-batches run in it)
 
     # ---- data -----------------------------------------------------------------------------
+    # Any in the overrides below: transformers.Trainer's own signatures (any dataset, its
+    # EvalPrediction, num_items_in_batch) stay as Trainer declares them.
 
     def _prepare_text(self, dataset: Any, *, train: bool) -> Any:
         names = getattr(dataset, "column_names", None)
@@ -430,7 +441,14 @@ class EmbeddingNoiseCallback(TrainerCallback):
         self.sigma, self.sigma_mode, self.distribution, self.seed = sigma, sigma_mode, distribution, seed
         self.handle: Any = None
 
-    def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
+    def on_train_begin(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        model: nn.Module | None = None,
+        **kwargs: Any,
+    ) -> None:
         if model is None:
             raise ConfigError("EmbeddingNoiseCallback: the Trainer passed no model to on_train_begin")
         if self.handle is None:
@@ -438,7 +456,9 @@ class EmbeddingNoiseCallback(TrainerCallback):
                 model, self.sigma, sigma_mode=self.sigma_mode, distribution=self.distribution, seed=self.seed
             )
 
-    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+    def on_train_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
         if self.handle is not None:
             self.handle.remove()
             self.handle = None

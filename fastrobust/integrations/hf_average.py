@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from transformers import TrainerCallback
@@ -28,10 +28,14 @@ from fastrobust.errors import ConfigError
 from fastrobust.fileio import atomic_write_json
 from fastrobust.training.averaging import WeightAverage, check_supported, trainable_names
 
+if TYPE_CHECKING:  # annotations only
+    from torch import nn
+    from transformers import Trainer, TrainerControl, TrainerState, TrainingArguments
+
 STATE_FILE = "average.json"
 
 
-def _zero_stage(args: Any) -> int | None:
+def _zero_stage(args: TrainingArguments) -> int | None:
     ds = getattr(args, "hf_deepspeed_config", None)
     return getattr(ds, "config", {}).get("zero_optimization", {}).get("stage") if ds is not None else None
 
@@ -47,7 +51,14 @@ class WeightAveragingCallback(TrainerCallback):
         self.avg: WeightAverage | None = None
         self.model: torch.nn.Module | None = None
 
-    def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
+    def on_train_begin(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        model: nn.Module | None = None,
+        **kwargs: Any,
+    ) -> None:
         check_supported(_zero_stage(args))
         self.model = model
         names = trainable_names(model, set(model.state_dict()))
@@ -59,7 +70,14 @@ class WeightAveragingCallback(TrainerCallback):
                 raise ConfigError(f"resume: {path} is missing (the checkpoint's weight average)")
             self.avg.load(folder, json.loads(path.read_text(encoding="utf-8")), is_main=True)
 
-    def on_step_end(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
+    def on_step_end(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        model: nn.Module | None = None,
+        **kwargs: Any,
+    ) -> None:
         if self.avg is None or not self.avg.due(state.global_step):
             return
         wanted = set(self.avg.names)
@@ -68,7 +86,9 @@ class WeightAveragingCallback(TrainerCallback):
         }
         self.avg.add(state.global_step, snapshot)
 
-    def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+    def on_save(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
         if self.avg is None or not state.is_world_process_zero:
             return
         folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
@@ -83,7 +103,7 @@ class WeightAveragingCallback(TrainerCallback):
         final = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
         return self.avg.averaged_state(final)
 
-    def save_averaged(self, trainer: Any, output_dir: str | Path) -> Path:
+    def save_averaged(self, trainer: Trainer, output_dir: str | Path) -> Path:
         """A model folder of the averaged model (the trainer's model is left as trained)."""
         out = Path(output_dir)
         trained = {k: v.detach().clone() for k, v in self.model.state_dict().items()}

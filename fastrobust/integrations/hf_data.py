@@ -9,7 +9,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch.utils.data import Dataset, Sampler
@@ -17,6 +17,10 @@ from torch.utils.data import Dataset, Sampler
 from fastrobust.data import encode_dataset, make_collator
 from fastrobust.errors import DataError
 from fastrobust.methods import RobustMethod
+
+if TYPE_CHECKING:  # annotations only
+    import datasets
+    from transformers import PreTrainedTokenizerBase
 
 _TEXT = ("sentence1", "sentence2", "label")
 _MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "labels")
@@ -38,8 +42,8 @@ class TextClassificationDataset(Dataset):
 
     def __init__(
         self,
-        texts: Any,
-        tokenizer: Any,
+        texts: datasets.Dataset,
+        tokenizer: PreTrainedTokenizerBase,
         max_length: int,
         *,
         method: RobustMethod | None = None,
@@ -84,7 +88,7 @@ class TextClassificationDataset(Dataset):
 class RightPadding:
     """Right-padding collator that also accepts a ``label`` column (renamed ``labels``)."""
 
-    def __init__(self, tokenizer: Any) -> None:
+    def __init__(self, tokenizer: PreTrainedTokenizerBase) -> None:
         self._collate = make_collator(tokenizer)
 
     def __call__(self, features: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:

@@ -24,12 +24,17 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastrobust.errors import ConfigError
-from fastrobust.methods.base import RobustMethod
+from fastrobust.methods.registry import kinds, lookup, register_method  # noqa: F401 (re-exported)
+
+if TYPE_CHECKING:  # base imports torch; the registry and the config layer must not
+    from fastrobust.methods.base import RobustMethod
+    from fastrobust.methods.registry import MethodSection
 
 _LAZY = {
+    "RobustMethod": "fastrobust.methods.base",
     "Baseline": "fastrobust.methods.baseline",
     "PGD": "fastrobust.methods.adversarial",
     "FreeLB": "fastrobust.methods.adversarial",
@@ -56,56 +61,37 @@ _LAZY = {
     "ABSTAIN": "fastrobust.methods.smoothing",
 }
 
-KINDS = ("baseline", "pgd", "freelb", "rs-rp", "rs-da")
-
-__all__ = sorted([*_LAZY, "KINDS", "RobustMethod", "build_method"])
+__all__ = sorted([*_LAZY, "build_method", "kinds", "register_method"])
 
 
-def build_method(cfg: Any, *, task_synonyms: Mapping[str, list[str]] | None = None) -> RobustMethod:
-    """The method a config section describes.
+def build_method(
+    cfg: MethodSection | Mapping[str, Any], *, task_synonyms: Mapping[str, list[str]] | None = None
+) -> RobustMethod:
+    """The method a config section describes (its class is the registry's entry of its ``kind``).
 
-    cfg: a method section (``BaselineConfig | AdversarialConfig | NoiseConfig | SynonymConfig``,
-    or a dict with ``kind`` that validates as one). task_synonyms: the task's own synonym
-    table, used by ``rs-da`` when its section names no file. Raises ConfigError for an
-    unknown kind or an invalid section.
+    cfg: a method section (an instance of a registered method's ``config_class``), or a dict
+    with ``kind`` that validates as one.
+    task_synonyms: the task's own synonym table, used by ``rs-da`` when its section names no file.
+    Raises ConfigError for an unknown kind or an invalid section.
     """
     if isinstance(cfg, Mapping):
         cfg = _validate_section(dict(cfg))
-    kind = getattr(cfg, "kind", None)
-    if kind == "baseline":
-        from fastrobust.methods.baseline import Baseline  # each method loads on first use (module doc)
-
-        return Baseline(cfg)
-    if kind in ("pgd", "freelb"):
-        from fastrobust.methods.adversarial import PGD, FreeLB
-
-        return (PGD if kind == "pgd" else FreeLB)(cfg)
-    if kind == "rs-rp":
-        from fastrobust.methods.noise import RandomPerturbation
-
-        return RandomPerturbation(cfg)
-    if kind == "rs-da":
-        from fastrobust.methods.synonyms import SynonymSubstitution
-
-        return SynonymSubstitution(cfg, task_synonyms=task_synonyms)
-    raise ConfigError(f"methods: unknown method kind {kind!r} (expected one of {', '.join(KINDS)})")
+    return lookup(getattr(cfg, "kind", None)).method_class().build(cfg, task_synonyms=task_synonyms)
 
 
 def _validate_section(data: dict[str, Any]) -> Any:
     # pydantic's schemas load only when a plain dict has to be validated
-    from pydantic import TypeAdapter, ValidationError
+    from pydantic import ValidationError
 
-    from fastrobust.config.methods import MethodConfig
-
-    kind = data.get("kind")
-    if kind not in KINDS:
-        raise ConfigError(f"methods: unknown method kind {kind!r} (expected one of {', '.join(KINDS)})")
+    entry = lookup(data.get("kind"))
     try:
-        return TypeAdapter(MethodConfig).validate_python(data)
+        return entry.config_class().model_validate(data)
     except ValidationError as exc:
         first = exc.errors()[0]
-        loc = ".".join(str(p) for p in first["loc"][1:]) or "<section>"
-        raise ConfigError(f"methods ({kind}): {loc}: {first['msg']} (got {first.get('input')!r})") from None
+        loc = ".".join(str(p) for p in first["loc"]) or "<section>"
+        raise ConfigError(
+            f"methods ({entry.kind}): {loc}: {first['msg']} (got {first.get('input')!r})"
+        ) from None
 
 
 def __getattr__(name: str) -> Any:

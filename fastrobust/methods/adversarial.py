@@ -297,6 +297,11 @@ class _AdversarialBase(RobustMethod):
     """Resolves the configured scales (absolute, or relative to the embedding-table RMS)."""
 
     cfg: AdversarialConfig
+    config_class = AdversarialConfig
+
+    @classmethod
+    def relative_cost(cls, cfg: AdversarialConfig) -> int:
+        return cfg.steps + 1  # K ascent passes and the final one
 
     def __init__(self, cfg: AdversarialConfig) -> None:
         super().__init__(cfg)
@@ -340,6 +345,9 @@ class _AdversarialBase(RobustMethod):
 class PGD(_AdversarialBase):
     """PGD adversarial training (config kind ``pgd``); see :func:`adversarial_step`."""
 
+    kind = "pgd"
+    summary = "adversarial training"
+
     def training_step(
         self,
         model: nn.Module,
@@ -361,6 +369,12 @@ class PGD(_AdversarialBase):
 
 class FreeLB(_AdversarialBase):
     """FreeLB (config kind ``freelb``); see :func:`freelb_step`. ``adv_weight`` does not apply."""
+
+    kind = "freelb"
+
+    @classmethod
+    def backward_calls(cls, cfg: AdversarialConfig) -> int:
+        return cfg.steps  # every ascent step back-propagates loss / K
 
     def training_step(
         self,

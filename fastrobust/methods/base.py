@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from torch import Tensor, nn
 
@@ -12,6 +12,7 @@ from fastrobust.timing import NULL_TIMER, SectionTimer
 
 if TYPE_CHECKING:  # only annotations name it; importing datasets costs seconds (pyarrow, fsspec)
     import datasets
+    from pydantic import BaseModel
 
 Backward = Callable[[Tensor], None]
 
@@ -28,10 +29,36 @@ class RobustMethod:
     supplied by the trainer (``engine.backward`` under DeepSpeed, else ``(loss / accum).backward()``),
     is the only thing that puts gradients into parameters. The trainer clips, steps the
     optimizer and scheduler, and zeroes gradients.
+
+    What a method declares for the registry (:mod:`fastrobust.methods.registry`): ``kind`` (the
+    config sections' ``kind``), ``config_class`` (the pydantic section), ``summary`` (one line of
+    CLI help), :meth:`backward_calls` and :meth:`relative_cost`; :meth:`build` makes one from a
+    validated section.
     """
 
     label: str = "method"
     kind: str = "method"
+    config_class: ClassVar[type[BaseModel] | None] = None
+    summary: ClassVar[str] = ""
+
+    # cfg is Any in these methods: each subclass narrows it to its own config class, which a
+    # common base type would forbid (parameters are contravariant).
+    @classmethod
+    def build(cls, cfg: Any, *, task_synonyms: Mapping[str, list[str]] | None = None) -> RobustMethod:
+        """The method of a validated section (``cfg``: an instance of ``config_class``, typed Any
+        because each subclass has its own). task_synonyms: the task's synonym table, for the methods
+        that use one. Default: ``cls(cfg)``."""
+        return cls(cfg)
+
+    @classmethod
+    def backward_calls(cls, cfg: Any) -> int:
+        """How many times ``training_step`` calls backward per micro-batch under section ``cfg``."""
+        return 1
+
+    @classmethod
+    def relative_cost(cls, cfg: Any) -> int:
+        """Forward/backward passes per optimizer step relative to the baseline's one (scheduling)."""
+        return 1
 
     def __init__(self, cfg: Any = None) -> None:
         self.cfg = cfg

@@ -6,6 +6,7 @@ from collections.abc import Mapping
 
 from torch import Tensor, nn
 
+from fastrobust.config.methods import BaselineConfig
 from fastrobust.methods.base import Backward, RobustMethod, require_labels
 from fastrobust.methods.embeddings import classification_loss, forward_from_ids
 from fastrobust.timing import NULL_TIMER, SectionTimer
@@ -13,6 +14,9 @@ from fastrobust.timing import NULL_TIMER, SectionTimer
 
 class Baseline(RobustMethod):
     """loss = CE(f(input_ids), labels), one forward and one ``backward`` per micro-batch."""
+
+    kind = "baseline"
+    config_class = BaselineConfig
 
     def training_step(
         self,

@@ -18,12 +18,20 @@ from __future__ import annotations
 import argparse
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastrobust.errors import ConfigError, DataError
 from fastrobust.evaluate.cli import resolve, resolve_device
 from fastrobust.fileio import atomic_write_json, atomic_write_text
 from fastrobust.progress import library_bars_off
+
+if TYPE_CHECKING:  # annotations only
+    import datasets
+    import torch
+    from torch import nn
+    from transformers import PreTrainedTokenizerBase
+
+    from fastrobust.data.loader import TaskData
 
 DEFAULT_RADII = "0,0.25,0.5,1,2"
 
@@ -171,7 +179,7 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _offsets(path: str | None, task: Any, languages: list[str]) -> dict[str, Any]:
+def _offsets(path: str | None, task: TaskData, languages: list[str]) -> dict[str, Any]:
     """{language: offsets tensor (C,)} of the languages ``path``'s calibration file names."""
     if path is None:
         return {}
@@ -187,7 +195,7 @@ def _offsets(path: str | None, task: Any, languages: list[str]) -> dict[str, Any
     }
 
 
-def _languages(text: str | None, task: Any) -> list[str]:
+def _languages(text: str | None, task: TaskData) -> list[str]:
     """The languages ``--languages`` names (all of the task's when not given); ConfigError on an
     unknown one."""
     if not text:
@@ -199,7 +207,7 @@ def _languages(text: str | None, task: Any) -> list[str]:
     return wanted
 
 
-def _load_model(model_dir: str, task: Any, device: Any) -> tuple[Any, Any]:
+def _load_model(model_dir: str, task: TaskData, device: torch.device) -> tuple[Any, Any]:
     """(tokenizer, classifier in eval mode on ``device``) of MODEL_DIR; DataError when the model's
     label count is not the task's."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer  # ~1.3 s: not for --help
@@ -215,17 +223,17 @@ def _load_model(model_dir: str, task: Any, device: Any) -> tuple[Any, Any]:
 
 
 def _certify_language(
-    model: Any,
-    tokenizer: Any,
-    data: Any,
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    data: datasets.Dataset,
     args: argparse.Namespace,
     lang_index: int,
-    device: Any,
+    device: torch.device,
     *,
     unit: float,
     radii: list[float],
     max_length: int,
-    offsets: Any = None,
+    offsets: torch.Tensor | None = None,
 ) -> dict[str, Any]:
     """CERTIFY on the first ``--max-examples`` examples of one language's test set: examples,
     abstention rate, certified accuracy per radius and mean radius of the correct ones (radii in

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from fastrobust import ops
 from fastrobust.errors import FastrobustError
 from fastrobust.methods.embeddings import embedding_rms, input_embedding_module, unwrap_model
-from fastrobust.methods.noise import SIGMA_MODES, neftune_sigma
+from fastrobust.methods.noise import SIGMA_MODES, resolve_sigma
 from fastrobust.validation import DISTRIBUTIONS
 
 _SEED_MOD = 2**31 - 1
@@ -41,11 +41,11 @@ class EmbeddingNoiseHandle:
         self.embedding = input_embedding_module(model)
         self.sigma_mode = sigma_mode
         self.alpha = float(sigma)
+        # the RS-RP method's sigma rule (resolve_sigma): fixed now, except neftune's per forward
+        self._rms = embedding_rms(model) if sigma_mode == "relative" else None
         self.sigma: float | None = None
-        if sigma_mode == "absolute":
-            self.sigma = float(sigma)
-        elif sigma_mode == "relative":
-            self.sigma = float(sigma) * embedding_rms(model)
+        if sigma_mode != "neftune":
+            self.sigma = float(resolve_sigma(sigma, sigma_mode, None, 0, self._rms))
         self.distribution = distribution
         # With a seed, forward k uses the seed tensor mix(seed, k) computed on the device from a
         # call counter: reproducible without touching torch's global RNG (and dropout's draws),
@@ -80,7 +80,9 @@ class EmbeddingNoiseHandle:
             mask = None  # not this forward's mask (e.g. a cached or 4-d mask): noise everywhere
         if self.sigma_mode == "neftune":
             ref = mask if mask is not None else torch.ones(output.shape[:2], device=output.device)
-            sigma: float | Tensor = neftune_sigma(ref.to(output.device), output.shape[-1], self.alpha)
+            sigma: float | Tensor = resolve_sigma(
+                self.alpha, "neftune", ref.to(output.device), output.shape[-1], None
+            )
         else:
             sigma = self.sigma
             if sigma == 0:

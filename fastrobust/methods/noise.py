@@ -140,6 +140,10 @@ def _placed_noise_step(
 class RandomPerturbation(RobustMethod):
     """RS-RP (config kind ``rs-rp``)."""
 
+    kind = "rs-rp"
+    config_class = NoiseConfig
+    summary = "embedding noise"
+
     cfg: NoiseConfig
 
     def __init__(self, cfg: NoiseConfig) -> None:

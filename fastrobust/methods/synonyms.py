@@ -199,6 +199,15 @@ class SynonymSubstitution(RobustMethod):
     training step itself is the baseline's."""
 
     cfg: SynonymConfig
+    kind = "rs-da"
+    config_class = SynonymConfig
+    summary = "synonym substitution: needs task.synonyms or <task.path>/synonyms.json"
+
+    @classmethod
+    def build(
+        cls, cfg: SynonymConfig, *, task_synonyms: Mapping[str, list[str]] | None = None
+    ) -> SynonymSubstitution:
+        return cls(cfg, task_synonyms=task_synonyms)
 
     def __init__(self, cfg: SynonymConfig, task_synonyms: Mapping[str, list[str]] | None = None) -> None:
         super().__init__(cfg)

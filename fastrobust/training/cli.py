@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import argparse
 import importlib.resources
+import textwrap
 from pathlib import Path
 
 import yaml
 
 from fastrobust.errors import ConfigError
+from fastrobust.methods import registry
 from fastrobust.training import train
 
 DESCRIPTION = """\
@@ -39,8 +41,7 @@ the baseline and RS-DA on your own data (a packaged recipe by name, overridden w
                       without task.path the task is read from the Hugging Face hub
   task.languages      e.g. [en,de,fr]: the evaluation languages (default: every language of the task)
   --method LABEL      a method section's label, which is its kind unless it sets `label`:
-                      baseline, pgd (adversarial training), freelb, rs-rp (embedding noise),
-                      rs-da (synonym substitution: needs task.synonyms or <task.path>/synonyms.json)
+{methods}
   output.dir          where models, reports and checkpoints go; a used folder is refused unless
                       --overwrite or --resume
 
@@ -58,9 +59,17 @@ def _recipes() -> str:
         return "(none found)"
 
 
+def _methods() -> str:
+    # the registry's kinds with their help lines, indented under --method
+    indent = " " * 22
+    return textwrap.fill(
+        ", ".join(registry.help_lines()), width=100, initial_indent=indent, subsequent_indent=indent
+    )
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = DESCRIPTION
-    parser.epilog = EPILOG.format(recipes=_recipes())
+    parser.epilog = EPILOG.format(recipes=_recipes(), methods=_methods())
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.add_argument(
         "--config",

@@ -21,6 +21,7 @@ one training process compiles only this forward): after the first step it must s
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -80,7 +81,7 @@ class CompiledModel:
     other than the call go to the module.
     """
 
-    def __init__(self, module: nn.Module, compiled: Any) -> None:
+    def __init__(self, module: nn.Module, compiled: Callable[..., Any]) -> None:
         self.module = module
         self._compiled = compiled
 
@@ -109,7 +110,7 @@ def compile_model(module: nn.Module, mode: str, backend: str) -> CompiledModel:
     return CompiledModel(module, torch.compile(module, **compile_options(mode, backend)))
 
 
-def compile_engine(engine: Any, mode: str, backend: str) -> CompiledModel:
+def compile_engine(engine: Any, mode: str, backend: str) -> CompiledModel:  # Any: deepspeed is optional
     """A DeepSpeed engine's forward compiled with ``engine.compile`` (its hooks stay in place)."""
     options = compile_options(mode, backend)
     backend = options.pop("backend")

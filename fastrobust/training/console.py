@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastrobust.config import method_label
 from fastrobust.evaluate.report import comparison_text, text_table
 
+if TYPE_CHECKING:  # annotations only
+    import torch
+    from torch.utils.tensorboard import SummaryWriter
 
-def banner(cfg: Any, run: Any, sections: list[Any]) -> str:
+    from fastrobust.config import Config
+    from fastrobust.evaluate.comparison import Comparison
+    from fastrobust.training.run import RunContext
+
+
+def banner(cfg: Config, run: RunContext, sections: list[Any]) -> str:
     """The opening lines: task, model, methods, step budget and batch layout."""
     dist = run.dist
     ds = f", DeepSpeed {cfg.deepspeed.config}" if cfg.deepspeed.config else ""
@@ -25,12 +33,12 @@ def banner(cfg: Any, run: Any, sections: list[Any]) -> str:
 
 
 def log_step_scalars(
-    writer: Any,
+    writer: SummaryWriter,
     step: int,
     losses: list[float],
     *,
     lr: float,
-    grad_norm: Any,
+    grad_norm: torch.Tensor | float | None,
     throughput: dict[str, Any],
     sections: dict[str, float],
     step_seconds: float,
@@ -58,7 +66,9 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
     return text_table(header, rows)
 
 
-def console_summary(summaries: list[dict[str, Any]], comparison: Any, out_dir: Path, cfg: Any) -> str:
+def console_summary(
+    summaries: list[dict[str, Any]], comparison: Comparison, out_dir: Path, cfg: Config
+) -> str:
     """The closing text: the comparison (mean ± sd over seeds, differences to the baseline with
     intervals; :func:`fastrobust.evaluate.report.comparison_text`), each method's throughput
     relative to the baseline (mean over the runs, those ``--resume`` read back included, as their

@@ -42,7 +42,7 @@ def load_deepspeed_json(path: str) -> dict[str, Any]:
     return data
 
 
-def _fill(section: dict[str, Any], key: str, value: Any, where: str, owner: str) -> None:
+def _fill(section: dict[str, Any], key: str, value: Any, where: str, owner: str) -> None:  # Any: a JSON value
     """Sets ``section[key]`` when missing or "auto"; a different concrete value is an error."""
     current = section.get(key, "auto")
     if current == "auto":
@@ -124,7 +124,7 @@ def resolve_deepspeed_config(
     return out
 
 
-def _auto_paths(node: Any, prefix: str = "") -> list[str]:
+def _auto_paths(node: Any, prefix: str = "") -> list[str]:  # Any: a node of the JSON
     if isinstance(node, dict):
         return [p for k, v in node.items() for p in _auto_paths(v, f"{prefix}{k}.")]
     if isinstance(node, list):

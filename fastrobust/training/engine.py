@@ -21,18 +21,26 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Mapping
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 import torch.distributed as tdist
 from torch import Tensor
 from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 
+from fastrobust.methods import registry
 from fastrobust.methods.base import Backward
+from fastrobust.methods.registry import MethodSection
 from fastrobust.timing import SectionTimer
 from fastrobust.training.compiled import compile_engine, compile_model
 from fastrobust.training.ds_config import resolve_deepspeed_config, zero_stage
 from fastrobust.training.guard import nonfinite
+
+if TYPE_CHECKING:  # annotations only
+    from fastrobust.config import Config
+    from fastrobust.methods.base import RobustMethod
+    from fastrobust.training.distributed import DistContext
 
 # --------------------------------------------------------------------------------------------
 # backward adapters and the per-micro-batch method call
@@ -50,7 +58,7 @@ class CountingBackward:
         self.calls += 1
 
 
-def torch_backward(accum: int, scaler: Any, device_type: str) -> Backward:
+def torch_backward(accum: int, scaler: torch.amp.GradScaler | None, device_type: str) -> Backward:
     """``(loss / accum).backward()``, through ``scaler.scale`` when an fp16 grad scaler is given."""
 
     def backward(loss: Tensor) -> None:
@@ -64,7 +72,7 @@ def torch_backward(accum: int, scaler: Any, device_type: str) -> Backward:
     return backward
 
 
-def deepspeed_backward(engine: Any, accum: int) -> Backward:
+def deepspeed_backward(engine: Any, accum: int) -> Backward:  # Any: deepspeed is optional
     """One DeepSpeed engine micro-step per call: backward of ``loss / accum``, then ``engine.step()``."""
 
     def backward(loss: Tensor) -> None:
@@ -87,7 +95,7 @@ def autocast_context(
 
 
 def method_step(
-    method: Any,
+    method: RobustMethod,
     model: torch.nn.Module,
     batch: Mapping[str, Tensor],
     backward: Backward,
@@ -113,10 +121,10 @@ def method_step(
     return loss
 
 
-def backward_calls(mcfg: Any) -> int:
-    """How many times a method section's ``training_step`` calls backward per micro-batch."""
-    # FreeLB back-propagates K times per micro-batch; the other methods once.
-    return int(mcfg.steps) if mcfg.kind == "freelb" else 1
+def backward_calls(mcfg: MethodSection) -> int:
+    """How many times a method section's ``training_step`` calls backward per micro-batch (the
+    method's own declaration, see :mod:`fastrobust.methods.registry`)."""
+    return registry.backward_calls(mcfg)
 
 
 # --------------------------------------------------------------------------------------------
@@ -152,6 +160,49 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, 
     ]
 
 
+class EngineRun(Protocol):
+    """What :class:`TrainEngine` reads of a run (:class:`fastrobust.training.run.RunContext` has it;
+    :func:`standalone_engine` makes one for a single process outside a run)."""
+
+    cfg: Config
+    dist: DistContext
+    accum: int
+    micro: int
+    warmup_steps: int
+    total_steps: int
+    ds_raw: dict[str, Any] | None
+
+
+@dataclass(frozen=True)
+class _Standalone:
+    cfg: Config
+    dist: DistContext
+    accum: int
+    micro: int
+    warmup_steps: int
+    total_steps: int
+    ds_raw: dict[str, Any] | None = None
+
+
+def standalone_engine(
+    model: torch.nn.Module,
+    cfg: Config,
+    device: torch.device,
+    *,
+    backward_calls: int = 1,
+    total_steps: int = 10**6,
+) -> TrainEngine:
+    """The plain-torch :class:`TrainEngine` of config ``cfg`` for ``model`` in one process, outside a
+    run: what the speed benchmarks and profilers step, so that they measure the trainer's own step
+    (``micro_step`` then ``optimizer_step``) and not a copy of it. One micro-batch per step, no
+    warmup; ``total_steps`` sizes the learning-rate schedule."""
+    from fastrobust.training.distributed import DistContext  # torch.distributed: loaded with the engine
+
+    dist = DistContext(rank=0, world_size=1, local_rank=0, device=torch.device(device), deepspeed=False)
+    run = _Standalone(cfg, dist, 1, cfg.optim.batch_size, 0, total_steps)
+    return TrainEngine(model, run, backward_calls=backward_calls)
+
+
 class TrainEngine:
     """Optimizer, scheduler and precision for one model: plain torch, or a DeepSpeed engine.
 
@@ -165,7 +216,7 @@ class TrainEngine:
     :mod:`fastrobust.training.compiled`); ``module``: the HF model itself (evaluation, state dicts).
     """
 
-    def __init__(self, model: torch.nn.Module, run: Any, *, backward_calls: int) -> None:
+    def __init__(self, model: torch.nn.Module, run: EngineRun, *, backward_calls: int) -> None:
         from transformers import get_scheduler  # transformers (~1.3 s) loads when an engine is built
 
         cfg = run.cfg
@@ -182,7 +233,7 @@ class TrainEngine:
         o = cfg.optim
         groups = param_groups(model, o.weight_decay)
 
-        def make_scheduler(optimizer: Any) -> Any:
+        def make_scheduler(optimizer: torch.optim.Optimizer) -> Any:
             return get_scheduler(
                 o.scheduler,
                 optimizer=optimizer,
@@ -247,7 +298,7 @@ class TrainEngine:
             return deepspeed_backward(self.engine, self.accum)
         return torch_backward(self.accum, self.scaler, self.device.type)
 
-    def micro_step(self, method: Any, batch: Mapping[str, Tensor], timer: SectionTimer) -> Tensor:
+    def micro_step(self, method: RobustMethod, batch: Mapping[str, Tensor], timer: SectionTimer) -> Tensor:
         """One micro-batch through ``method.training_step``; the detached loss."""
         return method_step(
             method,

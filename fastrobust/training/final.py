@@ -43,7 +43,7 @@ from fastrobust.training.run import cpu_state
 if TYPE_CHECKING:  # the loop imports this module: a runtime import would be a circle
     from fastrobust.config import ModelConfig
     from fastrobust.training.engine import TrainEngine
-    from fastrobust.training.loop import MethodTrainer
+    from fastrobust.training.state import FinishingRun
 
 
 @dataclass
@@ -95,7 +95,7 @@ def eval_model(
 
 
 def save_model_folder(
-    t: MethodTrainer,
+    t: FinishingRun,
     model: torch.nn.Module,
     model_dir: Path,
     report: EvalReport,
@@ -139,7 +139,7 @@ def rescue(payload: dict[str, Any], places: list[Path]) -> Path | None:
     return None
 
 
-def model_card(t: MethodTrainer, report: EvalReport, averaged: dict[str, Any] | None = None) -> str:
+def model_card(t: FinishingRun, report: EvalReport, averaged: dict[str, Any] | None = None) -> str:
     """The README.md of trainer ``t``'s model folder (see :mod:`.model_card`)."""
     cfg, run, sel = t.cfg, t.run, t.selection
     training = {
@@ -183,7 +183,7 @@ def model_card(t: MethodTrainer, report: EvalReport, averaged: dict[str, Any] | 
     )
 
 
-def finish(t: MethodTrainer, wall_seconds: float, eval_seconds: float) -> FinishedRun | None:
+def finish(t: FinishingRun, wall_seconds: float, eval_seconds: float) -> FinishedRun | None:
     """Final evaluation and files of trainer ``t``; the finished run on rank 0 (None elsewhere).
 
     Written in the order of their value: ``report/``, ``model/``, then ``summary.json`` (whose
@@ -250,7 +250,7 @@ def finish(t: MethodTrainer, wall_seconds: float, eval_seconds: float) -> Finish
     return finished
 
 
-def test_predictions(t: MethodTrainer, model: torch.nn.Module, name: str) -> TaskPredictions:
+def test_predictions(t: FinishingRun, model: torch.nn.Module, name: str) -> TaskPredictions:
     """Rank 0: ``model``'s predictions on every XLT and G-XLT test set of the run's task."""
     from fastrobust.evaluate.predict import predict_task_with_progress  # datasets: not with this module
 
@@ -269,7 +269,7 @@ def test_predictions(t: MethodTrainer, model: torch.nn.Module, name: str) -> Tas
 
 
 def finish_averaged(
-    t: MethodTrainer, final_state: dict[str, torch.Tensor], summary: dict[str, Any]
+    t: FinishingRun, final_state: dict[str, torch.Tensor], summary: dict[str, Any]
 ) -> FinishedRun:
     """Rank 0: the weight-averaged model of trainer ``t`` (the final weights ``final_state`` with
     the trainable ones averaged) evaluated on English dev and every test set, and written as the run
@@ -322,7 +322,7 @@ def finish_averaged(
 
 
 def build_summary(
-    t: MethodTrainer,
+    t: FinishingRun,
     report: EvalReport,
     wall_seconds: float,
     eval_seconds: float,

@@ -10,19 +10,18 @@ with :func:`fastrobust.training.batches.micro_seed`, then one optimizer step. De
 from __future__ import annotations
 
 import gc
-import json
 import shutil
 import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from fastrobust.config import method_label
 from fastrobust.errors import ConfigError, Interrupted
-from fastrobust.evaluate.runs import read_run, seed_dir_name
+from fastrobust.evaluate.runs import seed_dir_name
 from fastrobust.progress import bar as progress_bar
 from fastrobust.timing import SectionTimer
 from fastrobust.training import checkpoint as ckpt
@@ -41,6 +40,12 @@ from fastrobust.training.run import RunContext, cpu_state, fingerprint, log, qui
 from fastrobust.training.selection import DevSelection
 from fastrobust.training.signals import stop_on_signals
 
+if TYPE_CHECKING:  # annotations only
+    from torch.utils.tensorboard import SummaryWriter
+    from tqdm import tqdm
+
+    from fastrobust.methods.registry import MethodSection
+
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "labels")
 
 
@@ -52,7 +57,7 @@ class MethodTrainer:
     single-seed config and ``<output.dir>/<label>/seed-<k>/`` when the config lists ``seeds``.
     """
 
-    def __init__(self, run: RunContext, mcfg: Any, seed: int | None = None) -> None:
+    def __init__(self, run: RunContext, mcfg: MethodSection, seed: int | None = None) -> None:
         from fastrobust.methods import build_method  # the methods load datasets: not at import
 
         self.run = run
@@ -83,38 +88,6 @@ class MethodTrainer:
         self.graphs: list[int] = []
         self.warming = False  # this step compiles (model.compile: the first one of the run)
         self.averager: WeightAverage | None = None  # average: the running weight average
-
-    def finished_run(self) -> FinishedRun | None:
-        """Rank 0: the run already finished on disk for this run (summary, report, predictions),
-        or None. ``--resume`` skips such runs
-        instead of training them again; a run that finished with another config (fingerprint) is
-        a ConfigError, not retrained over (summaries written before fingerprints count as this run).
-        """
-        try:
-            summary = json.loads((self.dir / "summary.json").read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return None
-        if not isinstance(summary, dict) or summary.get("status", "complete") != "complete":
-            return None
-        theirs = summary.get("fingerprint")
-        if isinstance(theirs, dict):
-            changed = [k for k, v in self.fingerprint.items() if theirs.get(k) != v]
-            if changed:
-                raise ConfigError(
-                    f"--resume: {self.dir} holds a run finished with a different {', '.join(changed)}; "
-                    "pass --overwrite to replace it, or set output.dir to a new folder"
-                )
-        done = read_run(self.dir)
-        if done is None:
-            return None
-        averaged = None
-        if isinstance(summary.get("averaged"), dict):
-            avg_dir = self.averaged_dir()
-            avg_run = read_run(avg_dir)
-            if avg_run is not None:
-                avg_summary = json.loads((avg_dir / "summary.json").read_text(encoding="utf-8"))
-                averaged = FinishedRun(avg_summary, avg_run.report, avg_run.predictions)
-        return FinishedRun(summary, done.report, done.predictions, averaged)
 
     def averaged_dir(self) -> Path:
         """The folder of this run's weight-averaged evaluation (``<label>+avg``)."""
@@ -268,7 +241,7 @@ class MethodTrainer:
             return flag
         return bool(self.dist.all_reduce_max(torch.tensor([1.0 if flag else 0.0])).item() > 0)
 
-    def _interrupted(self, signum: int, saved: Any, checkpoints_on: bool) -> Exception:
+    def _interrupted(self, signum: int, saved: Path | None, checkpoints_on: bool) -> Exception:
         if saved is not None:
             kept = f"checkpoint {saved} written; continue with --resume"
         elif checkpoints_on:
@@ -319,7 +292,7 @@ class MethodTrainer:
             self._flush()
             self._check_divergence()
             if not self.selection.history:  # defensive: a resumed final checkpoint without any dev evaluation
-                self.selection.evaluate(self, writer)
+                self.selection.evaluate(self.eng, self.run, self.step, self.label, writer)
         except BaseException:
             if writer is not None:
                 writer.close()
@@ -330,7 +303,7 @@ class MethodTrainer:
             writer.flush()
         return self._finish(writer, t_start, eval_seconds)
 
-    def _step_loop(self, writer: Any, bar: Any) -> float:
+    def _step_loop(self, writer: SummaryWriter | None, bar: tqdm) -> float:
         """Optimizer steps up to ``total_steps`` with logging, dev evaluation and checkpoints; stops
         with :class:`fastrobust.errors.Interrupted` on SIGINT / SIGTERM. Returns the seconds spent
         after the steps themselves (evaluation, checkpoints)."""
@@ -355,7 +328,7 @@ class MethodTrainer:
                     self._snapshot()
                 if self._due(cfg.eval.every_steps or spe) or self.step == total:
                     self._check_divergence()  # never evaluate (or keep) a diverged model
-                    self.selection.evaluate(self, writer)
+                    self.selection.evaluate(self.eng, self.run, self.step, self.label, writer)
                 # Host-side decisions every rank must share (time, signals) are taken where the
                 # ranks synchronise anyway: every step with one process, logged steps with several.
                 synced = logged or dist.world_size == 1
@@ -416,7 +389,14 @@ class MethodTrainer:
             self.meter.add_step(seconds, self.cfg.optim.batch_size, 0, time.process_time() - c0)
         return timer, grad_norm, seconds
 
-    def _log_step(self, writer: Any, bar: Any, timer: SectionTimer, grad_norm: Any, seconds: float) -> None:
+    def _log_step(
+        self,
+        writer: SummaryWriter | None,
+        bar: tqdm,
+        timer: SectionTimer,
+        grad_norm: torch.Tensor | float | None,
+        seconds: float,
+    ) -> None:
         """A logged step: flush the losses (a collective), check divergence, update the bar and
         TensorBoard."""
         if not self.warming:
@@ -439,7 +419,9 @@ class MethodTrainer:
                 peak_mb=peak_memory_mb(self.device),
             )
 
-    def _finish(self, writer: Any, t_start: float, eval_seconds: float) -> FinishedRun | None:
+    def _finish(
+        self, writer: SummaryWriter | None, t_start: float, eval_seconds: float
+    ) -> FinishedRun | None:
         """Test evaluation and saving (:func:`fastrobust.training.final.finish`); then the run's
         checkpoints are removed, unless ``output.keep_finished_checkpoints`` (then a final one of the
         last parameters is added when ``output.checkpoint_every`` is set)."""
@@ -475,24 +457,3 @@ class MethodTrainer:
         gc.collect()
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
-
-
-def skip_finished(trainer: MethodTrainer) -> tuple[bool, FinishedRun | None]:
-    """Under --resume: whether this run already finished with this config (rank 0's decision,
-    shared with every rank), and on rank 0 the finished run read back from its folder."""
-    dist = trainer.dist
-    done, refused = None, None
-    if dist.is_main:
-        try:
-            done = trainer.finished_run()
-        except ConfigError as exc:  # every rank must stop, not only rank 0
-            refused = exc
-    code = dist.broadcast_float(2.0 if refused is not None else 1.0 if done is not None else 0.0)
-    if code > 1.5:
-        raise refused or ConfigError(f"--resume: {trainer.dir} holds a run finished with another config")
-    if code < 0.5:
-        return False, None
-    log(dist, f"[{trainer.label}] seed {trainer.seed}: finished run in {trainer.dir}, skipped (--resume)")
-    if done is not None:
-        done.summary["skipped"] = True
-    return True, done

@@ -21,11 +21,16 @@ from __future__ import annotations
 import copy
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
 from fastrobust.errors import ConfigError
+
+if TYPE_CHECKING:  # annotations only
+    import torch
+
+    from fastrobust.config import LoraSection
 
 # PEFT's sequence-classification task adds these head names to modules_to_save itself.
 HEAD_MODULES = ("classifier", "score")
@@ -71,7 +76,9 @@ def new_modules(loading_info: dict[str, Any]) -> list[str]:
     return sorted(n for n in names if n not in HEAD_MODULES and not under_another(n))
 
 
-def apply_lora(model: nn.Module, section: Any, *, base_path: str, fresh: Iterable[str] = ()) -> nn.Module:
+def apply_lora(
+    model: nn.Module, section: LoraSection, *, base_path: str, fresh: Iterable[str] = ()
+) -> nn.Module:
     """``model`` wrapped with LoRA adapters as ``section`` (a ``model.lora`` section) says.
 
     ``base_path``: the base checkpoint (hub name or folder), written to ``adapter_config.json``
@@ -130,7 +137,7 @@ def lora_summary(model: nn.Module) -> dict[str, Any]:
     }
 
 
-def rebuild(model: nn.Module, device: Any) -> nn.Module:
+def rebuild(model: nn.Module, device: torch.device) -> nn.Module:
     """A fresh, unsharded copy of PEFT model ``model``'s architecture (base from its config, same
     adapter layout): where DeepSpeed holds the trained one, the best parameters are loaded into this."""
     from transformers import AutoModelForSequenceClassification  # ~1.3 s: loaded when a model is built

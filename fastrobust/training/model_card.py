@@ -15,17 +15,23 @@ from __future__ import annotations
 import shlex
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from fastrobust.fileio import atomic_write_text
 
+if TYPE_CHECKING:  # annotations only
+    from fastrobust.config import TaskConfig
+    from fastrobust.data.loader import TaskData
+    from fastrobust.evaluate.metrics import EvalReport
+    from fastrobust.methods.base import RobustMethod
+
 CARD_FILE = "README.md"
 _HUB_DATASETS = {"pawsx": "google-research-datasets/paws-x", "xnli": "facebook/xnli"}
 
 
-def resolved_scales(method: Any) -> dict[str, Any]:
+def resolved_scales(method: RobustMethod) -> dict[str, Any]:
     """The scales a method trains with, in units of the input embeddings (after ``setup``).
 
     PGD/FreeLB: epsilon, step_size, init_magnitude; RS-RP: sigma (neftune: alpha and the rule);
@@ -74,7 +80,7 @@ def _pct(x: float | None) -> str:
 
 
 def front_matter(
-    *, base_model: str, languages: list[str], task_cfg: Any, kind: str, adapter: bool = False
+    *, base_model: str, languages: list[str], task_cfg: TaskConfig, kind: str, adapter: bool = False
 ) -> dict[str, Any]:
     meta: dict[str, Any] = {
         "library_name": "peft" if adapter else "transformers",
@@ -103,12 +109,12 @@ def render_model_card(
     *,
     title: str,
     base_model: str,
-    task: Any,
-    task_cfg: Any,
+    task: TaskData,
+    task_cfg: TaskConfig,
     method_section: dict[str, Any],
     scales: dict[str, Any],
     training: dict[str, Any],
-    report: Any,
+    report: EvalReport,
     version: str,
     command: str,
     config: dict[str, Any],
@@ -141,7 +147,7 @@ def render_model_card(
     return "\n".join(lines)
 
 
-def _intro_lines(title: str, base_model: str, task: Any, kind: str, report: Any) -> list[str]:
+def _intro_lines(title: str, base_model: str, task: TaskData, kind: str, report: EvalReport) -> list[str]:
     """The title and the one-paragraph description of the model."""
     return [
         f"# {title}",
@@ -166,7 +172,7 @@ def _method_lines(method_section: dict[str, Any], scales: dict[str, Any]) -> lis
     return lines
 
 
-def _training_lines(task: Any, task_cfg: Any, training: dict[str, Any]) -> list[str]:
+def _training_lines(task: TaskData, task_cfg: TaskConfig, training: dict[str, Any]) -> list[str]:
     """The training section: the task, its data source and labels, and the ``training`` settings."""
     source = task_cfg.path or _HUB_DATASETS.get(task_cfg.name, "-")
     lines = [
@@ -183,7 +189,7 @@ def _training_lines(task: Any, task_cfg: Any, training: dict[str, Any]) -> list[
     return lines
 
 
-def _xlt_lines(task: Any, report: Any) -> list[str]:
+def _xlt_lines(task: TaskData, report: EvalReport) -> list[str]:
     """The XLT table: accuracy (%) and test-set size per language, then the average."""
     lines = [
         "",
@@ -202,7 +208,7 @@ def _xlt_lines(task: Any, report: Any) -> list[str]:
     return lines
 
 
-def _gxlt_lines(report: Any) -> list[str]:
+def _gxlt_lines(report: EvalReport) -> list[str]:
     """The G-XLT summary: same-language, cross-language and all-pair averages and their gap."""
     return [
         "## Generalized cross-lingual transfer (G-XLT)",

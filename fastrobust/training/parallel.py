@@ -25,14 +25,20 @@ from typing import TYPE_CHECKING, Any
 
 from fastrobust.config import Config, method_label
 from fastrobust.errors import Interrupted
+from fastrobust.methods import registry
+from fastrobust.methods.registry import MethodSection
 from fastrobust.training.signals import SIGNALS
 from fastrobust.training.workers import JobOutcome, Worker, close_workers, ready, start_workers
 
 if TYPE_CHECKING:  # the module stays free of torch (which final imports) until runs are trained
+    from types import FrameType
+
+    from fastrobust.training.distributed import DistContext
     from fastrobust.training.final import FinishedRun
+    from fastrobust.training.run import RunContext
 
 
-def parallel_workers(cfg: Config, dist: Any) -> tuple[int, str]:
+def parallel_workers(cfg: Config, dist: DistContext) -> tuple[int, str]:
     """How many worker processes ``parallel: N`` gets here, and a note when it is not N.
 
     Only a single-process CPU run spreads its runs over workers; under DeepSpeed / torchrun (the
@@ -53,9 +59,9 @@ def parallel_workers(cfg: Config, dist: Any) -> tuple[int, str]:
     )
 
 
-def _cost(mcfg: Any) -> int:
-    # Forward/backward passes per optimizer step, relative to the baseline's one.
-    return int(getattr(mcfg, "steps", 0)) + 1 if mcfg.kind in ("pgd", "freelb") else 1
+def _cost(mcfg: MethodSection) -> float:
+    # Forward/backward passes per optimizer step, relative to the baseline's one (the method's own).
+    return registry.relative_cost(mcfg)
 
 
 class ParentStop:
@@ -79,7 +85,7 @@ class ParentStop:
         for s, handler in self.previous.items():
             signal.signal(s, handler)
 
-    def _handle(self, signum: int, frame: Any) -> None:
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
         name = signal.Signals(signum).name
         if self.signum is not None:
             for w in self.workers:
@@ -168,7 +174,7 @@ def _stopped_error(progress: Progress, signum: int, total: int) -> Interrupted:
     return Interrupted(f"{name}: {done}; {stopped}", signum)
 
 
-def train_parallel(run: Any, sections: list[Any], workers: int) -> tuple[list[FinishedRun], list[str]]:
+def train_parallel(run: RunContext, sections: list[Any], workers: int) -> tuple[list[FinishedRun], list[str]]:
     """Every (seed, section) run of ``run.cfg`` on ``workers`` processes: the finished runs in
     seed-major order (as the sequential loop returns them) and the messages of the runs that diverged."""
     import torch  # this module stays free of torch until runs are trained

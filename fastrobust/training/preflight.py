@@ -19,9 +19,12 @@ import shutil
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastrobust.errors import ConfigError
+
+if TYPE_CHECKING:  # annotations only
+    from transformers import PretrainedConfig, PreTrainedTokenizerBase
 
 MODEL_FIELD = "model.name_or_path"
 # Files that carry a tokenizer's vocabulary (fast tokenizers, WordPiece, BPE, SentencePiece).
@@ -134,7 +137,9 @@ def load_pretrained(loader: Callable[[str], Any], name: str, field: str = MODEL_
         raise ConfigError(f"{field}: cannot load {name!r}: {first}{hint}") from None
 
 
-def check_tokenizer(tokenizer: Any, hf_config: Any, name: str, field: str = MODEL_FIELD) -> None:
+def check_tokenizer(
+    tokenizer: PreTrainedTokenizerBase, hf_config: PretrainedConfig, name: str, field: str = MODEL_FIELD
+) -> None:
     """A pad token (batches are padded), a vocabulary, and ids that index the embedding table."""
     if tokenizer.pad_token is None:
         raise ConfigError(
@@ -156,7 +161,7 @@ def check_tokenizer(tokenizer: Any, hf_config: Any, name: str, field: str = MODE
         )
 
 
-def position_limit(hf_config: Any) -> int | None:
+def position_limit(hf_config: PretrainedConfig) -> int | None:
     """The longest input the model's position table allows, or None when it has no such limit."""
     if getattr(hf_config, "position_embedding_type", "absolute") not in ("absolute", None):
         return None  # relative position encodings
@@ -171,7 +176,7 @@ def position_limit(hf_config: Any) -> int | None:
     return int(limit)
 
 
-def check_max_length(max_length: int, hf_config: Any, name: str) -> None:
+def check_max_length(max_length: int, hf_config: PretrainedConfig, name: str) -> None:
     """``model.max_length`` must fit the position table (else the first long batch crashes)."""
     limit = position_limit(hf_config)
     if limit is not None and max_length > limit:
@@ -181,7 +186,7 @@ def check_max_length(max_length: int, hf_config: Any, name: str) -> None:
         )
 
 
-def head_mismatch(hf_config: Any, num_labels: int, name: str, task: str) -> str | None:
+def head_mismatch(hf_config: PretrainedConfig, num_labels: int, name: str, task: str) -> str | None:
     """A warning when the checkpoint has a classification head of another size (it is re-initialised)."""
     archs = getattr(hf_config, "architectures", None) or []
     if not any(a.endswith("ForSequenceClassification") for a in archs):

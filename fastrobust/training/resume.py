@@ -4,10 +4,13 @@ A checkpoint holds the step, the data position (implied by the step), optimizer,
 scaler states (DeepSpeed: its own ``ds/`` shards), every random generator, the dev history and
 best parameters, the losses and the throughput meter — enough for ``--resume`` to continue
 bit-for-bit. A fingerprint of the config sections it depends on refuses a resume into a changed run.
+Under ``--resume`` a run that already finished is read back from its folder instead
+(:func:`skip_finished`).
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -16,16 +19,19 @@ import torch
 from safetensors.torch import load_file, load_model, save_file, save_model
 
 from fastrobust.errors import ConfigError
+from fastrobust.evaluate.runs import read_run
 from fastrobust.fileio import describe_os_error, writing
 from fastrobust.training import checkpoint as ckpt
+from fastrobust.training.final import FinishedRun
+from fastrobust.training.run import log
 
-if TYPE_CHECKING:  # the loop imports this module: a runtime import would be a circle
-    from fastrobust.training.loop import MethodTrainer
+if TYPE_CHECKING:  # annotations only
+    from fastrobust.training.state import CheckpointedRun, FinishingRun
 
 STATE_VERSION = 1
 
 
-def trainer_state(t: MethodTrainer) -> dict[str, Any]:
+def trainer_state(t: CheckpointedRun) -> dict[str, Any]:
     """The picklable-free state of method trainer ``t`` (tensors, numbers, lists, dicts)."""
     sel = t.selection
     state: dict[str, Any] = {
@@ -48,7 +54,7 @@ def trainer_state(t: MethodTrainer) -> dict[str, Any]:
     return state
 
 
-def save_checkpoint(t: MethodTrainer) -> Path | None:
+def save_checkpoint(t: CheckpointedRun) -> Path | None:
     """Writes checkpoint ``step-N`` of trainer ``t`` atomically (a collective on every rank).
 
     A checkpoint is insurance, not a result: if a rank cannot write its part (disk full), the
@@ -97,7 +103,7 @@ def save_checkpoint(t: MethodTrainer) -> Path | None:
     return path
 
 
-def _write_parts(t: MethodTrainer, tmp: Path) -> None:
+def _write_parts(t: CheckpointedRun, tmp: Path) -> None:
     """Rank 0's files of a checkpoint into ``tmp``; a failed write is an OSError naming the file."""
     if t.eng.engine is None:
         with writing(tmp / ckpt.MODEL_FILE):
@@ -112,7 +118,7 @@ def _write_parts(t: MethodTrainer, tmp: Path) -> None:
         ckpt.save_state(tmp / ckpt.STATE_FILE, trainer_state(t))
 
 
-def load_checkpoint(t: MethodTrainer, path: Path) -> None:
+def load_checkpoint(t: CheckpointedRun, path: Path) -> None:
     """Restores trainer ``t`` from the complete checkpoint ``path``; ConfigError if it does not fit."""
     eng = t.eng
     state = ckpt.load_state(path / ckpt.STATE_FILE)
@@ -141,3 +147,57 @@ def load_checkpoint(t: MethodTrainer, path: Path) -> None:
         t.averager.load(path, state["average"], t.dist.is_main)
     ckpt.set_rng_state(state["rng"])
     t.resumed_from = t.step
+
+
+def finished_run(t: FinishingRun) -> FinishedRun | None:
+    """Rank 0: the run already finished on disk for run ``t`` (summary, report, predictions),
+    or None. ``--resume`` skips such runs
+    instead of training them again; a run that finished with another config (fingerprint) is
+    a ConfigError, not retrained over (summaries written before fingerprints count as this run).
+    """
+    try:
+        summary = json.loads((t.dir / "summary.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(summary, dict) or summary.get("status", "complete") != "complete":
+        return None
+    theirs = summary.get("fingerprint")
+    if isinstance(theirs, dict):
+        changed = [k for k, v in t.fingerprint.items() if theirs.get(k) != v]
+        if changed:
+            raise ConfigError(
+                f"--resume: {t.dir} holds a run finished with a different {', '.join(changed)}; "
+                "pass --overwrite to replace it, or set output.dir to a new folder"
+            )
+    done = read_run(t.dir)
+    if done is None:
+        return None
+    averaged = None
+    if isinstance(summary.get("averaged"), dict):
+        avg_dir = t.averaged_dir()
+        avg_run = read_run(avg_dir)
+        if avg_run is not None:
+            avg_summary = json.loads((avg_dir / "summary.json").read_text(encoding="utf-8"))
+            averaged = FinishedRun(avg_summary, avg_run.report, avg_run.predictions)
+    return FinishedRun(summary, done.report, done.predictions, averaged)
+
+
+def skip_finished(trainer: FinishingRun) -> tuple[bool, FinishedRun | None]:
+    """Under --resume: whether this run already finished with this config (rank 0's decision,
+    shared with every rank), and on rank 0 the finished run read back from its folder."""
+    dist = trainer.dist
+    done, refused = None, None
+    if dist.is_main:
+        try:
+            done = finished_run(trainer)
+        except ConfigError as exc:  # every rank must stop, not only rank 0
+            refused = exc
+    code = dist.broadcast_float(2.0 if refused is not None else 1.0 if done is not None else 0.0)
+    if code > 1.5:
+        raise refused or ConfigError(f"--resume: {trainer.dir} holds a run finished with another config")
+    if code < 0.5:
+        return False, None
+    log(dist, f"[{trainer.label}] seed {trainer.seed}: finished run in {trainer.dir}, skipped (--resume)")
+    if done is not None:
+        done.summary["skipped"] = True
+    return True, done

@@ -10,7 +10,7 @@ import json
 import math
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -19,6 +19,9 @@ from fastrobust.errors import ConfigError
 from fastrobust.training import preflight
 from fastrobust.training.distributed import DistContext
 from fastrobust.training.ds_config import load_deepspeed_json
+
+if TYPE_CHECKING:  # annotations only
+    from fastrobust.methods.registry import MethodSection
 
 # --------------------------------------------------------------------------------------------
 # config resolution
@@ -88,7 +91,7 @@ NOT_FINGERPRINTED: dict[str, set[str]] = {
 }
 
 
-def fingerprint(cfg: Config, mcfg: Any, world_size: int) -> dict[str, str]:
+def fingerprint(cfg: Config, mcfg: MethodSection, world_size: int) -> dict[str, str]:
     """Hashes of the config sections a checkpoint depends on (a resume must not silently mix runs)."""
     parts = {
         "seed": cfg.seed,

@@ -19,13 +19,16 @@ from fastrobust.training.distributed import DistContext
 from fastrobust.training.guard import params_finite
 from fastrobust.training.run import cpu_state, log
 
-if TYPE_CHECKING:  # the loop imports this module: a runtime import would be a circle
-    from fastrobust.training.loop import MethodTrainer
+if TYPE_CHECKING:  # annotations only
+    from torch.utils.tensorboard import SummaryWriter
+
+    from fastrobust.training.engine import TrainEngine
+    from fastrobust.training.run import RunContext
 
 
 def dev_accuracy(
     module: torch.nn.Module,
-    run: Any,
+    run: RunContext,
     dist: DistContext,
     autocast: contextlib.AbstractContextManager,
 ) -> float:
@@ -72,12 +75,14 @@ class DevSelection:
         self.seconds = 0.0  # wall and process CPU time of the dev evaluations
         self.cpu_seconds = 0.0
 
-    def evaluate(self, trainer: MethodTrainer, writer: Any) -> None:
-        """Evaluates the trainer's model at its current step and keeps its parameters if best."""
-        dist, step = trainer.dist, trainer.step
-        eng = trainer.eng
+    def evaluate(
+        self, eng: TrainEngine, run: RunContext, step: int, label: str, writer: SummaryWriter | None
+    ) -> None:
+        """Evaluates ``eng``'s model (method ``label``) at ``step`` on the run's English dev set and
+        keeps its parameters if best; the accuracy also goes to ``writer`` (rank 0's TensorBoard)."""
+        dist = run.dist
         t0, c0 = time.perf_counter(), time.process_time()
-        acc = dev_accuracy(eng.module, trainer.run, dist, eng.autocast())
+        acc = dev_accuracy(eng.module, run, dist, eng.autocast())
         self.seconds += time.perf_counter() - t0
         self.cpu_seconds += time.process_time() - c0
         self.history.append([step, acc])
@@ -86,7 +91,7 @@ class DevSelection:
             # rank 0 holds the state; its verdict is every rank's (all raise, or none)
             if dist.broadcast_float(1.0 if state is None or params_finite(state) else 0.0) == 0.0:
                 raise DivergenceError(
-                    f"method {trainer.label} diverged: its weights at step {step} are not finite; "
+                    f"method {label} diverged: its weights at step {step} are not finite; "
                     "they are neither kept as the best model nor saved"
                 )
             self.best_acc, self.best_step = acc, step
@@ -95,7 +100,7 @@ class DevSelection:
             writer.add_scalar("dev/accuracy", acc, step)
         log(
             dist,
-            f"[{trainer.label}] step {step}: English dev accuracy {100 * acc:.2f}% "
+            f"[{label}] step {step}: English dev accuracy {100 * acc:.2f}% "
             f"(best {100 * self.best_acc:.2f}% at step {self.best_step})",
         )
 

@@ -49,10 +49,10 @@ from fastrobust.training.distributed import init_distributed
 from fastrobust.training.ds_config import load_deepspeed_json, zero_stage
 from fastrobust.training.final import FinishedRun
 from fastrobust.training.lock import output_lock
-from fastrobust.training.loop import MODEL_INPUTS, MethodTrainer, skip_finished
+from fastrobust.training.loop import MODEL_INPUTS, MethodTrainer
 from fastrobust.training.parallel import parallel_workers, train_parallel
 from fastrobust.training.preflight import check_output_dir
-from fastrobust.training.resume import STATE_VERSION
+from fastrobust.training.resume import STATE_VERSION, skip_finished
 from fastrobust.training.run import RunContext, batch_layout, log, resolve_config
 
 # Names other modules and tests import from here (the parts live in the modules named above).

@@ -29,6 +29,9 @@ from fastrobust.errors import DivergenceError, FastrobustError, Interrupted, Run
 from fastrobust.training import signals
 
 if TYPE_CHECKING:  # the module stays free of torch (which final imports) until runs are trained
+    from multiprocessing.context import SpawnContext
+    from types import FrameType
+
     from fastrobust.training.final import FinishedRun
 
 _WORKER: dict[str, Any] = {}
@@ -56,7 +59,7 @@ class _Signalled(KeyboardInterrupt):
         self.signum = signum
 
 
-def _raise_signalled(signum: int, frame: Any) -> None:
+def _raise_signalled(signum: int, frame: FrameType | None) -> None:
     raise _Signalled(signum)
 
 
@@ -88,7 +91,8 @@ def _sendable(exc: BaseException) -> BaseException:
 
 
 def _run_job(index: int, seed: int | None) -> JobOutcome:
-    from fastrobust.training.loop import MethodTrainer, skip_finished  # torch: loaded in the worker
+    from fastrobust.training.loop import MethodTrainer  # torch: loaded in the worker
+    from fastrobust.training.resume import skip_finished
 
     run = _WORKER["run"]
     mcfg = run.cfg.methods[index]
@@ -144,7 +148,7 @@ def worker_main(conn: Connection, cfg_json: dict, resume: bool, overwrite: bool,
 class Worker:
     """The parent's handle on one worker process: its process, its pipe, its current job."""
 
-    def __init__(self, ctx: Any, args: tuple) -> None:
+    def __init__(self, ctx: SpawnContext, args: tuple) -> None:
         self.conn, child = ctx.Pipe()
         self.process = ctx.Process(target=worker_main, args=(child, *args), daemon=True)
         self.job: int | None = None
@@ -170,7 +174,7 @@ class Worker:
             return JobOutcome(error=RunError(f"a worker process ended without a result (exit code {code})"))
 
 
-def start_workers(ctx: Any, n: int, args: tuple) -> list[Worker]:
+def start_workers(ctx: SpawnContext, n: int, args: tuple) -> list[Worker]:
     """``n`` workers, started with SIGINT and SIGTERM blocked (each unblocks once in its own
     process group); a signal that arrives meanwhile is delivered to the parent afterwards."""
     signal.pthread_sigmask(signal.SIG_BLOCK, signals.SIGNALS)
