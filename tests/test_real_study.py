@@ -200,3 +200,25 @@ def test_provenance_outside_git_names_the_senders_commit(monkeypatch):
     monkeypatch.setattr(study_mod, "_git", lambda *a, **k: "deadbeef" if a[0] == "rev-parse" else "")
     p = study_mod.provenance(precision="fp32", device="cpu", threads=1, workers=2)
     assert p["commit"] == "deadbeef" and p["tree_modified"] is False
+
+
+def test_averaging_report_reads_whole_seeds_of_the_four_arms(tmp_path):
+    """The averaging study's tables from a results folder: nothing before a whole seed; with one
+    (the committed seed-6 runs, copied), every arm against the baseline in one Holm family."""
+    import shutil
+
+    from benchmarks.real.averaging_report import ARMS, averaging_markdown, averaging_tables
+    from benchmarks.real.protocol import RESULTS
+
+    assert averaging_tables(tmp_path, 200) is None
+    assert "No seed" in averaging_markdown(None)
+    for arm in ARMS:
+        src = RESULTS / "averaging" / arm / "seed-6"
+        if not (src / "summary.json").is_file():
+            pytest.fail(f"{src}: the committed seed-6 run is missing")
+        shutil.copytree(src, tmp_path / "averaging" / arm / "seed-6")
+    t = averaging_tables(tmp_path, 200)
+    assert t["seeds"] == [6] and not t["complete"]
+    assert len(t["holm"]) == 6 and {h["rank"] for h in t["holm"].values()} == set(range(1, 7))
+    text = averaging_markdown(t)
+    assert "incomplete" in text and "rs-da+avg" in text and "G-XLT cross ROC-AUC" in text

@@ -67,6 +67,8 @@ def averaging_markdown(t: dict | None) -> str:
         return "No seed of the averaging study is finished for all four arms yet."
     seeds = ", ".join(map(str, t["seeds"]))
     status = "complete" if t["complete"] else f"incomplete: seeds {seeds} of 6-10, verdicts interim"
+    if len(t["seeds"]) == 1:
+        status += "; with one seed an interval reflects test-example noise only, not seed-to-seed noise"
     rows = []
     for arm in ARMS[1:]:
         d = t["diffs"][arm]

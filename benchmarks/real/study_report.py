@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.real.averaging_report import averaging_markdown, averaging_tables
 from benchmarks.real.protocol import (
     CHECK_DIR,
     CHECK_SEEDS,
@@ -384,7 +385,12 @@ def write_study_report(results: Path, *, update_docs: bool = False) -> dict:
     reread_text = reread_markdown(reread, checked)
     atomic_write_text(rep / "reread.md", reread_text + "\n")
     print("\n" + reread_text)
+    averaging = averaging_markdown(averaging_tables(results, N_BOOT))
+    atomic_write_text(rep / "averaging.md", averaging + "\n")
+    print("\n" + averaging)
     if update_docs:
+        replace_block(ROOT / "README.md", averaging, "real-averaging")
+        replace_block(ROOT / "docs" / "real-benchmark.md", averaging, "real-averaging")
         readme = (
             readme_table(t, reread) + "\n\n" + status_line(t) + " Secondary endpoints (ROC-AUC, calibrated "
         )
