@@ -16,7 +16,14 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.real.endpoints import ENDPOINT_TITLES, endpoint_differences, holm_family, iv_text, p_text
+from benchmarks.real.endpoints import (
+    ENDPOINT_TITLES,
+    endpoint_differences,
+    holm_family,
+    iv_text,
+    md_table,
+    p_text,
+)
 from benchmarks.real.protocol import AVERAGING_DIR, AVERAGING_LABELS, AVERAGING_SEEDS, finished
 from fastrobust.evaluate.runs import read_run
 
@@ -57,11 +64,6 @@ def averaging_tables(results: Path, n_boot: int) -> dict | None:
             "avg_vs_rsda": extra["rs-da+avg"], "english_dev": dev}  # fmt: skip
 
 
-def _table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
-
-
 def averaging_markdown(t: dict | None) -> str:
     if t is None:
         return "No seed of the averaging study is finished for all four arms yet."
@@ -99,7 +101,7 @@ def averaging_markdown(t: dict | None) -> str:
         f"examples and seeds ({t['n_boot']} draws; * = excludes 0); Holm over the six primary hypotheses "
         f"(three arms x two endpoints) at family-wise 5%. Baseline: {means}.",
         "",
-        _table(header, rows),
+        md_table(header, rows),
         "",
         f"English dev (mean over seeds): {dev}. What averaging adds to RS-DA (rs-da+avg − rs-da, "
         f"secondary): {what_avg_adds}.",

@@ -87,3 +87,9 @@ def p_text(h: dict, n_boot: int) -> str:
     """A bootstrap p-value and its Holm threshold; no draw across 0 shows as p < 1/n_boot."""
     shown = f"< {1 / n_boot:.4f}" if h["p_value"] == 0 else f"{h['p_value']:.4f}"
     return f"{shown} ({h['threshold']:.4f})"
+
+
+def md_table(header: list[str], rows: list[list[str]]) -> str:
+    """A markdown table (the study reports' layout: ``|---|`` separators)."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])

@@ -20,7 +20,14 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.real.endpoints import ENDPOINT_TITLES, endpoint_differences, holm_family, iv_text, p_text
+from benchmarks.real.endpoints import (
+    ENDPOINT_TITLES,
+    endpoint_differences,
+    holm_family,
+    iv_text,
+    md_table,
+    p_text,
+)
 from benchmarks.real.protocol import CHECK_DIR, CHECK_SEEDS, LABELS, PRECISIONS
 from fastrobust.evaluate.runs import read_run
 
@@ -61,11 +68,6 @@ def precision_reread(results: Path, n_boot: int) -> dict:
     return endpoint_differences(runs, cells, baseline="fp32", n_boot=n_boot)["bf16"]
 
 
-def _table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
-
-
 def reread_markdown(r: dict, precision: dict | None) -> str:
     """The re-read's tables: secondary endpoints with Holm, the zero-shot XLT ones, the rates."""
     rows = []
@@ -95,11 +97,11 @@ def reread_markdown(r: dict, precision: dict | None) -> str:
         "* = excludes 0); Holm over the six comparisons of each endpoint at family-wise 5%. Baseline: "
         f"{means}.",
         "",
-        _table(header, rows),
+        md_table(header, rows),
         "",
         "Share of pairs predicted as paraphrases (%, mean over seeds; half of every test set are):",
         "",
-        _table(["configuration", "English test", "G-XLT cross-language pairs"], rate_rows),
+        md_table(["configuration", "English test", "G-XLT cross-language pairs"], rate_rows),
     ]
     if precision is not None:
         parts += [
@@ -141,4 +143,4 @@ def readme_table(t: dict, r: dict) -> str:
         "XLT zero-shot accuracy",
         "Holm verdict (accuracy / AUC / calibrated)",
     ]
-    return _table(header, rows)
+    return md_table(header, rows)

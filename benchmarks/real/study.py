@@ -349,27 +349,17 @@ def main(argv: list[str] | None = None) -> int:
         help="rewrite the generated blocks of README.md and docs/real-benchmark.md",
     )
     args = parser.parse_args(argv)
-    if args.cmd == "run" and args.study == "averaging":
-        averaging_study(
-            Path(args.config),
-            Path(args.results),
-            Path(args.scratch),
-            workers=args.workers,
-            device=args.device,
-            threads=args.threads,
-            seeds=tuple(int(x) for x in (args.seeds or ",".join(map(str, AVERAGING_SEEDS))).split(",")),
-            extra=args.set,
-        )
-        return 0
     if args.cmd == "run":
-        study(
+        runner, planned = (averaging_study, AVERAGING_SEEDS) if args.study == "averaging" else (study, SEEDS)
+        seeds = tuple(int(x) for x in args.seeds.split(",")) if args.seeds else planned
+        runner(
             Path(args.config),
             Path(args.results),
             Path(args.scratch),
             workers=args.workers,
             device=args.device,
             threads=args.threads,
-            seeds=tuple(int(x) for x in (args.seeds or ",".join(map(str, SEEDS))).split(",")),
+            seeds=seeds,
             extra=args.set,
         )
         return 0

@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.real.averaging_report import averaging_markdown, averaging_tables
+from benchmarks.real.endpoints import md_table
 from benchmarks.real.protocol import (
     CHECK_DIR,
     CHECK_SEEDS,
@@ -75,9 +76,7 @@ def _p(p: float, threshold: float, n_boot: int) -> str:
     return f"{shown} ({threshold:.4f})"
 
 
-def _table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
+_table = md_table  # one layout for every study table (benchmarks.real.endpoints)
 
 
 def _summary(folder: Path) -> dict:
