@@ -93,10 +93,8 @@ def run(args: argparse.Namespace) -> int:
 
 def _reference(args: argparse.Namespace, task, model, tokenizer, max_length: int, batch_size: int, device):
     """(name, rates) of the reference class rates (module doc)."""
-    import numpy as np
-
     from fastrobust.data.xtreme import column
-    from fastrobust.evaluate.calibration import check_rates
+    from fastrobust.evaluate.calibration import check_rates, class_rates
     from fastrobust.evaluate.predict import predict
 
     c = task.num_labels
@@ -107,13 +105,12 @@ def _reference(args: argparse.Namespace, task, model, tokenizer, max_length: int
             raise DataError(f"--rates: expected comma-separated fractions, got {args.rates!r}") from None
         return "given", check_rates(rates, c, "--rates").tolist()
     if args.reference == "prior":
-        labels = np.asarray(column(task.train, "label"))
-        return "prior", (np.bincount(labels, minlength=c)[:c] / max(1, labels.size)).tolist()
+        return "prior", class_rates(column(task.train, "label"), c).tolist()
     dev = task.dev.get(task.train_language)
     if dev is None:
         raise DataError(f"--reference source: the task has no {task.train_language} dev set; use --rates")
     pred = predict(model, tokenizer, dev, max_length=max_length, batch_size=batch_size, device=device)
-    return "source", (np.bincount(pred, minlength=c)[:c] / max(1, pred.size)).tolist()
+    return "source", class_rates(pred, c).tolist()
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -72,12 +72,18 @@ def check_rates(rates: Sequence[float], num_classes: int, what: str = "reference
     return r
 
 
+def class_rates(ids: Sequence[int] | np.ndarray, num_classes: int) -> np.ndarray:
+    """(C,) fraction of the class ids ``ids`` (labels or decisions) that are each class."""
+    ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+    return np.bincount(ids, minlength=num_classes)[:num_classes] / max(1, ids.size)
+
+
 def predicted_rates(logits: np.ndarray, offsets: np.ndarray | None = None) -> np.ndarray:
     """(C,) fraction of examples whose argmax of ``logits + offsets`` is each class."""
     z = np.asarray(logits, dtype=np.float64)
     if offsets is not None:
         z = z + np.asarray(offsets, dtype=np.float64)
-    return np.bincount(z.argmax(axis=1), minlength=z.shape[1])[: z.shape[1]] / max(1, z.shape[0])
+    return class_rates(z.argmax(axis=1), z.shape[1])
 
 
 def _binary_offsets(z: np.ndarray, r: np.ndarray) -> np.ndarray:

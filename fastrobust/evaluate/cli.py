@@ -204,32 +204,20 @@ def apply_saved_offsets(predictions, path: str, task):
     (an XLT language, or a G-XLT pair ``a-b``); DataError for a file of another task or labels."""
     from fastrobust.evaluate.calibration import apply_offsets, log_probs
     from fastrobust.evaluate.offsets import read_calibration
-    from fastrobust.evaluate.predictions import SetPredictions, TaskPredictions
+    from fastrobust.evaluate.predictions import SetPredictions
 
     cal = read_calibration(path, task=task.name, label_names=task.label_names)
-    done: dict[int, SetPredictions] = {}
 
-    def shifted(p: SetPredictions, target: str | None) -> SetPredictions:
+    def shifted(key: tuple[str, object], p: SetPredictions) -> SetPredictions:
+        kind, k = key
+        # an XLT set is also the G-XLT diagonal pair (a, a): either name selects it
+        names = (k, f"{k}-{k}") if kind == "xlt" else (f"{k[0]}-{k[1]}",)  # type: ignore[index]
+        target = next((n for n in names if n in cal.targets), None)
         if target is None:
             return p
-        if id(p) not in done:
-            done[id(p)] = SetPredictions.from_logits(
-                apply_offsets(log_probs(p.probs), cal.offsets(target)), p.labels
-            )
-        return done[id(p)]
+        return SetPredictions.from_logits(apply_offsets(log_probs(p.probs), cal.offsets(target)), p.labels)
 
-    def target(*names: str) -> str | None:
-        return next((n for n in names if n in cal.targets), None)
-
-    xlt = {k: shifted(p, target(k)) for k, p in predictions.xlt.items()}
-    gxlt = {
-        (a, b): shifted(p, target(f"{a}-{b}", a) if a == b else target(f"{a}-{b}"))
-        for (a, b), p in predictions.gxlt.items()
-    }
-    return TaskPredictions(
-        xlt, gxlt, predictions.task, list(predictions.languages), predictions.train_language,
-        list(predictions.label_names),
-    )  # fmt: skip
+    return predictions.map_sets(shifted)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -272,12 +260,10 @@ def _run(args: argparse.Namespace) -> int:
         predictions = apply_saved_offsets(predictions, args.offsets, task)
     reference = None
     if args.calibration_reference == "prior":
-        import numpy as np
-
         from fastrobust.data.xtreme import column
+        from fastrobust.evaluate.calibration import class_rates
 
-        labels = np.asarray(column(task.train, "label"))
-        reference = (np.bincount(labels, minlength=task.num_labels) / max(1, labels.size)).tolist()
+        reference = class_rates(column(task.train, "label"), task.num_labels).tolist()
     report = predictions.report(reference_rates=reference)
     write_report(report, out, title=f"{task.name}: {Path(args.model_dir).name}")
     predictions.save(out / FILE_NAME)

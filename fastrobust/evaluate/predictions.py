@@ -17,7 +17,7 @@ Set names never become array names, so any language code is safe.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -182,25 +182,35 @@ class TaskPredictions:
         Returns (new predictions, ``{(kind, lang or pair): offsets}``).
         """
         ref = self.source_rates() if reference_rates is None else list(reference_rates)
-        done: dict[int, tuple[SetPredictions, list[float]]] = {}
+        offsets: dict[tuple[str, object], list[float]] = {}
 
-        def fix(p: SetPredictions) -> tuple[SetPredictions, list[float]]:
-            if id(p) not in done:  # the G-XLT diagonal shares its XLT set: calibrated once
-                z = log_probs(p.probs)
-                b = fit_offsets(z, ref).offsets
-                done[id(p)] = (SetPredictions.from_logits(apply_offsets(z, b), p.labels), b.tolist())
+        def fix(key: tuple[str, object], p: SetPredictions) -> SetPredictions:
+            z = log_probs(p.probs)
+            b = fit_offsets(z, ref).offsets
+            offsets[key] = b.tolist()
+            return SetPredictions.from_logits(apply_offsets(z, b), p.labels)
+
+        out = self.map_sets(fix)
+        for key, p in self.sets():  # a G-XLT diagonal has its XLT set's offsets
+            if key not in offsets:
+                offsets[key] = next(offsets[k] for k, q in self.sets() if q is p and k in offsets)
+        return out, offsets
+
+    def map_sets(self, fn: Callable[[tuple[str, object], SetPredictions], SetPredictions]) -> TaskPredictions:
+        """New predictions with ``fn(key, set)`` for every set; a set shared by two keys (the G-XLT
+        diagonal is its XLT set) is mapped once, under its first key (XLT first), and stays shared."""
+        done: dict[int, SetPredictions] = {}
+
+        def once(key: tuple[str, object], p: SetPredictions) -> SetPredictions:
+            if id(p) not in done:
+                done[id(p)] = fn(key, p)
             return done[id(p)]
 
-        offsets: dict[tuple[str, object], list[float]] = {}
-        xlt, gxlt = {}, {}
-        for k, p in self.xlt.items():
-            xlt[k], offsets[("xlt", k)] = fix(p)
-        for k, p in self.gxlt.items():
-            gxlt[k], offsets[("gxlt", k)] = fix(p)
-        out = TaskPredictions(
+        xlt = {k: once(("xlt", k), p) for k, p in self.xlt.items()}
+        gxlt = {k: once(("gxlt", k), p) for k, p in self.gxlt.items()}
+        return TaskPredictions(
             xlt, gxlt, self.task, list(self.languages), self.train_language, list(self.label_names)
         )
-        return out, offsets
 
     # ---- files ---------------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:

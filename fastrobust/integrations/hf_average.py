@@ -27,6 +27,7 @@ from fastrobust.config import AverageConfig
 from fastrobust.errors import ConfigError
 from fastrobust.fileio import atomic_write_json
 from fastrobust.training.averaging import WeightAverage, check_supported, trainable_names
+from fastrobust.training.ds_config import zero_stage
 
 if TYPE_CHECKING:  # annotations only
     from torch import nn
@@ -36,8 +37,9 @@ STATE_FILE = "average.json"
 
 
 def _zero_stage(args: TrainingArguments) -> int | None:
+    """The ZeRO stage of the Trainer's DeepSpeed config (None without DeepSpeed)."""
     ds = getattr(args, "hf_deepspeed_config", None)
-    return getattr(ds, "config", {}).get("zero_optimization", {}).get("stage") if ds is not None else None
+    return zero_stage(ds.config) if ds is not None else None
 
 
 class WeightAveragingCallback(TrainerCallback):
@@ -80,11 +82,7 @@ class WeightAveragingCallback(TrainerCallback):
     ) -> None:
         if self.avg is None or not self.avg.due(state.global_step):
             return
-        wanted = set(self.avg.names)
-        snapshot = {
-            n: p.detach().to("cpu", copy=True) for n, p in self.model.named_parameters() if n in wanted
-        }
-        self.avg.add(state.global_step, snapshot)
+        self.avg.snapshot(state.global_step, self.model, is_main=True)
 
     def on_save(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any

@@ -82,6 +82,15 @@ class WeightAverage:
         # the update of torch.optim.swa_utils: avg <- avg + (theta - avg) / (count_before + 1)
         self._update([self.avg[n] for n in self.names], current, self.count - 1)
 
+    def snapshot(self, step: int, module: torch.nn.Module, is_main: bool) -> None:
+        """Adds ``module``'s current trainable weights at ``step`` (rank 0 copies them to the CPU;
+        the other ranks only count the snapshot)."""
+        state = None
+        if is_main:
+            wanted = set(self.names)
+            state = {n: p.detach().to("cpu", copy=True) for n, p in module.named_parameters() if n in wanted}
+        self.add(step, state)
+
     def averaged_state(self, final: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The final state with the trainable entries replaced by their averages (in the final
         state's dtypes); ConfigError when no snapshot was taken."""

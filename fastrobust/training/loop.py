@@ -325,7 +325,7 @@ class MethodTrainer:
                 bar.update(1)
                 t_eval = time.perf_counter()
                 if self.averager is not None and self.averager.due(self.step):
-                    self._snapshot()
+                    self.averager.snapshot(self.step, self.eng.module, dist.is_main)
                 if self._due(cfg.eval.every_steps or spe) or self.step == total:
                     self._check_divergence()  # never evaluate (or keep) a diverged model
                     self.selection.evaluate(self.eng, self.run, self.step, self.label, writer)
@@ -349,18 +349,6 @@ class MethodTrainer:
                     raise self._interrupted(int(stop.signum or signal.SIGTERM), saved, checkpoints_on)
                 eval_seconds += time.perf_counter() - t_eval
         return eval_seconds
-
-    def _snapshot(self) -> None:
-        """Adds the current trainable weights to the running average (rank 0 copies them)."""
-        state = None
-        if self.dist.is_main:
-            wanted = set(self.averager.names)
-            state = {
-                n: p.detach().to("cpu", copy=True)
-                for n, p in self.eng.module.named_parameters()
-                if n in wanted
-            }
-        self.averager.add(self.step, state)
 
     def _timed_step(
         self, it: Iterator[dict[str, torch.Tensor]], logged: bool
